@@ -1,0 +1,204 @@
+"""The command line: `python -m bench {list,validate,run,report,compare,export}` (also installed as `bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# Wide enough for the summary table when output goes to a file or CI log (rich assumes 80 columns there).
+_width = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, width=_width)
+err = Console(stderr=True, highlight=False, width=_width)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def cmd_list(args) -> int:
+    from methods import METHODS
+
+    table = Table(title="Methods", show_lines=True)
+    for col in ("id", "merge", "base", "parameters (defaults)", "what it does"):
+        table.add_column(col, overflow="fold")
+    for m in METHODS.values():
+        params = ", ".join(f"{k}={v!r}" for k, v in m.defaults().items()) or "-"
+        table.add_row(m.id, m.merge, "4-bit NF4" if m.load_in_4bit else "as loaded", params, m.summary)
+    console.print(table)
+    console.print("Every suite also evaluates the untrained base model as the [bold]baseline[/] row.")
+    return EXIT_OK
+
+
+def _load(path: str):
+    from bench.suite import load_suite
+    from bench.yamlio import SuiteError
+
+    try:
+        return load_suite(path)
+    except SuiteError as e:
+        err.print(e.render(), markup=False)
+        return None
+
+
+def cmd_validate(args) -> int:
+    code = EXIT_OK
+    for path in args.suites:
+        suite = _load(path)
+        if suite is None:
+            code = EXIT_USAGE
+            continue
+        runs = suite.resolved_runs()
+        console.print(
+            f"{path}: ok - {len(runs)} runs ({', '.join(r['run'] for r in runs)}), budget "
+            f"{', '.join(f'{k}={v}' for k, v in suite.budget.model_dump(exclude_none=True).items())}, "
+            f"model {suite.model.kind}, output {suite.output_dir}",
+            markup=False,
+        )
+    if code == EXIT_OK:
+        console.print("checked: YAML syntax and duplicate keys, every key and type, method ids and their params "
+                      "(each PEFT config was built), model and data paths, metrics, the output folder.",
+                      style="dim")
+    return code
+
+
+def _preflight_data(suite) -> str | None:
+    """Load the dataset once before any run starts: a data problem is one clear error, not seven failed runs."""
+    from bench.data import DataError, load_examples
+
+    cfg = suite.resolved_runs()[0]
+    try:
+        load_examples(cfg["dataset"], max_eval=cfg["eval"]["max_examples"])
+    except DataError as e:
+        return str(e)
+    return None
+
+
+def cmd_run(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench import runner
+    from bench.records import load_records
+    from bench.rows import summary_rows
+
+    suite = _load(args.suite)
+    if suite is None:
+        return EXIT_USAGE
+    out_dir = Path(args.output) if args.output else suite.output_dir
+    problem = _preflight_data(suite)
+    if problem:
+        err.print(f"{args.suite}: {problem}", markup=False)
+        return EXIT_USAGE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err.print(f"{args.suite}: output folder {str(out_dir)!r} cannot be created: {e.strerror}", markup=False)
+        return EXIT_USAGE
+    plans = runner.plan(suite, out_dir, force=args.force, only=args.only)
+    if args.only and not plans:
+        err.print(f"--only {' '.join(args.only)}: no run of {args.suite} has that name or method", markup=False)
+        return EXIT_USAGE
+    todo = [p for p in plans if p.action == "run"]
+    for p in plans:
+        if p.action == "skip":
+            console.print(f"[dim]skip {p.config['run']}: {p.why} (--force reruns it)[/]")
+    console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do, results in {out_dir}/")
+    interrupted = False
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        for p in todo:
+            cfg = p.config
+            steps = cfg["budget"].get("max_steps")
+            task = progress.add_task(cfg["run"], total=steps if cfg["method"] != "baseline" else 1, info="starting")
+
+            def poll(points, task=task):
+                if points:
+                    last = points[-1]
+                    progress.update(task, completed=last["step"] if steps else None,
+                                    info=f"step {last['step']} loss {last['loss']:.3f}")
+
+            try:
+                record = runner.execute(cfg, out_dir, on_poll=poll)
+            except KeyboardInterrupt:
+                progress.update(task, info="[yellow]interrupted[/]")
+                interrupted = True
+                break
+            colour = "green" if record.status == "success" else "red"
+            score = next((f"{k} {record.metrics[k]:.3f}" for k in cfg["eval"]["metrics"] if k in record.metrics), "")
+            progress.update(task, completed=steps or 1, total=steps or 1,
+                            info=f"[{colour}]{record.status}[/] {score}")
+    records = [r for r in load_records(out_dir) if r.suite == suite.name]
+    from bench.terminal import summary_table
+
+    console.print(summary_table(records, title=f"{suite.name} (suite version {suite.version})"))
+    for r in records:
+        if r.status != "success":
+            console.print(f"[red]{r.run}: {r.status}[/] - {(r.error or '').strip().splitlines()[0] if r.error else ''}")
+    if not args.no_report:
+        _write_reports(out_dir)
+    if interrupted:
+        console.print("[yellow]Interrupted.[/] Rerun the same command to resume; finished runs are kept.")
+        return 130
+    return EXIT_OK if all(r.status == "success" for r in records) else EXIT_FAIL
+
+
+def _write_reports(out_dir: Path) -> None:
+    try:
+        from bench.report import write_reports
+    except ImportError:  # reports land in a later change
+        return
+    for path in write_reports(out_dir):
+        console.print(f"wrote {path}")
+
+
+def cmd_report(args) -> int:
+    from bench.records import RecordError, load_records
+    from bench.terminal import summary_table
+
+    try:
+        records = load_records(Path(args.results))
+    except RecordError as e:
+        err.print(str(e), markup=False)
+        return EXIT_USAGE
+    if not records:
+        err.print(f"{args.results}: no run records found", markup=False)
+        return EXIT_USAGE
+    console.print(summary_table(records))
+    _write_reports(Path(args.results))
+    if args.csv:
+        from bench.report import write_csv
+
+        console.print(f"wrote {write_csv(Path(args.results), records)}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Train every PEFT method on the same data under the "
+                                     "same budget, measure cost and quality, and compare.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="methods, their parameters and defaults").set_defaults(func=cmd_list)
+    p = sub.add_parser("validate", help="check suite files without loading any model")
+    p.add_argument("suites", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
+    p.add_argument("suite")
+    p.add_argument("--force", action="store_true", help="rerun every run, even up-to-date ones")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
+    p.add_argument("--output", help="results folder (default: the suite's output)")
+    p.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("report", help="render reports from the records in a results folder")
+    p.add_argument("results")
+    p.add_argument("--csv", action="store_true", help="also write summary.csv")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Evaluation: held-out loss, batched greedy generation with left padding, and scores against references."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from bench.data import IGNORE, Example, Features, collate, prompt_text
+
+
+@dataclass
+class Generations:
+    predictions: list[str]
+    new_tokens: int  # generated tokens up to and including the end of turn, padding excluded
+    seconds: float
+    token_ids: list[list[int]]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@torch.no_grad()
+def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, device) -> float:
+    """Mean loss per response token over the eval split (padded batches: valid for every method)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(features), batch_size):
+        batch = {k: v.to(device) for k, v in collate(features[i:i + batch_size], pad_id, packed=False).items()}
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        out = model(**batch, num_items_in_batch=torch.tensor(n, device=device))
+        total += out.loss.item() * n
+        count += n
+    return total / max(count, 1)
+
+
+def end_token_ids(tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new_tokens: int, device) -> Generations:
+    """Greedy answers for each example's prompt, batched with left padding (so every row ends where it generates).
+
+    PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself, and extends
+    the attention mask to cover them, so the same call serves adapters and prompt-learning methods.
+    """
+    model.eval()
+    tokenizer.padding_side = "left"
+    stops = end_token_ids(tokenizer)
+    predictions, ids_out, new_tokens = [], [], 0
+    start = time.perf_counter()
+    for i in range(0, len(examples), batch_size):
+        texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples[i:i + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=stops, temperature=None, top_p=None, top_k=None,
+        )
+        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+            kept = []
+            for t in row:
+                kept.append(t)
+                if t in stops:
+                    break
+            new_tokens += len(kept)
+            ids_out.append(kept)
+            predictions.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return Generations(predictions, new_tokens, time.perf_counter() - start, ids_out)
+
+
+@torch.no_grad()
+def prompt_logits(model, tokenizer, examples: list[Example], device, limit: int = 8) -> list[torch.Tensor]:
+    """Next-token logits over each prompt (unpadded, one at a time), for comparing a merged model to its adapter."""
+    model.eval()
+    out = []
+    for e in examples[:limit]:
+        ids = tokenizer(prompt_text(tokenizer, e.messages[:-1]), return_tensors="pt", add_special_tokens=False)
+        out.append(model(input_ids=ids["input_ids"].to(device)).logits[0].float().cpu())
+    return out
+
+
+def logit_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[str, float]:
+    diffs = torch.cat([(x - y).abs().flatten() for x, y in zip(a, b)])
+    return {"max_abs": float(diffs.max()), "mean_abs": float(diffs.mean())}
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else float("inf")
+
+
+def summary(gens: Generations, examples: list[Example], metric_names: list[str], pattern: str | None,
+            keep: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    from bench.metrics import score
+
+    refs = [e.response for e in examples]
+    scores = score(metric_names, gens.predictions, refs, pattern)
+    kept = [
+        {"prompt": e.prompt, "reference": e.response, "prediction": p}
+        for e, p in zip(examples[:keep], gens.predictions[:keep])
+    ]
+    return scores, kept

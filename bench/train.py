@@ -1,0 +1,110 @@
+"""The one training loop every method shares: plain PyTorch over PEFT models, bound by the suite's budget."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+from transformers import get_scheduler
+
+from bench.data import IGNORE
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite; training stopped at that step."""
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    epochs: float = 0.0
+    real_tokens: int = 0  # tokens that are not padding, processed by forward passes
+    processed_tokens: int = 0  # every input position, padding included
+    target_tokens: int = 0  # tokens the loss was computed on (the responses)
+    seconds: float = 0.0
+    curve: list[dict[str, float]] = field(default_factory=list)
+    stopped_by: str = ""
+
+
+def planned_steps(budget: dict[str, Any], n_batches_per_epoch: int, grad_accum: int, epochs: float) -> int:
+    """Optimiser steps the scheduler plans for: the step budget, or the epoch cap when tokens/seconds bind."""
+    by_epochs = max(1, math.floor(n_batches_per_epoch * epochs / grad_accum))
+    return min(budget["max_steps"], by_epochs) if "max_steps" in budget else by_epochs
+
+
+def train(
+    model: torch.nn.Module,
+    batches: Iterator[tuple[float, dict[str, torch.Tensor]]],
+    training: dict[str, Any],
+    budget: dict[str, Any],
+    total_steps: int,
+    device: torch.device,
+    on_step: Callable[[dict[str, float]], None] = lambda _: None,
+    on_epoch: Callable[[int, int], None] = lambda _e, _s: None,
+) -> TrainResult:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+    scheduler = get_scheduler(
+        training["scheduler"], optimizer, num_warmup_steps=int(training["warmup_ratio"] * total_steps),
+        num_training_steps=total_steps,
+    )
+    result = TrainResult()
+    model.train()
+    start = time.perf_counter()
+    epoch_done = 0
+    while True:
+        micro = []
+        for _ in range(training["grad_accum"]):
+            item = next(batches, None)
+            if item is None:
+                break
+            micro.append(item)
+        if len(micro) < training["grad_accum"]:
+            result.stopped_by = result.stopped_by or "epochs"
+            break
+        # The loss is a mean over every response token of the optimiser step, however they split into micro-batches.
+        n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
+        step_loss = 0.0
+        for progress, batch in micro:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device))
+            out.loss.backward()
+            step_loss += out.loss.item()
+            mask = batch.get("attention_mask")
+            result.real_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+            result.processed_tokens += batch["input_ids"].numel()
+            result.epochs = progress
+        result.target_tokens += n_targets
+        if not math.isfinite(step_loss):
+            result.curve.append({"step": result.steps + 1, "loss": step_loss})
+            raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
+        if training["max_grad_norm"]:
+            torch.nn.utils.clip_grad_norm_(params, training["max_grad_norm"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.steps += 1
+        result.seconds = time.perf_counter() - start
+        point = {
+            "step": result.steps, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+            "tokens": result.real_tokens, "seconds": result.seconds, "epoch": result.epochs,
+        }
+        result.curve.append(point)
+        on_step(point)
+        if int(result.epochs) > epoch_done:
+            epoch_done = int(result.epochs)
+            on_epoch(epoch_done, result.steps)
+        if "max_steps" in budget and result.steps >= budget["max_steps"]:
+            result.stopped_by = "max_steps"
+            break
+        if "max_tokens" in budget and result.real_tokens >= budget["max_tokens"]:
+            result.stopped_by = "max_tokens"
+            break
+        if "max_seconds" in budget and result.seconds >= budget["max_seconds"]:
+            result.stopped_by = "max_seconds"
+            break
+    result.seconds = time.perf_counter() - start
+    return result

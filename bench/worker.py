@@ -1,0 +1,269 @@
+"""One run in its own process: load, train, evaluate, merge, save; the runner starts it as
+`python -m bench.worker CONFIG.json RUN_DIR` and turns what it leaves in RUN_DIR into the run's record."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from bench import data as D
+from bench import evaluation as E
+from bench import models as M
+from bench.env import environment
+from bench.suite import BASELINE
+from bench.train import Diverged, planned_steps, train
+from methods import METHODS, Method
+
+RESULT = ".result.json"
+PROGRESS = "progress.jsonl"
+
+
+def pick_device() -> torch.device:
+    wanted = os.environ.get("BENCH_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 where the device computes it natively (CUDA with bf16 support), else fp32: emulated bf16 on a CPU
+    without native support is many times slower, not faster."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+def count_params(model) -> tuple[int, int]:
+    """Trainable and total parameters, 4-bit layers counted at their real parameter count (as PEFT counts them)."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":
+            n = n * 2 * p.element_size()
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def dir_bytes(folder: Path, pattern: str = "*.safetensors") -> int:
+    return sum(f.stat().st_size for f in folder.glob(pattern))
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def build(cfg: dict[str, Any], method: Method | None, folder: str | None, device: torch.device, dtype: torch.dtype):
+    """The model as this run trains it: base (4-bit when the method says so), then the method's PEFT wrapping."""
+    four_bit = bool(method and method.load_in_4bit)
+    model = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=four_bit, seed=cfg["training"]["seed"])
+    if not four_bit:
+        model.to(device)
+    if method is None:
+        model.requires_grad_(False)
+        return model
+    if method.prepare:
+        method.prepare(model)
+    peft_config = method.config(**cfg["params"])
+    if peft_config is None:
+        model.requires_grad_(True)
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if four_bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    torch.manual_seed(cfg["training"]["seed"])  # adapter initialisation is seeded too
+    return get_peft_model(model, peft_config)
+
+
+def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    out: dict[str, Any] = {"status": "failed", "metrics": {}, "merge": {}, "curve": []}
+    device = pick_device()
+    tr, ev = cfg["training"], cfg["eval"]
+    dtype = pick_dtype(tr["precision"], device)
+    out["environment"] = environment(device) | {"dtype": str(dtype).removeprefix("torch.")}
+    torch.manual_seed(tr["seed"])
+    method = None if cfg["method"] == BASELINE else METHODS[cfg["method"]]
+
+    folder, out["model_info"] = M.resolve(cfg["model"])
+    tokenizer = M.load_tokenizer(cfg["model"], folder)
+    train_ex, eval_ex, report = D.load_examples(cfg["dataset"], max_eval=ev["max_examples"])
+    src = report.source
+    train_f = D.tokenize(train_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, src)
+    eval_f = D.tokenize(eval_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, src)
+    out["data"] = vars(report)
+
+    model = build(cfg, method, folder, device, dtype)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        out["metrics"]["load_memory_bytes"] = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        out["metrics"]["load_memory_bytes"] = psutil.Process().memory_info().rss
+    trainable, total = count_params(model)
+    out["metrics"].update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total)
+    out["metrics"]["load_seconds"] = time.perf_counter() - t0
+
+    pad_id = tokenizer.pad_token_id
+    if method is not None:
+        packed = tr["packing"] and method.packable
+        steps_per_epoch = len(D.batch_order(train_f, tr["batch_size"], tr["seed"]))
+        total_steps = planned_steps(cfg["budget"], steps_per_epoch, tr["grad_accum"], tr["epochs"])
+        progress = (run_dir / PROGRESS).open("a")
+
+        def save_checkpoint(name: str) -> None:
+            model.save_pretrained(run_dir / "checkpoints" / name)
+
+        def on_step(point):
+            progress.write(json.dumps(point) + "\n")
+            progress.flush()
+            if isinstance(tr["save_every"], int) and point["step"] % tr["save_every"] == 0:
+                save_checkpoint(f"step-{point['step']}")
+
+        def on_epoch(epoch, step):
+            if tr["save_every"] == "epoch":
+                save_checkpoint(f"epoch-{epoch}")
+
+        batches = D.batches(train_f, tr["batch_size"], tr["seed"], pad_id, packed, tr["epochs"])
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            try:
+                result = train(model, batches, tr, cfg["budget"], total_steps, device, on_step, on_epoch)
+            except Diverged as e:
+                out.update(status="diverged", error=str(e), last_step=len(_read_progress(run_dir)))
+                out["curve"] = _read_progress(run_dir)
+                return out
+        progress.close()
+        out["curve"] = result.curve
+        out["last_step"] = result.steps
+        m = out["metrics"]
+        m.update(
+            train_seconds=result.seconds, train_steps=result.steps, train_epochs=result.epochs,
+            train_tokens=result.real_tokens, processed_tokens=result.processed_tokens,
+            real_token_fraction=result.real_tokens / max(result.processed_tokens, 1),
+            train_tokens_per_second=result.real_tokens / result.seconds if result.seconds else 0.0,
+            final_train_loss=result.curve[-1]["loss"] if result.curve else float("nan"),
+        )
+        out["stopped_by"] = result.stopped_by
+        if device.type == "cuda":
+            m["mfu"] = mfu(cfg, model, result, device)
+
+    t_eval = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        loss = E.eval_loss(model, eval_f, ev["batch_size"], pad_id, device)
+        gens = E.generate(model, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device)
+    scores, out["predictions"] = E.summary(gens, eval_ex, ev["metrics"], ev["extract"], ev["keep_predictions"])
+    out["metrics"].update(scores)
+    out["metrics"].update(eval_loss=loss, eval_perplexity=E.perplexity(loss),
+                          generate_tokens_per_second=gens.tokens_per_second)
+    out["metrics"]["eval_seconds"] = time.perf_counter() - t_eval
+
+    if method is not None:
+        save_and_merge(cfg, method, model, tokenizer, folder, eval_ex, gens, device, dtype, run_dir, out)
+    if device.type == "cuda":
+        out["metrics"]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+        out["metrics"]["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
+    out["metrics"]["peak_memory_bytes"] = peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
+    out["status"] = "success"
+    return out
+
+
+def save_and_merge(cfg, method: Method, model, tokenizer, folder, eval_ex, gens, device, dtype, run_dir: Path, out):
+    """Save what the method produces (adapter or full checkpoint), then merge where it can and measure the merge."""
+    m = out["metrics"]
+    if method.config(**cfg["params"]) is None:
+        model.save_pretrained(run_dir / "model")
+        tokenizer.save_pretrained(run_dir / "model")
+        m["checkpoint_bytes"] = dir_bytes(run_dir / "model")
+        out["merge"] = {"status": "nothing to merge", "note": "full fine-tuning changes the weights themselves"}
+        return
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "adapter")
+    m["adapter_bytes"] = dir_bytes(run_dir / "adapter")
+    if method.merge == "none":
+        out["merge"] = {"status": "not mergeable",
+                        "note": f"{method.id} adds virtual tokens at inference; there are no weights to fold in"}
+        return
+    ev = cfg["eval"]
+    t = time.perf_counter()
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        before = E.prompt_logits(model, tokenizer, eval_ex, device)
+        if method.merge == "exact":
+            merged = model.merge_and_unload()
+            how = "merge_and_unload into the base weights"
+        else:
+            merged = merge_dequantized(cfg, folder, run_dir / "adapter", dtype, device)
+            how = "merge_and_unload into a de-quantised copy of the 4-bit base the adapter trained against"
+        after = E.prompt_logits(merged, tokenizer, eval_ex, device)
+        merged_gens = E.generate(merged, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device)
+    diff = E.logit_diff(before, after)
+    m["merge_max_abs_logit_diff"] = diff["max_abs"]
+    m["merge_mean_abs_logit_diff"] = diff["mean_abs"]
+    m["merged_generate_tokens_per_second"] = merged_gens.tokens_per_second
+    same = sum(a == b for a, b in zip(gens.token_ids, merged_gens.token_ids))
+    out["merge"] = {
+        "status": "merged", "kind": method.merge, "how": how, "max_abs_logit_diff": diff["max_abs"],
+        "mean_abs_logit_diff": diff["mean_abs"], "greedy_identical": same == len(gens.token_ids),
+        "greedy_identical_count": same, "compared": len(gens.token_ids), "seconds": time.perf_counter() - t,
+    }
+
+
+def merge_dequantized(cfg, folder, adapter_dir: Path, dtype, device):
+    """QLoRA: the same NF4 base, de-quantised to `dtype`, with the adapter merged into it."""
+    from peft import PeftModel
+
+    base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=True, seed=cfg["training"]["seed"])
+    base = base.dequantize(dtype=dtype)
+    base.to(device)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def mfu(cfg, model, result, device) -> float:
+    """Model FLOPs utilisation: 6 * N * tokens / time / peak, with N the base model's parameters (forward 2N,
+    backward 4N per token; attention's O(T^2) term is left out, as in PaLM's appendix B)."""
+    from bench.perf import peak_flops
+
+    n = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
+    peak = peak_flops(device)
+    return 6 * n * result.processed_tokens / result.seconds / peak if peak and result.seconds else 0.0
+
+
+def _read_progress(run_dir: Path) -> list[dict[str, float]]:
+    p = run_dir / PROGRESS
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def main() -> int:
+    cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg = json.loads(cfg_path.read_text())
+    try:
+        out = run(cfg, run_dir)
+    except torch.OutOfMemoryError as e:
+        out = {"status": "oom", "error": str(e).splitlines()[0]}
+    except (D.DataError, M.ModelSourceError) as e:
+        out = {"status": "failed", "error": str(e)}
+    except Exception:
+        out = {"status": "failed", "error": traceback.format_exc(limit=-6)}
+    if out["status"] != "success":
+        out.setdefault("curve", _read_progress(run_dir))
+        out.setdefault("last_step", len(out["curve"]))
+    tmp = run_dir / (RESULT + ".tmp")
+    tmp.write_text(json.dumps(out, default=float))
+    tmp.replace(run_dir / RESULT)
+    return 0 if out["status"] == "success" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

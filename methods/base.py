@@ -1,0 +1,41 @@
+"""The method record: what every file in `methods/` declares."""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+Merge = Literal["exact", "lossy", "none"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One fine-tuning method.
+
+    `config` is a pure function from the method's parameters to a PEFT config (`None` trains every
+    parameter). Its keyword arguments, with their defaults and annotations, are the parameters a suite may set:
+    they are PEFT's own kwarg names, so PEFT's docs explain them.
+    """
+
+    id: str
+    summary: str
+    config: Callable[..., Any]
+    merge: Merge
+    load_in_4bit: bool = False
+    # Prompt-learning methods prepend virtual tokens to each row, so rows cannot hold several packed examples.
+    packable: bool = True
+    # Bumped whenever results would change, so stored records stop matching and get rerun.
+    version: int = 1
+    # Optional hook run on the loaded base model before the PEFT config is applied (e.g. freezing).
+    prepare: Callable[[Any], None] | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        return {
+            name: p.default
+            for name, p in inspect.signature(self.config).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        return dict(inspect.signature(self.config).parameters)

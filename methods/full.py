@@ -1,0 +1,15 @@
+"""Full fine-tuning: every parameter of the base model trains."""
+
+from methods.base import Method
+
+
+def config():
+    return None
+
+
+METHOD = Method(
+    id="full",
+    summary="Train every parameter of the base model (the reference every PEFT method is measured against).",
+    config=config,
+    merge="none",
+)
