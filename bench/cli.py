@@ -192,7 +192,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results")
     p.add_argument("--csv", action="store_true", help="also write summary.csv")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("compare", help="regression gate: compare records against a baseline (exit 1 on regression)")
+    p.add_argument("baseline", help="baseline results folder or stored baseline file")
+    p.add_argument("current", help="current results folder")
+    p.add_argument("--force", action="store_true", help="compare even when suite version, model or data differ")
+    p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE (for a PR comment)")
+    p.set_defaults(func=_lazy("bench.compare", "cmd_compare"))
     return parser
+
+
+def _lazy(module: str, name: str):
+    """A command implemented in its own module, imported only when that command runs."""
+
+    def call(args) -> int:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(args)
+
+    return call
 
 
 def main(argv: list[str] | None = None) -> int:
