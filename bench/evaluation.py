@@ -32,7 +32,7 @@ def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, dev
     for i in range(0, len(features), batch_size):
         batch = {k: v.to(device) for k, v in collate(features[i:i + batch_size], pad_id, packed=False).items()}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        out = model(**batch, num_items_in_batch=torch.tensor(n, device=device))
+        out = model(**batch, num_items_in_batch=torch.tensor(n, device=device), use_cache=False)
         total += out.loss.item() * n
         count += n
     return total / max(count, 1)
@@ -47,33 +47,47 @@ def end_token_ids(tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new_tokens: int, device) -> Generations:
+def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new_tokens: int, device,
+             pad_free: bool = False) -> Generations:
     """Greedy answers for each example's prompt, batched with left padding (so every row ends where it generates).
 
-    PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself, and extends
-    the attention mask to cover them, so the same call serves adapters and prompt-learning methods.
+    PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself and extends
+    the attention mask to cover them. `pad_free` batches only prompts of equal token length together, for methods
+    whose answers would otherwise depend on the padding (see Method.left_pad_safe).
     """
     model.eval()
     tokenizer.padding_side = "left"
     stops = end_token_ids(tokenizer)
-    predictions, ids_out, new_tokens = [], [], 0
+    texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples]
+    order = list(range(len(texts)))
+    groups: list[list[int]] = []
+    if pad_free:
+        lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
+        for length in sorted(set(lengths)):
+            same = [i for i in order if lengths[i] == length]
+            groups += [same[j:j + batch_size] for j in range(0, len(same), batch_size)]
+    else:
+        groups = [order[j:j + batch_size] for j in range(0, len(order), batch_size)]
+    predictions: list[str] = [""] * len(texts)
+    ids_out: list[list[int]] = [[] for _ in texts]
+    new_tokens = 0
     start = time.perf_counter()
-    for i in range(0, len(examples), batch_size):
-        texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples[i:i + batch_size]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+    for group in groups:
+        enc = tokenizer([texts[i] for i in group], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(device)
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
             eos_token_id=stops, temperature=None, top_p=None, top_k=None,
         )
-        for row in out[:, enc["input_ids"].shape[1]:].tolist():
+        for i, row in zip(group, out[:, enc["input_ids"].shape[1]:].tolist()):
             kept = []
             for t in row:
                 kept.append(t)
                 if t in stops:
                     break
             new_tokens += len(kept)
-            ids_out.append(kept)
-            predictions.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+            ids_out[i] = kept
+            predictions[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
     if device.type == "cuda":
         torch.cuda.synchronize()
     return Generations(predictions, new_tokens, time.perf_counter() - start, ids_out)

@@ -70,7 +70,9 @@ def train(
         step_loss = 0.0
         for progress, batch in micro:
             batch = {k: v.to(device) for k, v in batch.items()}
-            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device))
+            # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples
+            # would attend to each other.
+            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
             out.loss.backward()
             step_loss += out.loss.item()
             mask = batch.get("attention_mask")

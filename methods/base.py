@@ -25,6 +25,9 @@ class Method:
     load_in_4bit: bool = False
     # Prompt-learning methods prepend virtual tokens to each row, so rows cannot hold several packed examples.
     packable: bool = True
+    # PEFT drops position ids for prompt tuning and P-tuning (peft_model._adjust_prompt_learning_kwargs), so with
+    # left padding the distance between virtual and real tokens depends on the padding: generate without padding.
+    left_pad_safe: bool = True
     # Bumped whenever results would change, so stored records stop matching and get rerun.
     version: int = 1
     # Optional hook run on the loaded base model before the PEFT config is applied (e.g. freezing).

@@ -24,4 +24,5 @@ METHOD = Method(
     config=config,
     merge="none",
     packable=False,
+    left_pad_safe=False,
 )

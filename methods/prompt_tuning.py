@@ -19,4 +19,5 @@ METHOD = Method(
     config=config,
     merge="none",
     packable=False,
+    left_pad_safe=False,
 )

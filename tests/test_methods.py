@@ -1,0 +1,130 @@
+"""Per method: training changes every trainable parameter and no frozen one; counts match PEFT; merges as declared."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from bench import data as D
+from bench.evaluation import generate, logit_diff, prompt_logits
+from bench.models import byte_tokenizer
+from bench.train import train
+from bench.worker import build, count_params
+from methods import METHODS
+from tests.conftest import ROOT, tiny_config
+
+CPU = torch.device("cpu")
+
+
+def _batches(cfg, examples, tokenizer, packed):
+    report = D.DataReport(source="test")
+    feats = D.tokenize(examples, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], report, "test")
+    return D.batches(feats, 4, 0, tokenizer.pad_token_id, packed, epochs=10)
+
+
+def _snapshot(model):
+    # Params4bit hold packed bytes; cloning .data compares them exactly either way.
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("method_id", list(METHODS))
+def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id, smoke_examples):
+    method = METHODS[method_id]
+    cfg = tiny_config(method_id)
+    tokenizer = byte_tokenizer()
+    model = build(cfg, method, None, CPU, torch.float32)
+    before = _snapshot(model)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable, "a method must train something"
+    train_ex, _ = smoke_examples
+    batches = list(itertools.islice(_batches(cfg, train_ex, tokenizer, packed=method.packable), 2))
+    # Two steps: LoRA's B starts at zero, so A only receives gradient from the second step on.
+    train(model, iter(batches), cfg["training"] | {"learning_rate": 1e-2}, {"max_steps": 2}, 2, CPU)
+    for name, p in model.named_parameters():
+        changed = p.detach() != before[name]
+        if name in trainable:
+            # Per tensor, as TRL's tests check: single elements can legitimately keep a zero gradient (embedding
+            # rows of tokens absent from the batches, dead ReLU units in P-tuning's encoder).
+            assert changed.any(), f"{method_id}: trainable {name} did not change"
+        else:
+            assert not changed.any(), f"{method_id}: frozen {name} changed"
+
+
+@pytest.mark.parametrize("method_id", [m for m in METHODS if m != "full"])
+def test_trainable_counts_equal_peft_count(method_id):
+    cfg = tiny_config(method_id)
+    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    assert count_params(model) == model.get_nb_trainable_parameters()
+    trainable, total = count_params(model)
+    assert 0 < trainable < total
+
+
+def test_qlora_counts_four_bit_weights_at_their_real_size():
+    base = build(tiny_config("baseline"), None, None, CPU, torch.float32)
+    q = build(tiny_config("qlora"), METHODS["qlora"], None, CPU, torch.float32)
+    lora = build(tiny_config("lora"), METHODS["lora"], None, CPU, torch.float32)
+    assert count_params(q) == count_params(lora)
+    assert count_params(q)[1] - count_params(q)[0] == count_params(base)[1]
+
+
+@pytest.mark.parametrize("method_id", [m for m, meth in METHODS.items() if meth.merge == "exact"])
+def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
+    cfg = tiny_config(method_id)
+    tokenizer = byte_tokenizer()
+    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    train_ex, eval_ex = smoke_examples
+    train(model, _batches(cfg, train_ex, tokenizer, True), cfg["training"] | {"learning_rate": 1e-2},
+          {"max_steps": 3}, 3, CPU)
+    before = prompt_logits(model, tokenizer, eval_ex, CPU)
+    merged = model.merge_and_unload()
+    after = prompt_logits(merged, tokenizer, eval_ex, CPU)
+    assert logit_diff(before, after)["max_abs"] < 1e-5
+    assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())
+
+
+@pytest.mark.parametrize("method_id", list(METHODS))
+def test_batched_generation_equals_one_at_a_time(method_id, smoke_examples):
+    """Left padding must not change any answer, virtual tokens and prefixes included."""
+    cfg = tiny_config(method_id)
+    tokenizer = byte_tokenizer()
+    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    train_ex, eval_ex = smoke_examples
+    # Train a little so the adapter is not the identity (LoRA B = 0 and IA3 = 1 at initialisation).
+    train(model, _batches(cfg, train_ex, tokenizer, METHODS[method_id].packable),
+          cfg["training"] | {"learning_rate": 1e-2}, {"max_steps": 2}, 2, CPU)
+    # Prompts of different lengths, so the batch really pads.
+    examples = sorted(eval_ex, key=lambda e: len(e.prompt))[:: max(1, len(eval_ex) // 4)][:4]
+    assert len({len(e.prompt) for e in examples}) > 1
+    pad_free = not METHODS[method_id].left_pad_safe
+    batched = generate(model, tokenizer, examples, batch_size=4, max_new_tokens=6, device=CPU, pad_free=pad_free)
+    single = [generate(model, tokenizer, [e], 1, 6, CPU).token_ids[0] for e in examples]
+    assert batched.token_ids == single
+
+
+def test_packed_and_padded_training_give_the_same_losses(smoke_examples):
+    train_ex, _ = smoke_examples
+    tokenizer = byte_tokenizer()
+    curves = []
+    for packed in (True, False):
+        cfg = tiny_config("lora")
+        model = build(cfg, METHODS["lora"], None, CPU, torch.float32)
+        result = train(model, _batches(cfg, train_ex, tokenizer, packed), cfg["training"], {"max_steps": 3}, 3, CPU)
+        curves.append([p["loss"] for p in result.curve])
+    assert curves[0] == pytest.approx(curves[1], abs=1e-5)
+
+
+def test_every_method_file_is_registered():
+    files = {p.stem for p in (ROOT / "methods").glob("*.py")} - {"__init__", "base"}
+    assert files == set(METHODS)
+    for mid, m in METHODS.items():
+        assert m.id == mid
+
+
+def test_method_defaults_build_valid_peft_configs():
+    for m in METHODS.values():
+        cfg = m.config(**m.defaults())
+        assert (cfg is None) == (m.id == "full")
+        if cfg is not None:
+            assert cfg.task_type == "CAUSAL_LM"
