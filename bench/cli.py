@@ -64,14 +64,32 @@ def cmd_validate(args) -> int:
 
 
 def _preflight_data(suite) -> str | None:
-    """Load the dataset once before any run starts: a data problem is one clear error, not seven failed runs."""
-    from bench.data import DataError, load_examples
+    """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not seven
+    failed runs. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
+    from bench import models as M
+    from bench.data import DataError, load_examples, tokenize
 
-    cfg = suite.resolved_runs()[0]
+    runs = suite.resolved_runs()
+    cfg = runs[0]
+    tightest = min(runs, key=lambda r: r["training"]["max_seq_len"])
+    max_seq_len = tightest["training"]["max_seq_len"]
+    # A per-run override is the one to change; name the run that has it.
+    who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest['run']}: "
     try:
-        load_examples(cfg["dataset"], max_eval=cfg["eval"]["max_examples"])
-    except DataError as e:
+        train, evals, report = load_examples(cfg["dataset"], max_eval=cfg["eval"]["max_examples"])
+        # Resolving a GGUF converts it here, once, instead of in the first run.
+        folder, _ = M.resolve(cfg["model"])
+        tokenizer = M.load_tokenizer(cfg["model"], folder)
+    except (DataError, M.ModelSourceError) as e:
         return str(e)
+    for part, examples in (("train", train), ("eval", evals)):
+        try:
+            kept = tokenize(examples, tokenizer, max_seq_len, cfg["dataset"], report, report.source)
+        except DataError as e:
+            return f"{who}{e}"
+        if not kept:
+            return (f"{who}{report.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so none "
+                    "is left to run on (raise training.max_seq_len)")
     return None
 
 

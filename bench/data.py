@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import difflib
 import hashlib
+import io
 import json
 import random
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ class DataError(Exception):
 class Example:
     messages: list[dict[str, str]]  # ends with the assistant's response
     row: int  # 1-based row in its source
+    place: str = ""  # where errors point: "data.jsonl, line 7"
 
     @property
     def prompt(self) -> str:
@@ -53,62 +57,139 @@ def _format_of(path: str) -> str:
         return "json"
     if suffix in (".csv", ".tsv"):
         return "csv"
-    raise DataError(f"{path}: unknown data format '{suffix}' (use .json, .jsonl or .csv)")
+    raise DataError(f"{path}: unknown data format '{suffix}' (use .json, .jsonl, .csv or .tsv)")
 
 
-def _diagnose(path: str, err: Exception) -> DataError:
-    """datasets' errors name no row; find the bad byte or line ourselves."""
+@dataclass
+class Unreadable:
+    """A line that could not be read; the bad-row policy decides whether that stops the run."""
+
+    reason: str
+    detail: str
+
+
+@dataclass
+class Rows:
+    """A file's rows, each with the number a person finds it by: the line in JSON Lines, the record otherwise."""
+
+    items: list[tuple[int, Any]]
+    where: str
+    unit: str  # "line" or "row"
+    columns: list[str]
+
+    def at(self, n: int) -> str:
+        return f"{self.where}, {self.unit} {n}"
+
+
+def _read_local(path: str) -> Rows:
+    """Local files are parsed here, not by `datasets`: its CSV reader turns "42" into a number, its JSON reader
+    rejects a column whose type changes between rows without naming the row, and neither says where a bad byte is."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: no such file")
+    fmt = _format_of(path)
     raw = Path(path).read_bytes()
+    if fmt == "csv" or raw.lstrip()[:1] == b"[":
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(f"{path}, line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+        if fmt == "csv":
+            delimiter = "\t" if path.lower().endswith(".tsv") else ","
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+            try:
+                items = list(enumerate(reader, 1))
+            except csv.Error as e:
+                raise DataError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+            return Rows(items, path, "row", [c for c in reader.fieldnames or [] if c is not None])
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}, line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        return Rows(list(enumerate(data, 1)), path, "row", _columns(data))
+    items: list[tuple[int, Any]] = []
+    for n, line in enumerate(raw.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            detail = f"not UTF-8 (byte 0x{line[e.start]:02x} at column {e.start + 1})"
+            items.append((n, Unreadable("not UTF-8", detail)))
+            continue
+        try:
+            items.append((n, json.loads(text)))
+        except json.JSONDecodeError as e:
+            if n == 1 and raw.lstrip()[:1] == b"{" and _is_object(raw):
+                raise DataError(f"{path}: one JSON object; expected a JSON array of rows or one row per line "
+                                "(JSON Lines)") from None
+            items.append((n, Unreadable("invalid JSON", f"invalid JSON ({e.msg} at column {e.colno})")))
+    return Rows(items, path, "line", _columns([r for _, r in items]))
+
+
+def _is_object(raw: bytes) -> bool:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return DataError(f"{path}, line {line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})")
-    if _format_of(path) == "json" and not text.lstrip().startswith("["):
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    json.loads(line)
-                except json.JSONDecodeError as je:
-                    return DataError(f"{path}, line {n}: invalid JSON ({je.msg} at column {je.colno})")
-    return DataError(f"{path}: could not be read as {_format_of(path)}: {str(err).splitlines()[0]}")
+        return isinstance(json.loads(raw), dict)
+    except ValueError:
+        return False
 
 
-def _load_rows(path: str | None, hub: str | None, subset: str | None, split: str) -> tuple[list[dict], str]:
+def _columns(rows: list[Any]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        if isinstance(r, dict):
+            seen.update(dict.fromkeys(r))
+    return list(seen)
+
+
+def _load_rows(path: str | None, hub: str | None, subset: str | None, split: str) -> Rows:
+    if path is not None:
+        return _read_local(path)
     import datasets
 
     datasets.disable_progress_bars()
-    if path is not None:
-        if not Path(path).is_file():
-            raise DataError(f"{path}: no such file")
-        try:
-            ds = datasets.load_dataset(_format_of(path), data_files=path, split="train")
-        except Exception as e:  # datasets raises many types for a bad file; every one is a data problem
-            raise _diagnose(path, e) from None
-        return ds.to_list(), path
     try:
         ds = datasets.load_dataset(hub, subset, split=split)
-    except Exception as e:
+    except Exception as e:  # datasets raises many types; any of them means this dataset cannot be used
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"dataset '{hub}' (split {split}) could not be loaded: {first}. Offline? Use a local "
                         "file (dataset.path).") from None
-    return ds.to_list(), f"{hub}:{subset or ''}:{split}"
+    return Rows(list(enumerate(ds.to_list(), 1)), f"{hub}:{subset or ''}:{split}", "row", list(ds.column_names))
 
 
-def _to_example(row: dict, n: int, spec: dict[str, Any], where: str, report: DataReport) -> Example | None:
+def _check_columns(rows: Rows, spec: dict[str, Any]) -> None:
+    """A column no row has is a mapping mistake, not a bad row: say which columns there are."""
+    wanted = [("messages", spec["messages"])] if spec.get("messages") else [
+        (key, spec.get(key, key)) for key in ("prompt", "response")]
+    for key, col in wanted:
+        if rows.columns and col not in rows.columns:
+            raise DataError(f"{rows.where}: no column '{col}' for the {key} (columns: {', '.join(rows.columns)}"
+                            f"{did_you_mean(col, rows.columns)}; map it with dataset.{key}: COLUMN)")
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _to_example(row: Any, n: int, spec: dict[str, Any], rows: Rows, report: DataReport) -> Example | None:
     """One row to an Example, or None when the policy says skip; the reason is counted either way."""
 
     def bad(reason: str, detail: str):
         if spec.get("on_bad_row", "error") == "error":
-            raise DataError(f"{where}, row {n}: {detail} (set dataset.on_bad_row: skip to skip and count such rows)")
+            raise DataError(f"{rows.at(n)}: {detail} (set dataset.on_bad_row: skip to skip and count such rows)")
         report.skip(reason)
         return None
 
+    if isinstance(row, Unreadable):
+        return bad(row.reason, row.detail)
+    if not isinstance(row, dict):
+        return bad("not an object", f"expected an object with named fields, got {type(row).__name__} {row!r:.60}")
     system = [{"role": "system", "content": spec["system"]}] if spec.get("system") else []
     if spec.get("messages"):
         col = spec["messages"]
         if col not in row:
-            raise DataError(f"{where}: no column '{col}' (columns: {', '.join(row)})")
+            return bad("missing field", f"no field '{col}'")
         msgs = row[col]
         if not isinstance(msgs, list) or not msgs or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
@@ -116,45 +197,55 @@ def _to_example(row: dict, n: int, spec: dict[str, Any], where: str, report: Dat
             return bad("bad messages", f"field '{col}' must be a list of {{role, content}} strings")
         if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
             return bad("empty response", f"field '{col}' must end with a non-empty assistant message")
-        return Example(system + [dict(role=m["role"], content=m["content"]) for m in msgs], n)
+        if not any(m["role"] != "assistant" for m in msgs[:-1]):
+            return bad("empty prompt", f"field '{col}' has no user message before the assistant's answer")
+        return Example(system + [dict(role=m["role"], content=m["content"]) for m in msgs], n, rows.at(n))
     for key in ("prompt", "response"):
         col = spec.get(key, key)
         if col not in row:
-            raise DataError(f"{where}: no column '{col}' for the {key} (columns: {', '.join(row)}; "
-                            f"map it with dataset.{key}: COLUMN)")
+            return bad("missing field", f"no field '{col}' for the {key}")
         value = row[col]
         if value is None or (isinstance(value, str) and not value.strip()):
             return bad(f"empty {key}", f"field '{col}' is empty")
         if not isinstance(value, str):
-            return bad(f"wrong type", f"field '{col}' should be text, got {type(value).__name__} {value!r}")
+            return bad("wrong type", f"field '{col}' should be text, got {type(value).__name__} {value!r:.60}")
     prompt, response = row[spec.get("prompt", "prompt")], row[spec.get("response", "response")]
-    return Example(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], n)
+    return Example(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], n,
+                   rows.at(n))
+
+
+def _examples(rows: Rows, spec: dict[str, Any], report: DataReport, what: str) -> list[Example]:
+    if not rows.items:
+        raise DataError(f"{rows.where}: the {what} is empty (no rows)")
+    _check_columns(rows, spec)
+    examples = [e for n, r in rows.items if (e := _to_example(r, n, spec, rows, report))]
+    examples = _dedupe(examples, rows, spec, report)
+    if not examples:
+        raise DataError(f"{rows.where}: no usable rows in the {what} (skipped: "
+                        f"{', '.join(f'{k} {v}' for k, v in report.skipped.items())})")
+    return examples
 
 
 def load_examples(spec: dict[str, Any], max_eval: int | None = None) -> tuple[list[Example], list[Example], DataReport]:
     """Train and eval examples per the dataset spec; bad rows raise or are skipped and counted."""
-    rows, where = _load_rows(spec.get("path"), spec.get("hub"), spec.get("subset"), spec.get("split", "train"))
-    report = DataReport(source=where)
-    if not rows:
-        raise DataError(f"{where}: the dataset is empty")
-    examples = [e for n, r in enumerate(rows, 1) if (e := _to_example(r, n, spec, where, report))]
-    examples = _dedupe(examples, where, spec, report)
+    rows = _load_rows(spec.get("path"), spec.get("hub"), spec.get("subset"), spec.get("split", "train"))
+    report = DataReport(source=rows.where)
+    examples = _examples(rows, spec, report, "dataset")
+    rng = random.Random(spec.get("seed", 0))
+    rng.shuffle(examples)
+    eval_where = rows.where
     if spec.get("eval_path") or spec.get("eval_split"):
-        eval_rows, eval_where = _load_rows(spec.get("eval_path"), spec.get("hub"), spec.get("subset"),
-                                           spec.get("eval_split") or "")
-        if not eval_rows:
-            raise DataError(f"{eval_where}: the eval split is empty")
-        evals = [e for n, r in enumerate(eval_rows, 1) if (e := _to_example(r, n, spec, eval_where, report))]
-        rng = random.Random(spec.get("seed", 0))
-        rng.shuffle(examples)
+        eval_rows = _load_rows(spec.get("eval_path"), spec.get("hub"), spec.get("subset"),
+                               spec.get("eval_split") or "")
+        evals = _examples(eval_rows, spec, report, "eval split")
+        eval_where = eval_rows.where
         train = examples
     else:
-        rng = random.Random(spec.get("seed", 0))
-        rng.shuffle(examples)
         size = spec.get("eval_size", 0.1)
         n_eval = int(size) if size >= 1 else max(1, round(len(examples) * size))
         if n_eval >= len(examples):
-            raise DataError(f"{where}: eval_size {size} leaves no training rows ({len(examples)} rows in all)")
+            raise DataError(f"{rows.where}: eval_size {size:g} leaves no training rows ({len(examples)} usable rows in "
+                            "all)")
         evals, train = examples[:n_eval], examples[n_eval:]
     if spec.get("max_examples"):
         train = train[: spec["max_examples"]]
@@ -164,14 +255,13 @@ def load_examples(spec: dict[str, Any], max_eval: int | None = None) -> tuple[li
     overlap = [e for e in evals if _key(e) in train_keys]
     if overlap:
         if spec.get("on_bad_row", "error") == "error":
-            raise DataError(f"{where}: {len(overlap)} eval example(s) also appear in the train split (first: eval row "
-                            f"{overlap[0].row}); scores would be inflated. Remove them or set dataset.on_bad_row: skip")
+            raise DataError(f"{overlap[0].place}: {len(overlap)} eval example(s) also appear in the train "
+                            f"split (this is the first); scores would be inflated. Remove them or set "
+                            "dataset.on_bad_row: skip")
         report.skipped["eval overlaps train"] = len(overlap)
         evals = [e for e in evals if _key(e) not in train_keys]
-    if not train:
-        raise DataError(f"{where}: the train split is empty")
-    if not evals:
-        raise DataError(f"{where}: the eval split is empty")
+        if not evals:
+            raise DataError(f"{eval_where}: every eval example also appears in the train split")
     report.train_rows, report.eval_rows = len(train), len(evals)
     report.fingerprint = fingerprint(train, evals)
     return train, evals, report
@@ -181,14 +271,14 @@ def _key(e: Example) -> str:
     return json.dumps(e.messages, sort_keys=True)
 
 
-def _dedupe(examples: list[Example], where: str, spec: dict[str, Any], report: DataReport) -> list[Example]:
+def _dedupe(examples: list[Example], rows: Rows, spec: dict[str, Any], report: DataReport) -> list[Example]:
     seen: dict[str, int] = {}
     out = []
     for e in examples:
         k = _key(e)
         if k in seen:
             if spec.get("on_bad_row", "error") == "error":
-                raise DataError(f"{where}, row {e.row}: duplicate of row {seen[k]} (set dataset.on_bad_row: skip "
+                raise DataError(f"{e.place}: duplicate of {rows.unit} {seen[k]} (set dataset.on_bad_row: skip "
                                 "to drop duplicates and count them)")
             report.skip("duplicate")
             continue
@@ -225,10 +315,15 @@ def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: dict[st
         if full[: len(prompt)] != prompt:
             # Some templates render the last turn differently once a response follows; fall back to concatenation.
             full = prompt + tokenizer(full_response_text(tokenizer, e), add_special_tokens=False).input_ids
+        end = tokenizer.eos_token_id
+        if end in full[len(prompt):]:
+            # Templates write a newline after the end of turn; the model should learn to stop, not to go on.
+            full = full[: len(full) - full[::-1].index(end)]
         if len(prompt) >= max_seq_len:
             if spec.get("on_bad_row", "error") == "error":
-                raise DataError(f"{where}, row {e.row}: the prompt alone is {len(prompt)} tokens, over max_seq_len "
-                                f"{max_seq_len} (raise training.max_seq_len, or set dataset.on_bad_row: skip)")
+                raise DataError(f"{e.place or f'{where}, row {e.row}'}: the prompt alone is {len(prompt)} tokens, "
+                                f"leaving no room for the response in max_seq_len {max_seq_len} (raise "
+                                "training.max_seq_len, or set dataset.on_bad_row: skip)")
             report.skip("prompt longer than max_seq_len")
             continue
         if len(full) > max_seq_len:

@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def byte_tokenizer():
 def gguf_file(name: str, package: str | None, base_dir: Path = Path(".")) -> Path:
     """The GGUF file, either a path or a file inside an installed Python distribution (imported never)."""
     if package is None:
-        p = Path(name).expanduser()
+        p = Path(os.path.expanduser(name))  # leaves an unknown "~user" as is, where Path.expanduser raises
         p = p if p.is_absolute() else base_dir / p
         if not p.is_file():
             raise FileNotFoundError(f"no such file {str(p)!r}")
@@ -94,24 +95,36 @@ def sha256_file(path: Path) -> str:
 
 def convert_gguf(path: Path) -> tuple[Path, str]:
     """De-quantise a GGUF once into float32 safetensors under the cache, keyed by the file's hash."""
+    with path.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelSourceError(f"model.gguf: {path} is not a GGUF file (it does not start with 'GGUF')")
     digest = sha256_file(path)
     out = cache_dir() / "gguf" / digest[:16]
     if (out / "config.json").is_file():
         return out, digest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if path.open("rb").read(4) != b"GGUF":
-        raise ModelSourceError(f"{path} is not a GGUF file (no GGUF magic bytes)")
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    # transformers refuses to save a GGUF-quantised model; the weights are already de-quantised to float32.
-    del model.config.quantization_config
-    model.hf_quantizer = None
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+        # transformers refuses to save a GGUF-quantised model; the weights are already de-quantised to float32.
+        del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except Exception as e:  # a damaged or unsupported file fails somewhere inside transformers or gguf
+        shutil.rmtree(tmp, ignore_errors=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelSourceError(f"model.gguf: {path} could not be converted from GGUF: {first} (is the file complete, "
+                               "and of an architecture transformers reads?)") from None
     (tmp / "source.json").write_text(json.dumps({"gguf": str(path), "sha256": digest}))
-    tmp.rename(out)  # atomic: a killed conversion leaves no half cache that later loads trust
+    try:
+        tmp.rename(out)  # atomic: a killed conversion leaves no half cache that later loads trust
+    except OSError:
+        if not (out / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)  # another process converted the same file meanwhile; its copy is identical
     return out, digest
 
 
@@ -148,7 +161,7 @@ def load_tokenizer(model: dict[str, Any], folder: str | None):
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=model.get("revision"))
     except OSError as e:
-        raise ModelSourceError(_hub_hint(name, e)) from None
+        raise ModelSourceError(_hub_hint(name, e, "model.tokenizer" if model.get("tokenizer") else None)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
@@ -194,9 +207,14 @@ def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype,
         raise ModelSourceError(_hub_hint(folder, e)) from None
 
 
-def _hub_hint(name: str, err: Exception) -> str:
+def _hub_hint(name: str, err: Exception, place: str | None = None) -> str:
+    """One line naming the suite key, the model and why it did not load; offline or not, say what to use instead."""
     first = str(err).strip().split("\n")[0]
-    if not Path(name).exists():
-        return (f"model '{name}' could not be loaded from the Hugging Face Hub ({first}). Offline? Use a local "
-                "folder (model.path) or a GGUF file (model.gguf) instead.")
-    return f"model '{name}' could not be loaded: {first}"
+    if Path(name).exists():
+        return f"{place or 'model.path'}: '{name}' could not be loaded: {first}"
+    place = place or "model.hub"
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+        return (f"{place}: '{name}' is not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot "
+                "be downloaded; use a local folder (model.path) or a GGUF file (model.gguf)")
+    return (f"{place}: '{name}' could not be loaded from the Hugging Face Hub ({first}). Offline? Use a local "
+            "folder (model.path) or a GGUF file (model.gguf) instead.")

@@ -252,12 +252,11 @@ def _place(loc: tuple) -> str:
 
 def _pydantic_problems(err: ValidationError, doc: Any) -> list[tuple[int | None, str]]:
     problems = []
+    plain = to_plain(doc)
     for e in err.errors():
-        # Drop pydantic's union-branch and validator markers from the place ("function-after[...]", "int").
-        loc = tuple(p for p in e["loc"] if isinstance(p, int) or not any(c in p for c in "[]-") and p not in (
-            "int", "str", "float", "bool", "list", "dict", "literal"))
+        loc = _doc_loc(e["loc"], plain, e["type"])
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "extra_forbidden" and loc:
             parent = _fields_at(loc[:-1])
             msg = f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], parent)}"
         elif e["type"] == "missing":
@@ -266,6 +265,27 @@ def _pydantic_problems(err: ValidationError, doc: Any) -> list[tuple[int | None,
             msg = f"{msg}, got {e['input']!r}"
         problems.append((line_of(doc, loc), f"{_place(loc)}: {msg}"))
     return problems
+
+
+def _doc_loc(loc: tuple, doc: Any, kind: str) -> tuple:
+    """The part of pydantic's error place that exists in the document.
+
+    Pydantic adds union-branch markers ("literal['epoch']", "constrained-int") to the place; they are whatever
+    does not name a key or index of the document. Matching against the document keeps user keys that happen
+    to look like markers ("learning-rate"). A key that is not there stays only when it is the missing one.
+    """
+    out, node = [], doc
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and i == len(loc) - 1 and kind == "missing":
+            pass
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
 
 
 def _fields_at(loc: tuple) -> list[str]:
@@ -296,7 +316,9 @@ def _method_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]
             continue
         mid = run["method"]
         name = run.get("name") or mid
-        if name in names or name == BASELINE:
+        if not isinstance(name, str):
+            name = mid  # pydantic reports the name's type; the method is still worth checking
+        elif name in names or name == BASELINE:
             why = "is reserved for the untrained base model" if name == BASELINE else f"repeats runs[{names[name]}]"
             problems.append((line_of(doc, ("runs", i)), f"runs[{i}]: run name '{name}' {why}; give it a distinct name"))
         names.setdefault(name, i)
@@ -343,6 +365,12 @@ def _method_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]
     return problems
 
 
+def _local(value: str, suite_dir: Path) -> Path:
+    # os.path.expanduser leaves an unknown "~user" as it is where Path.expanduser raises.
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else suite_dir / p
+
+
 def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
     problems = []
     dataset = doc.get("dataset")
@@ -350,18 +378,22 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
         for key in ("path", "eval_path"):
             value = dataset.get(key)
             if isinstance(value, str):
-                p = Path(value).expanduser()
-                p = p if p.is_absolute() else suite_dir / p
+                p = _local(value, suite_dir)
                 if not p.is_file():
                     problems.append((line_of(doc, ("dataset", key)),
                                      f"dataset.{key}: no such file {str(p)!r} (paths are relative to the suite file)"))
+                elif p.suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv"):
+                    problems.append((line_of(doc, ("dataset", key)), f"dataset.{key}: unknown data format "
+                                     f"'{p.suffix}' in {str(p)!r} (use .json, .jsonl, .csv or .tsv)"))
     model = doc.get("model")
     if isinstance(model, dict):
         if isinstance(model.get("path"), str):
-            p = Path(model["path"]).expanduser()
-            p = p if p.is_absolute() else suite_dir / p
+            p = _local(model["path"], suite_dir)
             if not p.is_dir():
                 problems.append((line_of(doc, ("model", "path")), f"model.path: no such folder {str(p)!r}"))
+            elif not (p / "config.json").is_file():
+                problems.append((line_of(doc, ("model", "path")),
+                                 f"model.path: {str(p)!r} is not a model folder (no config.json)"))
         if isinstance(model.get("preset"), str):
             from bench.models import PRESETS
 
@@ -369,7 +401,7 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
                 problems.append((line_of(doc, ("model", "preset")), f"model.preset: unknown preset "
                                  f"'{model['preset']}'{did_you_mean(model['preset'], PRESETS)}; "
                                  f"known: {', '.join(PRESETS)}"))
-        if isinstance(model.get("gguf"), str):
+        if isinstance(model.get("gguf"), str) and isinstance(model.get("package"), (str, type(None))):
             from bench.models import gguf_file
 
             try:
@@ -377,8 +409,22 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
             except FileNotFoundError as e:
                 problems.append((line_of(doc, ("model", "gguf")), f"model.gguf: {e}"))
             else:
-                if f.is_file() and f.open("rb").read(4) != b"GGUF":
-                    problems.append((line_of(doc, ("model", "gguf")), f"model.gguf: {str(f)!r} is not a GGUF file"))
+                with f.open("rb") as fh:
+                    magic = fh.read(4)
+                if magic != b"GGUF":
+                    problems.append((line_of(doc, ("model", "gguf")),
+                                     f"model.gguf: {str(f)!r} is not a GGUF file (it does not start with 'GGUF')"))
+        if isinstance(model.get("hub"), str):
+            # Only the id's spelling: whether the Hub or its cache has it is for `run` to find out, so that a suite
+            # meant for a machine with Hub access still validates offline.
+            from huggingface_hub.errors import HFValidationError
+            from huggingface_hub.utils import validate_repo_id
+
+            try:
+                validate_repo_id(model["hub"])
+            except HFValidationError:
+                problems.append((line_of(doc, ("model", "hub")), f"model.hub: '{model['hub']}' is not a Hub id "
+                                 "(owner/name: letters, digits, '-', '_' and '.')"))
     return problems
 
 

@@ -7,7 +7,18 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+
+# Aliases let a few lines expand to billions of nodes ("billion laughs"); no real suite comes near this.
+MAX_NODES = 100_000
+
+
+class _Constructor(RoundTripConstructor):
+    """Dates stay text: no suite field is a date, and ruamel raises a bare ValueError on `2023-13-45`."""
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:timestamp", _Constructor.construct_yaml_str)
 
 
 class SuiteError(Exception):
@@ -35,9 +46,10 @@ def load_yaml(path: str | Path) -> Any:
     except OSError as e:
         raise SuiteError(path, [f"cannot read: {e.strerror}"]) from None
     yaml = YAML(typ="rt")
+    yaml.Constructor = _Constructor
     yaml.allow_duplicate_keys = False
     try:
-        return yaml.load(text)
+        doc = yaml.load(text)
     except MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -46,6 +58,22 @@ def load_yaml(path: str | Path) -> Any:
         raise SuiteError(path, [f"{where}{problem}"]) from None
     except YAMLError as e:
         raise SuiteError(path, [str(e).split("\n")[0]]) from None
+    if _expanded_size(doc) > MAX_NODES:
+        raise SuiteError(path, [f"the YAML expands to more than {MAX_NODES:,} values through aliases; write it out"])
+    return doc
+
+
+def _expanded_size(doc: Any) -> int:
+    """Nodes once aliases are expanded (what to_plain builds), counting stops just past MAX_NODES."""
+    count, stack = 0, [doc]
+    while stack and count <= MAX_NODES:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return count
 
 
 def line_of(doc: Any, loc: tuple) -> int | None:
