@@ -1,0 +1,399 @@
+"""What a report says, as plain data built from records: the Markdown and HTML renderers only lay it out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bench.records import RunRecord, format_value, metric
+from bench.report.plots import MARKERS, PALETTE, pareto_front
+from bench.rows import baseline, best, cell, columns, ordered, score_names, summary_rows
+
+TEXT_COLUMNS = ("run", "method", "merge", "status")
+EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
+
+
+@dataclass(frozen=True)
+class Cell:
+    text: str
+    best: bool = False
+    note: str | None = None  # shown beside the value: the baseline's score, or the trainable share
+
+
+@dataclass(frozen=True)
+class Row:
+    cells: list[Cell]
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    headers: list[str]
+    numeric: list[bool]  # right-aligned columns
+    rows: list[Row]
+
+
+@dataclass(frozen=True)
+class Failure:
+    run: str
+    method: str
+    status: str
+    last_step: int
+    headline: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Point:
+    run: str
+    x: float
+    y: float
+    colour: str
+    marker: str
+
+
+@dataclass(frozen=True)
+class Tradeoff:
+    """One cost axis against the score: the runs as points and which of them make the Pareto front."""
+
+    name: str  # cost metric
+    x_label: str
+    score: str
+    y_label: str
+    points: list[Point]
+    front: list[Point]
+    x_better: str
+    y_better: str
+    x_divisor: float = 1.0  # bytes are plotted in MB or GB
+    log_x: bool = False
+    baseline_y: float | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    reference: str
+    answers: list[tuple[str, str]]  # (run, prediction)
+
+
+@dataclass(frozen=True)
+class Curve:
+    run: str
+    colour: str
+    steps: list[float]
+    losses: list[float]
+    finished: bool
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    intro: list[str]
+    warnings: list[str]
+    summary: Table
+    summary_notes: list[str]
+    score: str | None
+    tradeoffs: list[Tradeoff]
+    curves: list[Curve]
+    failures: list[Failure]
+    examples: list[Example]
+    environment: list[tuple[str, str]]
+    config_common: list[tuple[str, str]]
+    config_runs: list[tuple[str, str, str]]  # (run, params, other settings that differ)
+    data_notes: list[str]
+
+
+def labels(records: list[RunRecord]) -> dict[int, str]:
+    """A name per record (keyed by id): the run name; suite/run where a merged folder holds one run name from two
+    suites; and its start time too where it holds the same run of the same suite twice."""
+    runs = [r.run for r in records]
+    pairs = [(r.suite, r.run) for r in records]
+
+    def name(r: RunRecord) -> str:
+        if runs.count(r.run) == 1:
+            return r.run
+        if pairs.count((r.suite, r.run)) == 1:
+            return f"{r.suite}/{r.run}"
+        return f"{r.suite}/{r.run} @ {r.started_at}"
+
+    return {id(r): name(r) for r in records}
+
+
+def styles(records: list[RunRecord]) -> dict[int, tuple[str, str]]:
+    """A colour and a marker per record (keyed by id), the same in every chart; runs at one spot show both."""
+    return {id(r): (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, r in enumerate(ordered(records))}
+
+
+def plain(value: Any) -> str:
+    """A config or environment value as a person writes it in YAML."""
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def groups(values: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """(run, value) pairs to value -> runs, in first-seen order."""
+    out: dict[str, list[str]] = {}
+    for run, value in values:
+        out.setdefault(value, []).append(run)
+    return out
+
+
+def grouped_text(g: dict[str, list[str]]) -> str:
+    if len(g) == 1:
+        return next(iter(g))
+    return "; ".join(f"{value} ({', '.join(runs)})" for value, runs in g.items())
+
+
+def error_headline(error: str | None) -> str:
+    """The line that says what went wrong: a traceback's last line, not its first."""
+    if not error:
+        return "no error recorded"
+    own = error.split("--- log tail ---")[0]
+    lines = [line.strip() for line in own.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else error.strip().splitlines()[-1]
+
+
+def summary_table(records: list[RunRecord]) -> Table:
+    rows = summary_rows(records)
+    recs = ordered(records)
+    names = labels(records)
+    base = baseline(records)
+    # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
+    cols = [(n, h) for n, h in columns(records) if n not in ("method", "trainable_pct")]
+    renamed = {"run": "run / method", "trainable_params": "trainable params"}
+    headers = [renamed.get(n, h) for n, h in cols]
+    marks = {}
+    for name, _ in cols:
+        if name in TEXT_COLUMNS:
+            continue
+        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != "baseline"
+                and isinstance(r.get(name), (int, float))}
+        # A best is only news when runs differ; marking every tied cell says nothing.
+        marks[name] = best(rows, name) if len(vals) > 1 else None
+    out = []
+    for rec, row in zip(recs, rows):
+        ok = row["status"] == "success"
+        trained_ok = ok and row["method"] != "baseline"
+        cells = []
+        for name, _ in cols:
+            value = row.get(name)
+            text = names[id(rec)] if name == "run" else cell(name, value)
+            if name == "merge" and not ok and not rec.merge:
+                text = "-"  # a run that never finished never tried to merge; "?" would suggest a lost result
+            note = None
+            if name == "run" and rec.method != rec.run:
+                note = rec.method
+            elif name == "trainable_params" and row.get("trainable_pct") is not None:
+                note = f"{cell('trainable_pct', row['trainable_pct'])}%"
+            elif (metric(name).kind == "score" and base is not None and rec is not base and value is not None
+                    and name not in TEXT_COLUMNS and base.metrics.get(name) is not None):
+                note = f"base {format_value(name, base.metrics[name])}"
+            is_best = trained_ok and name in marks and marks[name] is not None and value == marks[name]
+            cells.append(Cell(text, is_best, note))
+        out.append(Row(cells, ok))
+    return Table(headers, [n not in TEXT_COLUMNS for n, _ in cols], out)
+
+
+def failures(records: list[RunRecord]) -> list[Failure]:
+    names = labels(records)
+    return [Failure(names[id(r)], r.method, r.status, r.last_step, error_headline(r.error),
+                    (r.error or "").strip())
+            for r in ordered(records) if r.status != "success"]
+
+
+# Cost axes for the score plots: (metric, axis label, plot on a log axis).
+TRADEOFFS = [
+    ("peak_memory_bytes", "peak memory", False),
+    ("train_seconds", "train time (s)", False),
+    ("trainable_params", "trainable parameters", True),
+]
+
+
+def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
+    scores = score_names(records)
+    if not scores:
+        return []
+    score = scores[0]
+    names, style = labels(records), styles(records)
+    base = baseline(records)
+    out = []
+    for name, label, log_x in TRADEOFFS:
+        pts = [Point(names[id(r)], float(r.metrics[name]), float(r.metrics[score]), *style[id(r)])
+               for r in ordered(records)
+               if r.status == "success" and r.method != "baseline" and name in r.metrics and score in r.metrics]
+        if not pts:
+            continue
+        divisor, x_label = 1.0, label
+        if metric(name).fmt == "bytes":
+            divisor = 1024 ** 3 if max(p.x for p in pts) >= 1024 ** 3 else 1024 ** 2
+            x_label = f"{label} ({'GB' if divisor == 1024 ** 3 else 'MB'})"
+        x_better, y_better = metric(name).better, metric(score).better
+        front = [p[2] for p in pareto_front([(p.x, p.y, p) for p in pts], x_better, y_better)]
+        base_y = float(base.metrics[score]) if base and score in base.metrics else None
+        out.append(Tradeoff(name, x_label, score, metric(score).label, pts, front, x_better, y_better, divisor,
+                            log_x, base_y))
+    return out
+
+
+def curves(records: list[RunRecord]) -> list[Curve]:
+    names, style = labels(records), styles(records)
+    return [Curve(names[id(r)], style[id(r)][0], [p["step"] for p in r.curve],
+                  [p["loss"] for p in r.curve], r.status == "success")
+            for r in ordered(records) if r.curve]
+
+
+def examples(records: list[RunRecord], n: int = EXAMPLES) -> list[Example]:
+    """The first n evaluation prompts, each with every run's answer, so methods compare side by side."""
+    names = labels(records)
+    with_preds = [r for r in ordered(records) if r.predictions]
+    if not with_preds:
+        return []
+    out = []
+    for first in with_preds[0].predictions[:n]:
+        answers = []
+        for r in with_preds:
+            hit = next((p for p in r.predictions if p.get("prompt") == first.get("prompt")), None)
+            if hit is not None:
+                answers.append((names[id(r)], str(hit.get("prediction", ""))))
+        out.append(Example(str(first.get("prompt", "")), str(first.get("reference", "")), answers))
+    return out
+
+
+# Environment fields that make costs or scores incomparable when they differ between records.
+COMPARABLE_ENV = ("device", "python", "git.commit")
+
+
+def _env(r: RunRecord) -> dict[str, str]:
+    return {k: plain(v) for k, v in flatten(r.environment).items()}
+
+
+def environment(records: list[RunRecord]) -> list[tuple[str, str]]:
+    names = labels(records)
+    recs = [r for r in ordered(records) if r.environment]
+    keys: list[str] = []
+    for r in recs:
+        keys += [k for k in _env(r) if k not in keys]
+    rows = [(k, grouped_text(groups([(names[id(r)], _env(r).get(k, "-")) for r in recs]))) for k in keys]
+    missing = [names[id(r)] for r in ordered(records) if not r.environment]
+    if missing:
+        rows.append(("not recorded", ", ".join(missing)))
+    return rows
+
+
+def warnings(records: list[RunRecord]) -> list[str]:
+    names = labels(records)
+    out = []
+
+    def check(what: str, pairs: list[tuple[str, str]], why: str) -> None:
+        g = groups(pairs)
+        if len(g) > 1:
+            out.append(f"Records differ in {what}: {grouped_text(g)}. {why}")
+
+    recs = ordered(records)
+    check("suite", [(names[id(r)], str(r.suite)) for r in recs],
+          "Runs of different suites are side by side.")
+    check("suite version", [(names[id(r)], plain(r.config.get("suite_version"))) for r in recs],
+          "The suite changed between these runs.")
+    check("model", [(names[id(r)], plain(flatten(r.config.get("model", {})))) for r in recs],
+          "Scores of different base models do not compare.")
+    check("dataset fingerprint", [(names[id(r)], r.data["fingerprint"]) for r in recs
+                                  if r.data.get("fingerprint")], "The runs saw different data.")
+    with_env = [r for r in recs if r.environment]
+    env_keys = list(COMPARABLE_ENV) + sorted({k for r in with_env for k in _env(r) if k.startswith("packages.")})
+    for key in env_keys:
+        check(key.removeprefix("packages.") if key.startswith("packages.") else key,
+              [(names[id(r)], _env(r).get(key, "-")) for r in with_env],
+              "Costs and scores may not compare like with like.")
+    if records and baseline(records) is None:
+        out.append("No successful baseline run: scores have no untrained reference beside them.")
+    return out
+
+
+def config_sections(records: list[RunRecord]) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
+    """The settings every run shares, then per run its params and whatever else differs from the rest."""
+    names = labels(records)
+    recs = ordered(records)
+    flat = [{k: v for k, v in flatten(r.config).items() if k not in ("run", "method", "config_hash")} for r in recs]
+    keys: list[str] = []
+    for f in flat:
+        keys += [k for k in f if k not in keys]
+    common = [k for k in keys if all(k in f and plain(f[k]) == plain(flat[0][k]) for f in flat)]
+    shared = [(k, plain(flat[0][k])) for k in common]
+    per_run = []
+    for r, f in zip(recs, flat):
+        params = ", ".join(f"{k[7:]}={plain(v)}" for k, v in f.items() if k.startswith("params.") and k not in common)
+        other = ", ".join(f"{k}={plain(v)}" for k, v in f.items() if not k.startswith("params.") and k not in common)
+        per_run.append((names[id(r)], params or "-", other or "-"))
+    return shared, per_run
+
+
+def data_notes(records: list[RunRecord]) -> list[str]:
+    names = labels(records)
+    recs = ordered(records)
+    notes = []
+
+    def describe(r: RunRecord) -> str:
+        d = r.data
+        skipped = d.get("skipped") or {}
+        text = f"{d.get('source', '?')}: {d.get('train_rows', '?')} train rows, {d.get('eval_rows', '?')} eval rows"
+        text += ("; skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items())) if skipped \
+            else "; none skipped"
+        max_len = r.config.get("training", {}).get("max_seq_len")
+        text += f"; {d.get('truncated', 0)} truncated to max_seq_len {max_len}" if d.get("truncated") \
+            else "; none truncated"
+        return text + (f" (fingerprint {d['fingerprint']})" if d.get("fingerprint") else "")
+
+    g = groups([(names[id(r)], describe(r)) for r in recs if r.data])
+    for text, runs in g.items():
+        notes.append(text if len(g) == 1 and len(runs) == len(recs) else f"{text} - runs {', '.join(runs)}")
+    missing = [names[id(r)] for r in recs if not r.data]
+    if missing:
+        notes.append(f"no data recorded: {', '.join(missing)}")
+    return notes
+
+
+def build(records: list[RunRecord]) -> Report:
+    recs = ordered(records)
+    names = labels(records)
+    suites = list(dict.fromkeys(r.suite for r in recs))
+    unfinished = [names[id(r)] for r in recs if r.status != "success"]
+    intro = [f"{len(recs)} runs" + (f", {len(unfinished)} did not finish ({', '.join(unfinished)})."
+                                     if unfinished else ", all finished.") if recs else "No run records yet."]
+    starts = sorted(r.started_at for r in recs if r.started_at)
+    ends = sorted(r.finished_at for r in recs if r.finished_at)
+    if starts and ends:
+        intro.append(f"Runs started between {starts[0]} and {starts[-1]}; the last finished at {ends[-1]}.")
+    scores = score_names(records)
+    notes = [("the best value in each column among finished trained runs, by the metric's direction "
+              "(not marked where all runs tie).")]
+    if baseline(records) is not None:
+        notes.append("Scores show the untrained baseline's value beside them (base ...).")
+    shared, per_run = config_sections(records)
+    return Report(
+        title=f"{', '.join(suites) or 'No runs'}: PEFT benchmark report",
+        intro=intro,
+        warnings=warnings(records),
+        summary=summary_table(records),
+        summary_notes=notes,
+        score=metric(scores[0]).label if scores else None,
+        tradeoffs=tradeoffs(records),
+        curves=curves(records),
+        failures=failures(records),
+        examples=examples(records),
+        environment=environment(records),
+        config_common=shared,
+        config_runs=per_run,
+        data_notes=data_notes(records),
+    )
