@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, ValidationError
 from pydantic import NonNegativeFloat, model_validator
 
+from bench.compare import Regression
 from bench.yamlio import SuiteError, line_of, load_yaml, to_plain
 from methods import METHODS
 
@@ -165,7 +166,7 @@ class Suite(Strict):
     output: str | None = Field(None, description="results folder, relative to the working directory")
     baseline: bool = Field(True, description="evaluate the untrained base model as a 'baseline' row")
     runs: list[RunSpec] = Field(min_length=1)
-    regression: dict[str, Any] | None = None
+    regression: Regression = Regression()
 
     # Set by load_suite: where the file lives, so relative data paths resolve against it.
     source: str = Field("", exclude=True)

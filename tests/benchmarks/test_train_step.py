@@ -1,0 +1,36 @@
+"""Per-step training time of every method through the shared loop (`bench.train.train`), tiny-llama preset."""
+
+from __future__ import annotations
+
+from itertools import islice
+
+import pytest
+import torch
+
+from bench import data as D
+from bench.train import train
+from bench.worker import build
+from methods import METHODS
+
+STEPS = 5  # steps per timed call: enough to amortise the optimiser's creation, few enough for many rounds
+
+
+@pytest.mark.parametrize("run", list(METHODS))
+def test_train_steps(benchmark, run, smoke_runs, tokenized, cpu):
+    cfg = smoke_runs[run]
+    method = METHODS[cfg["method"]]
+    features, _, tokenizer = tokenized
+    tr = cfg["training"]
+    torch.manual_seed(tr["seed"])
+    model = build(cfg, method, None, cpu, torch.float32)
+    packed = tr["packing"] and method.packable
+    # The same few batches every round: the timing then depends on the code, not on which batches came up.
+    batches = list(islice(D.batches(features, tr["batch_size"], tr["seed"], tokenizer.pad_token_id, packed,
+                                     tr["epochs"]), STEPS))
+
+    def steps():
+        return train(model, iter(batches), tr, {"max_steps": STEPS}, STEPS, cpu)
+
+    result = benchmark.pedantic(steps, rounds=10, warmup_rounds=2, iterations=1)
+    assert result.steps == STEPS and all(torch.isfinite(torch.tensor(p["loss"])) for p in result.curve)
+    benchmark.extra_info.update(steps=STEPS, tokens=result.processed_tokens, packed=packed)
