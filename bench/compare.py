@@ -348,9 +348,10 @@ def _table(rows: list[Row]) -> list[str]:
            "|---|---|---:|---:|---:|:---:|---:|---|"]
     for r in rows:
         label = r.metric if r.metric in ("status", "run") else metric(r.metric).label
-        out.append(f"| {r.run} | {label} | {_value(r.metric, r.baseline)} | {_value(r.metric, r.current)} | "
-                   f"{_delta(r)} | {BETTER[r.better] if r.metric not in ('status', 'run') else ''} | "
-                   f"{r.tolerance} | {_verdict(r)} |")
+        cells = [r.run, label, _value(r.metric, r.baseline), _value(r.metric, r.current), _delta(r),
+                 BETTER[r.better] if r.metric not in ("status", "run") else "", r.tolerance, _verdict(r)]
+        # Some metric labels hold a '|' ("merge max |Δlogit|"), which would split the cell.
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return out
 
 

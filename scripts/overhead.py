@@ -9,6 +9,11 @@ does falls on every loop alike; each block starts a fresh optimiser, runs `warmu
 timed ones. Every loop trains its own copy of the same adapter (same seed), in float32.
 One thread by default: on a few cores shared with other processes, OpenMP's waiting threads spin and the same
 matrix product swings tenfold in wall time; with one thread the CPU time measures the work itself.
+
+Measured with the defaults and --trl, three runs on the shared 2-core development machine (about 2.7 s per step):
+harness/hand 0.999, 1.003, 1.005 by CPU time and 0.927, 1.060, 1.002 by wall time (other processes' load); TRL
+took 1.17-1.25 times the harness's step. What the harness adds per step (counting target and input tokens, one
+`.item()`, the LR scheduler, a progress dict) times at about 15 microseconds: nothing next to a step.
 """
 
 from __future__ import annotations

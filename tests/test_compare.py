@@ -333,3 +333,9 @@ def test_misspelt_metric_names_are_errors_with_a_suggestion():
     with pytest.raises(ValueError, match="unknown metric 'train_secs'"):
         Regression(warn_only=["train_secs"])
     assert Regression(tolerances={"hub:bleu": {"absolute": 0.05}}).tolerance("bleu") == Tolerance(absolute=0.05)
+
+
+def test_pipes_in_metric_labels_are_escaped(committed):
+    settings = Regression(tolerances={"merge_max_abs_logit_diff": {"absolute": 1e-4}})
+    text = render_markdown(compare(committed, committed, settings))
+    assert "| lora | merge max \\|Δlogit\\| | " in text
