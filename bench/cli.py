@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -97,8 +98,7 @@ def cmd_run(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from bench import runner
-    from bench.records import load_records
-    from bench.rows import summary_rows
+    from bench.records import error_headline, load_records
 
     suite = _load(args.suite)
     if suite is None:
@@ -152,7 +152,7 @@ def cmd_run(args) -> int:
     console.print(summary_table(records, title=f"{suite.name} (suite version {suite.version})"))
     for r in records:
         if r.status != "success":
-            console.print(f"[red]{r.run}: {r.status}[/] - {(r.error or '').strip().splitlines()[0] if r.error else ''}")
+            console.print(f"[red]{r.run}: {r.status}[/] - {error_headline(r.error)}", markup=True)
     if not args.no_report:
         _write_reports(out_dir)
     if interrupted:
@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="compare even when suite version, model or data differ")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE (for a PR comment)")
     p.set_defaults(func=_lazy("bench.compare", "cmd_compare"))
+    p = sub.add_parser("export", help="the seed workflow: merge a run's adapter into a fresh base, save, reload, "
+                       "generate, optionally push to the Hub")
+    p.add_argument("run", help="a run folder, e.g. results/quickstart/lora")
+    p.add_argument("--out", required=True, help="folder for the merged model and tokenizer")
+    p.add_argument("--prompt", action="append", help="prompt to answer with the reloaded model (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder with a generated model card")
+    p.set_defaults(func=_lazy("bench.export", "cmd_export"))
     return parser
 
 
@@ -231,6 +239,8 @@ def _lazy(module: str, name: str):
 
 
 def main(argv: list[str] | None = None) -> int:
+    # bitsandbytes warns on every CPU start that it cannot download an optional kernel; the fallback is used.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     return args.func(args)
 

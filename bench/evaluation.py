@@ -104,6 +104,22 @@ def prompt_logits(model, tokenizer, examples: list[Example], device, limit: int 
     return out
 
 
+@torch.no_grad()
+def prompt_logits_fp64(model, tokenizer, examples: list[Example], device, limit: int = 8) -> list[torch.Tensor]:
+    """prompt_logits with the model temporarily in float64: comparing a merged model with its adapter this way
+    isolates the merge's own error from float32 accumulation noise, which grows with depth."""
+    tensors = list(model.parameters()) + list(model.buffers())
+    dtypes = [t.dtype for t in tensors]
+    for t in tensors:
+        if t.is_floating_point():
+            t.data = t.data.double()
+    try:
+        return prompt_logits(model, tokenizer, examples, device, limit)
+    finally:
+        for t, dtype in zip(tensors, dtypes):
+            t.data = t.data.to(dtype)
+
+
 def logit_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[str, float]:
     diffs = torch.cat([(x - y).abs().flatten() for x, y in zip(a, b)])
     return {"max_abs": float(diffs.max()), "mean_abs": float(diffs.mean())}

@@ -54,6 +54,10 @@ METRICS: dict[str, Metric] = {
     "checkpoint_bytes": Metric("checkpoint size", "lower", "B", "bytes"),
     "merge_max_abs_logit_diff": Metric("merge max |Δlogit|", "lower", "", ".2e"),
     "merge_mean_abs_logit_diff": Metric("merge mean |Δlogit|", "lower", "", ".2e"),
+    # Both models evaluated in float64: the merge's own error, without float32 accumulation noise.
+    "merge_max_abs_logit_diff_fp64": Metric("merge max |Δlogit| (fp64)", "lower", "", ".2e"),
+    # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
+    "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
 }
 
 
@@ -113,6 +117,7 @@ def write_record(path: Path, record: RunRecord) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; records are meant to be shared
         with os.fdopen(fd, "w") as f:
             f.write(record.model_dump_json(indent=2))
             f.flush()
@@ -121,6 +126,13 @@ def write_record(path: Path, record: RunRecord) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def error_headline(error: str | None) -> str:
+    """The line of an error that says what went wrong: a traceback's last line, not its first."""
+    own = (error or "").split("--- log tail ---")[0]
+    lines = [line.strip() for line in own.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 class RecordError(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.records import RunRecord, format_value, metric
+from bench.records import RunRecord, error_headline, format_value, metric
 
 # Columns of the summary table, in order: (metric name, header).
 SUMMARY = [
@@ -39,7 +39,7 @@ def baseline(records: list[RunRecord]) -> RunRecord | None:
 def merge_cell(r: RunRecord) -> str:
     m = r.merge
     if not m:
-        return "-" if r.method == "baseline" else "?"
+        return "-"
     if m.get("status") != "merged":
         return m.get("status", "?")
     same = "same greedy" if m.get("greedy_identical") else f"{m.get('greedy_identical_count')}/{m.get('compared')} same"
@@ -58,7 +58,7 @@ def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             values[name] = r.metrics.get(name)
         values["adapter_bytes"] = r.metrics.get("adapter_bytes")
         values["merge"] = merge_cell(r)
-        values["error"] = (r.error or "").strip().splitlines()[0] if r.error else ""
+        values["error"] = error_headline(r.error)
         rows.append(values)
     return rows
 

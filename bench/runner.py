@@ -89,7 +89,8 @@ def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] 
     with log_path.open("w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", str(cfg_path), str(run_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
+            stdout=log, stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **(env or {})},
             start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
         )
         t0 = time.monotonic()

@@ -180,8 +180,9 @@ class Suite(Strict):
         return Path(self.source).parent if self.source else Path(".")
 
     def resolve(self, path: str) -> str:
+        """Absolute and normalised, so the config (and its hash) is the same however the suite path was spelt."""
         p = Path(path).expanduser()
-        return str(p if p.is_absolute() else self.base_dir / p)
+        return str((p if p.is_absolute() else self.base_dir / p).resolve())
 
     def resolved_runs(self) -> list[dict[str, Any]]:
         """The fully resolved config of every run (baseline first), as stored in each record."""
@@ -218,13 +219,18 @@ class Suite(Strict):
             "budget": self.budget.model_dump(exclude_none=True),
             "training": training.model_dump(),
             "eval": self.eval.model_dump(),
+            "regression": self.regression.model_dump(),
         }
         config["config_hash"] = config_hash(config)
         return config
 
 
+# Not part of what a run computes: changing a regression tolerance must not rerun anything.
+_NOT_HASHED = ("config_hash", "regression")
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    body = {k: v for k, v in config.items() if k != "config_hash"}
+    body = {k: v for k, v in config.items() if k not in _NOT_HASHED}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

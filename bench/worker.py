@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import resource
 import sys
@@ -200,10 +201,18 @@ def save_and_merge(cfg, method: Method, model, tokenizer, folder, eval_ex, gens,
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         before = E.prompt_logits(model, tokenizer, eval_ex, device)
         if method.merge == "exact":
+            before64 = E.prompt_logits_fp64(model, tokenizer, eval_ex, device)
             merged = model.merge_and_unload()
+            after64 = E.prompt_logits_fp64(merged, tokenizer, eval_ex, device)
+            m["merge_max_abs_logit_diff_fp64"] = E.logit_diff(before64, after64)["max_abs"]
             how = "merge_and_unload into the base weights"
         else:
-            merged = merge_dequantized(cfg, folder, run_dir / "adapter", dtype, device)
+            with model.disable_adapter():
+                base_4bit = E.prompt_logits(model, tokenizer, eval_ex, device)
+            merged, base_deq = merge_dequantized(cfg, folder, run_dir / "adapter", dtype, device, tokenizer, eval_ex)
+            # How far the 4-bit kernels alone are from the de-quantised weights, adapter off: the part of the
+            # merge difference that is not the merge's doing.
+            m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_4bit, base_deq)["max_abs"]
             how = "merge_and_unload into a de-quantised copy of the 4-bit base the adapter trained against"
         after = E.prompt_logits(merged, tokenizer, eval_ex, device)
         merged_gens = E.generate(merged, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device)
@@ -214,19 +223,23 @@ def save_and_merge(cfg, method: Method, model, tokenizer, folder, eval_ex, gens,
     same = sum(a == b for a, b in zip(gens.token_ids, merged_gens.token_ids))
     out["merge"] = {
         "status": "merged", "kind": method.merge, "how": how, "max_abs_logit_diff": diff["max_abs"],
+        "max_abs_logit_diff_fp64": m.get("merge_max_abs_logit_diff_fp64"),
+        "quantized_base_max_abs_logit_diff": m.get("quantized_base_max_abs_logit_diff"),
         "mean_abs_logit_diff": diff["mean_abs"], "greedy_identical": same == len(gens.token_ids),
         "greedy_identical_count": same, "compared": len(gens.token_ids), "seconds": time.perf_counter() - t,
     }
 
 
-def merge_dequantized(cfg, folder, adapter_dir: Path, dtype, device):
-    """QLoRA: the same NF4 base, de-quantised to `dtype`, with the adapter merged into it."""
+def merge_dequantized(cfg, folder, adapter_dir: Path, dtype, device, tokenizer, eval_ex):
+    """QLoRA: the same NF4 base, de-quantised to `dtype`, with the adapter merged into it; also the de-quantised
+    base's own logits, before the merge."""
     from peft import PeftModel
 
     base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=True, seed=cfg["training"]["seed"])
     base = base.dequantize(dtype=dtype)
     base.to(device)
-    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    base_logits = E.prompt_logits(base, tokenizer, eval_ex, device)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(), base_logits
 
 
 def mfu(cfg, model, result, device) -> float:
@@ -247,6 +260,8 @@ def _read_progress(run_dir: Path) -> list[dict[str, float]]:
 
 
 def main() -> int:
+    # bitsandbytes warns on every CPU start that it cannot download an optional kernel; the fallback is used.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = json.loads(cfg_path.read_text())
     try:

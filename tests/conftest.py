@@ -31,3 +31,18 @@ def smoke_examples():
     cfg = tiny_config("lora")
     train, evals, _ = load_examples(cfg["dataset"], max_eval=8)
     return train, evals
+
+
+@pytest.fixture(scope="session")
+def smoke_results(tmp_path_factory):
+    """The real CLI running the smoke suite once per test session, in a fresh folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("smoke") / "results"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", str(ROOT / "suites" / "smoke.yaml"), "--output", str(out)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from bench.records import RunRecord, load_records
-from bench.report.content import error_headline
+from bench.records import error_headline
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.plots import pareto_front
@@ -26,7 +26,7 @@ def render_csv(records: list[RunRecord]) -> str:
 
     rows = summary_rows(records)
     # The error's own last line says what went wrong; the first line of a traceback never does.
-    frame = pd.DataFrame([{"suite": r.suite, **row, "error": error_headline(r.error) if r.error else ""}
+    frame = pd.DataFrame([{"suite": r.suite, **row, "error": error_headline(r.error)}
                           for r, row in zip(ordered(records), rows)])
     buf = io.StringIO()
     frame.to_csv(buf, index=False)

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from bench.records import RunRecord, format_value, metric
+from bench.records import RunRecord, error_headline, format_value, metric
 from bench.report.plots import MARKERS, PALETTE, pareto_front
 from bench.rows import baseline, best, cell, columns, ordered, score_names, summary_rows
 
@@ -156,15 +156,6 @@ def grouped_text(g: dict[str, list[str]]) -> str:
     return "; ".join(f"{value} ({', '.join(runs)})" for value, runs in g.items())
 
 
-def error_headline(error: str | None) -> str:
-    """The line that says what went wrong: a traceback's last line, not its first."""
-    if not error:
-        return "no error recorded"
-    own = error.split("--- log tail ---")[0]
-    lines = [line.strip() for line in own.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else error.strip().splitlines()[-1]
-
-
 def summary_table(records: list[RunRecord]) -> Table:
     rows = summary_rows(records)
     recs = ordered(records)
@@ -208,7 +199,7 @@ def summary_table(records: list[RunRecord]) -> Table:
 
 def failures(records: list[RunRecord]) -> list[Failure]:
     names = labels(records)
-    return [Failure(names[id(r)], r.method, r.status, r.last_step, error_headline(r.error),
+    return [Failure(names[id(r)], r.method, r.status, r.last_step, error_headline(r.error) or "no error recorded",
                     (r.error or "").strip())
             for r in ordered(records) if r.status != "success"]
 
