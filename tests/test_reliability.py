@@ -95,3 +95,18 @@ def test_run_over_its_timeout_is_recorded_as_timeout(tmp_path):
     assert records["lora"].status == "timeout" and "timeout of 3 s" in records["lora"].error
     assert records["ia3"].status == "success" and records["ia3"].metrics["train_seconds"] >= 2
     assert result.returncode == 1
+
+
+def test_checkpoints_each_epoch_and_every_n_steps_load_with_plain_peft(tmp_path):
+    from peft import PeftConfig
+
+    runs = ("  - method: lora\n    training: {save_every: epoch}\n"
+            "  - method: ia3\n    name: ia3-steps\n    training: {save_every: 5}\n")
+    suite, out = write_suite(tmp_path, runs, steps=12)  # 40 train rows / batch 4: one epoch is 10 steps
+    result = run_cli(suite)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert sorted(p.name for p in (out / "lora" / "checkpoints").iterdir()) == ["epoch-1"]
+    assert sorted(p.name for p in (out / "ia3-steps" / "checkpoints").iterdir()) == ["step-10", "step-5"]
+    for folder in [out / "lora" / "checkpoints" / "epoch-1", out / "ia3-steps" / "checkpoints" / "step-5"]:
+        assert (folder / "adapter_model.safetensors").is_file()
+        assert PeftConfig.from_pretrained(folder).peft_type.value in ("LORA", "IA3")
