@@ -16,7 +16,7 @@ from bench import models as M
 from bench.records import RecordError, RunRecord, format_value, read_record
 from methods import METHODS
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # one line per message, at any terminal width
 
 
 class ExportError(Exception):
