@@ -4,31 +4,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Literal
 
-Better = Literal["lower", "higher"]
+from bench.stats import Better, pareto_front
 
 # Colour-blind-safe (Okabe-Ito, its yellow swapped for brown, which shows on white); a run keeps its colour
 # across every chart. Seven markers against eight colours: no two of the first 56 runs look alike.
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#D55E00", "#56B4E9", "#000000", "#8C6D31"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X"]
-
-
-def pareto_front(points: Sequence[tuple], x_better: Better = "lower", y_better: Better = "higher") -> list[tuple]:
-    """The points no other point beats: at least as good on both axes and strictly better on one.
-
-    Points are tuples whose first two items are x and y (more items, such as a label, ride along). The front is
-    returned sorted by x, best x first; identical points are all kept, since neither beats the other.
-    """
-    sx = 1 if x_better == "lower" else -1
-    sy = 1 if y_better == "lower" else -1
-
-    def dominates(a: tuple, b: tuple) -> bool:
-        ax, ay, bx, by = sx * a[0], sy * a[1], sx * b[0], sy * b[1]
-        return ax <= bx and ay <= by and (ax < bx or ay < by)
-
-    front = [p for p in points if not any(dominates(q, p) for q in points)]
-    return sorted(front, key=lambda p: (sx * p[0], sy * p[1]))
 
 
 def _svg(fig) -> bytes:
