@@ -1,4 +1,4 @@
-"""The command line: `python -m bench {list,validate,run,report,compare,export}` (also installed as `bench`)."""
+"""The command line: `python -m bench {list,validate,run,report,compare,export,perf}` (also installed as `bench`)."""
 
 from __future__ import annotations
 
@@ -224,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder with a generated model card")
     p.set_defaults(func=_lazy("bench.export", "cmd_export"))
+    p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
+                       "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")
+    p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks everything but the device")
+    p.add_argument("--steps", type=int, help="optimiser steps per run (default 30; 3 with --dry-run)")
+    p.add_argument("--batch-size", type=int, help="sequences per step (default 8; 1 with --dry-run)")
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
+    p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
+    p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
     return parser
 
 

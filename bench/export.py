@@ -58,8 +58,13 @@ def merge_to_folder(record: RunRecord, run_dir: Path, out: Path) -> str:
     else:
         from peft import PeftModel
 
+        # Random-weight (preset/config) bases are rebuilt from the seed on the device the run used.
+        on_cuda = record.environment.get("device_type") == "cuda"
+        if folder is None and on_cuda and not torch.cuda.is_available():
+            raise ExportError(f"{run_dir}: the run trained on a random-weight base built on CUDA; rebuilding it needs "
+                              "a CUDA device (the same seed gives other weights on the CPU)")
         base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=method.load_in_4bit,
-                            seed=cfg["training"]["seed"])
+                            seed=cfg["training"]["seed"], device=torch.device("cuda") if on_cuda else None)
         if method.load_in_4bit:
             # Merging into 4-bit weights re-quantises them; merge into the de-quantised base instead.
             base = base.dequantize(dtype=dtype)

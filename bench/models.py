@@ -176,8 +176,12 @@ def build_config(model: dict[str, Any]):
     return AutoConfig.for_model(spec.pop("model_type", "llama"), **spec)
 
 
-def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int):
-    """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA."""
+def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
+               device: torch.device | None = None):
+    """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA.
+
+    A config-built model is initialised directly on `device` when given (a 1.1B model's random init takes seconds
+    on a GPU and a minute on a CPU); its weights then depend on the device's random generator as well as the seed."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype}
@@ -188,19 +192,24 @@ def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype,
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype,
         )
+        if device is not None:
+            kwargs["device_map"] = {"": device}  # bitsandbytes quantises as the weights land on the GPU
     if folder is None:
         torch.manual_seed(seed)
         config = build_config(model)
+        # Built on the same device for every method, so QLoRA quantises the very weights the others train.
+        with torch.device(device or "cpu"):
+            built = AutoModelForCausalLM.from_config(config, dtype=dtype)
         if not load_in_4bit:
-            return AutoModelForCausalLM.from_config(config, dtype=dtype)
+            return built
         # bitsandbytes quantises at load time: save the seeded random weights, then load them quantised.
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            AutoModelForCausalLM.from_config(config, dtype=dtype).save_pretrained(tmp)
-            loaded = AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
-            # Params4bit keep a lazy reference to nothing on disk once quantised; safe to delete the folder.
-            return loaded
+            built.save_pretrained(tmp)
+            del built
+            # Params4bit keep no reference to the files once quantised; safe to delete the folder.
+            return AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
     try:
         return AutoModelForCausalLM.from_pretrained(folder, revision=model.get("revision"), **kwargs)
     except OSError as e:

@@ -41,6 +41,10 @@ METRICS: dict[str, Metric] = {
     "processed_tokens": Metric("tokens processed", "none", "", ",.0f"),
     "real_token_fraction": Metric("non-padding share", "higher", "", ".3f"),
     "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
+    # After the first few steps (bench.worker.steady_after); FLOPs as counted by bench.perf.train_flops.
+    "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
+    "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
+    "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
     "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
     "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
     "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),

@@ -8,10 +8,10 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, TypeAdapter, ValidationError
-from pydantic import NonNegativeFloat, model_validator
+from pydantic import NonNegativeFloat, StrictInt, field_validator, model_validator
 
 from bench.compare import Regression
 from bench.yamlio import SuiteError, line_of, load_yaml, to_plain
@@ -111,6 +111,8 @@ class Training(Strict):
     max_grad_norm: PositiveFloat | None = 1.0
     precision: Precision = "auto"
     packing: bool = Field(True, description="pack examples padding-free where the method allows it")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, about a third more compute")
     save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
     timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
 
@@ -130,11 +132,13 @@ class TrainingOverrides(Strict):
     max_grad_norm: PositiveFloat | None = None
     precision: Precision | None = None
     packing: bool | None = None
+    gradient_checkpointing: bool | None = None
     save_every: Literal["epoch"] | PositiveInt | None = None
     timeout_s: PositiveFloat | None = None
 
 
 class Eval(Strict):
+    enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
     max_examples: PositiveInt = 50
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt = 32
@@ -165,11 +169,22 @@ class Suite(Strict):
     eval: Eval = Eval()
     output: str | None = Field(None, description="results folder, relative to the working directory")
     baseline: bool = Field(True, description="evaluate the untrained base model as a 'baseline' row")
+    seeds: Annotated[list[StrictInt], Field(min_length=1)] | None = Field(
+        None, description="run every entry once per seed (each replaces training.seed); reports give means and 95% "
+        "intervals")
     runs: list[RunSpec] = Field(min_length=1)
     regression: Regression = Regression()
 
     # Set by load_suite: where the file lives, so relative data paths resolve against it.
     source: str = Field("", exclude=True)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, seeds: list[int] | None) -> list[int] | None:
+        repeated = sorted({s for s in seeds or [] if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"repeats {', '.join(map(str, repeated))}; give each seed once")
+        return seeds
 
     @property
     def output_dir(self) -> Path:
@@ -185,18 +200,29 @@ class Suite(Strict):
         return str((p if p.is_absolute() else self.base_dir / p).resolve())
 
     def resolved_runs(self) -> list[dict[str, Any]]:
-        """The fully resolved config of every run (baseline first), as stored in each record."""
+        """The fully resolved config of every run (baseline first), as stored in each record; with `seeds`, one run
+        per entry and seed, named NAME@seedS and grouped under NAME."""
         runs = []
         if self.baseline:
-            runs.append(self._resolved(BASELINE, BASELINE, {}, self.training))
+            # Greedy answers of an untrained pretrained model are the same under any seed: one baseline run does.
+            # A preset or config model has random weights, and the seed picks them.
+            random_weights = self.model.kind in ("preset", "config")
+            runs += self._per_seed(BASELINE, BASELINE, {}, self.training, 0, seeded=random_weights)
         for run in self.runs:
             method = METHODS[run.method]
             params = deep_merge(method.defaults(), run.params)
             training = Training(**deep_merge(self.training.model_dump(), run.training.model_dump(exclude_none=True)))
-            runs.append(self._resolved(run.run_name, run.method, params, training, method.version))
+            runs += self._per_seed(run.run_name, run.method, params, training, method.version)
         return runs
 
-    def _resolved(self, name, method, params, training, method_version=0) -> dict[str, Any]:
+    def _per_seed(self, name, method, params, training, method_version, seeded=True) -> list[dict[str, Any]]:
+        # Without `seeds` nothing is added to the config, so its hash (and every stored record) stays valid.
+        if self.seeds is None or not seeded:
+            return [self._resolved(name, method, params, training, method_version)]
+        return [self._resolved(f"{name}@seed{s}", method, params, training.model_copy(update={"seed": s}),
+                               method_version, group=name, seed=s) for s in self.seeds]
+
+    def _resolved(self, name, method, params, training, method_version=0, group=None, seed=None) -> dict[str, Any]:
         model = self.model.model_dump(exclude_none=True)
         for key in ("path", "tokenizer"):
             if key in model and Path(self.resolve(model[key])).exists():
@@ -211,6 +237,7 @@ class Suite(Strict):
             "suite": self.name,
             "suite_version": self.version,
             "run": name,
+            **({"group": group, "seed": seed} if group is not None else {}),
             "method": method,
             "method_version": method_version,
             "params": params,
@@ -464,6 +491,11 @@ def load_suite(path: str | Path) -> Suite:
         out_problem = _output_problem(suite.output_dir)
         if out_problem:
             problems.append((line_of(doc, ("output",)), out_problem))
+        if suite.seeds is not None:
+            for i, run in enumerate(suite.runs):
+                if run.training.seed is not None:
+                    problems.append((line_of(doc, ("runs", i, "training", "seed")), f"runs[{i}].training.seed: "
+                                     "the suite's seeds set every run's seed; remove one of the two"))
         if suite.eval.extract is not None:
             import re
 

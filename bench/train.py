@@ -24,7 +24,11 @@ class TrainResult:
     real_tokens: int = 0  # tokens that are not padding, processed by forward passes
     processed_tokens: int = 0  # every input position, padding included
     target_tokens: int = 0  # tokens the loss was computed on (the responses)
+    attention_pairs: int = 0  # sum over examples of length squared: the causal attention work, in token pairs
     seconds: float = 0.0
+    # The same counts from the end of the first `warmup_steps` steps on (kernel selection, allocator growth and
+    # first-touch costs excluded): what throughput and FLOPs utilisation are computed from.
+    steady: dict[str, float] = field(default_factory=dict)
     curve: list[dict[str, float]] = field(default_factory=list)
     stopped_by: str = ""
 
@@ -33,6 +37,20 @@ def planned_steps(budget: dict[str, Any], n_batches_per_epoch: int, grad_accum: 
     """Optimiser steps the scheduler plans for: the step budget, or the epoch cap when tokens/seconds bind."""
     by_epochs = max(1, math.floor(n_batches_per_epoch * epochs / grad_accum))
     return min(budget["max_steps"], by_epochs) if "max_steps" in budget else by_epochs
+
+
+def example_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+    """Lengths of the examples in a batch: packed rows restart their position ids per example, padded rows have a
+    mask."""
+    if "position_ids" in batch:
+        lengths = []
+        for row in batch["position_ids"]:
+            starts = torch.nonzero(row == 0).flatten().tolist() + [len(row)]
+            lengths += [b - a for a, b in zip(starts, starts[1:])]
+        return lengths
+    if "attention_mask" in batch:
+        return batch["attention_mask"].sum(dim=1).tolist()
+    return [batch["input_ids"].shape[1]] * batch["input_ids"].shape[0]
 
 
 def train(
@@ -44,14 +62,18 @@ def train(
     device: torch.device,
     on_step: Callable[[dict[str, float]], None] = lambda _: None,
     on_epoch: Callable[[int, int], None] = lambda _e, _s: None,
+    warmup_steps: int = 0,
 ) -> TrainResult:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"])
+    # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
+    optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"],
+                                  fused=device.type == "cuda")
     scheduler = get_scheduler(
         training["scheduler"], optimizer, num_warmup_steps=int(training["warmup_ratio"] * total_steps),
         num_training_steps=total_steps,
     )
     result = TrainResult()
+    mark = _counts(result)
     model.train()
     start = time.perf_counter()
     epoch_done = 0
@@ -78,6 +100,7 @@ def train(
             mask = batch.get("attention_mask")
             result.real_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             result.processed_tokens += batch["input_ids"].numel()
+            result.attention_pairs += sum(n * n for n in example_lengths(batch))
             result.epochs = progress
         result.target_tokens += n_targets
         if not math.isfinite(step_loss):
@@ -88,8 +111,12 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
         result.steps += 1
         result.seconds = time.perf_counter() - start
+        if result.steps == warmup_steps:
+            mark = _counts(result)
         point = {
             "step": result.steps, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
             "tokens": result.real_tokens, "seconds": result.seconds, "epoch": result.epochs,
@@ -109,4 +136,12 @@ def train(
             result.stopped_by = "max_seconds"
             break
     result.seconds = time.perf_counter() - start
+    if result.steps <= warmup_steps:
+        mark = _counts(TrainResult())  # too few steps to leave any out: the whole run is the window
+    result.steady = {k: v - mark[k] for k, v in _counts(result).items()}
     return result
+
+
+def _counts(r: TrainResult) -> dict[str, float]:
+    return {"steps": r.steps, "seconds": r.seconds, "real_tokens": r.real_tokens,
+            "processed_tokens": r.processed_tokens, "attention_pairs": r.attention_pairs}

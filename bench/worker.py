@@ -67,12 +67,18 @@ def peak_rss() -> int:
 def build(cfg: dict[str, Any], method: Method | None, folder: str | None, device: torch.device, dtype: torch.dtype):
     """The model as this run trains it: base (4-bit when the method says so), then the method's PEFT wrapping."""
     four_bit = bool(method and method.load_in_4bit)
-    model = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=four_bit, seed=cfg["training"]["seed"])
+    model = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=four_bit, seed=cfg["training"]["seed"],
+                         device=device if device.type == "cuda" else None)
     if not four_bit:
         model.to(device)
     if method is None:
         model.requires_grad_(False)
         return model
+    checkpointing = cfg["training"].get("gradient_checkpointing", False)
+    # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings (every PEFT method) work.
+    gc_kwargs = {"use_reentrant": False}
+    if checkpointing and not four_bit:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
     if method.prepare:
         method.prepare(model)
     peft_config = method.config(**cfg["params"])
@@ -82,7 +88,8 @@ def build(cfg: dict[str, Any], method: Method | None, folder: str | None, device
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if four_bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
+                                                gradient_checkpointing_kwargs=gc_kwargs)
     torch.manual_seed(cfg["training"]["seed"])  # adapter initialisation is seeded too
     return get_peft_model(model, peft_config)
 
@@ -139,7 +146,8 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         batches = D.batches(train_f, tr["batch_size"], tr["seed"], pad_id, packed, tr["epochs"])
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             try:
-                result = train(model, batches, tr, cfg["budget"], total_steps, device, on_step, on_epoch)
+                result = train(model, batches, tr, cfg["budget"], total_steps, device, on_step, on_epoch,
+                               warmup_steps=steady_after(total_steps))
             except Diverged as e:
                 out.update(status="diverged", error=str(e), last_step=len(_read_progress(run_dir)))
                 out["curve"] = _read_progress(run_dir)
@@ -156,8 +164,13 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             final_train_loss=result.curve[-1]["loss"] if result.curve else float("nan"),
         )
         out["stopped_by"] = result.stopped_by
-        if device.type == "cuda":
-            m["mfu"] = mfu(cfg, model, result, device)
+        m.update(throughput(model, result, device))
+
+    if not ev.get("enabled", True):
+        if method is not None:
+            save_and_merge(cfg, method, model, tokenizer, folder, eval_ex, None, device, dtype, run_dir, out)
+        finish(out, device)
+        return out
 
     t_eval = time.perf_counter()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
@@ -172,11 +185,38 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     if method is not None:
         save_and_merge(cfg, method, model, tokenizer, folder, eval_ex, gens, device, dtype, run_dir, out)
+    finish(out, device)
+    return out
+
+
+def finish(out: dict[str, Any], device: torch.device) -> None:
     if device.type == "cuda":
         out["metrics"]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         out["metrics"]["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
     out["metrics"]["peak_memory_bytes"] = peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
     out["status"] = "success"
+
+
+def steady_after(total_steps: int) -> int:
+    """Steps left out of throughput: the first few, at most a quarter of the run."""
+    return min(5, total_steps // 4)
+
+
+def throughput(model, result, device: torch.device) -> dict[str, float]:
+    """Steady-state tokens/s and model FLOP/s (bench.perf.train_flops), and FLOPs utilisation where the device's
+    peak is known."""
+    from bench.perf import peak_flops, train_flops
+
+    w = result.steady
+    if not w.get("seconds"):
+        return {}
+    flops = train_flops(model, w["real_tokens"], w["attention_pairs"])
+    out = {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
+           "model_tflops_per_second": flops / w["seconds"] / 1e12,
+           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
+    peak = peak_flops(device)
+    if peak:
+        out["mfu"] = flops / w["seconds"] / peak
     return out
 
 
@@ -195,6 +235,9 @@ def save_and_merge(cfg, method: Method, model, tokenizer, folder, eval_ex, gens,
     if method.merge == "none":
         out["merge"] = {"status": "not mergeable",
                         "note": f"{method.id} adds virtual tokens at inference; there are no weights to fold in"}
+        return
+    if gens is None:
+        out["merge"] = {"status": "not checked", "note": "eval.enabled is false: the merge check needs the eval set"}
         return
     ev = cfg["eval"]
     t = time.perf_counter()
@@ -235,21 +278,12 @@ def merge_dequantized(cfg, folder, adapter_dir: Path, dtype, device, tokenizer, 
     base's own logits, before the merge."""
     from peft import PeftModel
 
-    base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=True, seed=cfg["training"]["seed"])
+    base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=True, seed=cfg["training"]["seed"],
+                        device=device if device.type == "cuda" else None)
     base = base.dequantize(dtype=dtype)
     base.to(device)
     base_logits = E.prompt_logits(base, tokenizer, eval_ex, device)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload(), base_logits
-
-
-def mfu(cfg, model, result, device) -> float:
-    """Model FLOPs utilisation: 6 * N * tokens / time / peak, with N the base model's parameters (forward 2N,
-    backward 4N per token; attention's O(T^2) term is left out, as in PaLM's appendix B)."""
-    from bench.perf import peak_flops
-
-    n = sum(p.numel() for name, p in model.named_parameters() if "lora_" not in name)
-    peak = peak_flops(device)
-    return 6 * n * result.processed_tokens / result.seconds / peak if peak and result.seconds else 0.0
 
 
 def _read_progress(run_dir: Path) -> list[dict[str, float]]:
