@@ -113,7 +113,9 @@ def cmd_run(args) -> int:
     except OSError as e:
         err.print(f"{args.suite}: output folder {str(out_dir)!r} cannot be created: {e.strerror}", markup=False)
         return EXIT_USAGE
-    plans = runner.plan(suite, out_dir, force=args.force, only=args.only)
+    # With seeds, a run's name (lora-r16) names all its seeds (lora-r16@seed0, ...); the runner matches run names.
+    only = args.only and [*args.only, *(c["run"] for c in suite.resolved_runs() if c.get("group") in args.only)]
+    plans = runner.plan(suite, out_dir, force=args.force, only=only)
     if args.only and not plans:
         err.print(f"--only {' '.join(args.only)}: no run of {args.suite} has that name or method", markup=False)
         return EXIT_USAGE

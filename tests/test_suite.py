@@ -62,3 +62,78 @@ def test_run_overrides_merge_over_defaults_key_by_key():
                                       "use_dora": False}
     assert deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
     assert len({r["config_hash"] for r in runs.values()}) == len(runs)
+
+
+SEEDED = """\
+name: seedy
+version: 1
+model: {preset: tiny-llama}
+dataset: {path: DATA, eval_size: 8}
+budget: {max_steps: 3}
+seeds: [0, 1, 2]
+runs:
+  - method: lora
+  - method: ia3
+    name: ia3-fast
+    training: {learning_rate: 1e-2}
+"""
+
+
+def seeded_suite(tmp_path, text: str = SEEDED):
+    path = tmp_path / "seedy.yaml"
+    path.write_text(text.replace("DATA", str(ROOT / "data" / "smoke.jsonl")))
+    return path
+
+
+def test_seeds_expand_every_run_with_its_group_and_seed(tmp_path):
+    runs = load_suite(seeded_suite(tmp_path)).resolved_runs()
+    assert [(r["run"], r["group"], r["seed"], r["training"]["seed"]) for r in runs] == [
+        (f"{name}@seed{s}", name, s, s) for name in ("baseline", "lora", "ia3-fast") for s in (0, 1, 2)]
+    assert {r["training"]["learning_rate"] for r in runs if r["group"] == "ia3-fast"} == {1e-2}
+    assert len({r["config_hash"] for r in runs}) == 9
+
+
+def test_a_pretrained_model_gets_one_baseline_under_seeds(tmp_path):
+    text = (ROOT / "suites" / "quickstart.yaml").read_text().replace("../data/", f"{ROOT}/data/")
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(text)
+    seeded = tmp_path / "seeded.yaml"
+    seeded.write_text(text.replace("runs:\n", "seeds: [0, 1]\nruns:\n", 1))
+    before, after = load_suite(plain).resolved_runs(), load_suite(seeded).resolved_runs()
+    # The untrained model answers greedily: the same under any seed, so one baseline, and the same record as before.
+    assert [r["run"] for r in after][:3] == ["baseline", "full@seed0", "full@seed1"]
+    assert after[0] == before[0]
+    assert len(after) == 1 + 2 * (len(before) - 1)
+
+
+def test_without_seeds_configs_and_hashes_do_not_change():
+    """Stored records and baselines/smoke.json match by config hash: a suite without seeds gains no keys."""
+    for cfg in load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs():
+        assert "group" not in cfg and "seed" not in cfg and "@" not in cfg["run"]
+
+
+def test_bad_seeds_are_reported_with_their_lines(tmp_path):
+    text = SEEDED.replace("seeds: [0, 1, 2]", "seeds: [0, 1, 1, 2.5]").replace("learning_rate: 1e-2}",
+                                                                            "learning_rate: 1e-2, seed: 3}")
+    with pytest.raises(SuiteError) as e:
+        load_suite(seeded_suite(tmp_path, text))
+    assert e.value.problems == ["line 6, seeds[3]: Input should be a valid integer, got 2.5"]
+    with pytest.raises(SuiteError) as e:
+        load_suite(seeded_suite(tmp_path, text.replace(", 2.5]", "]")))
+    assert e.value.problems == ["line 6, seeds: repeats 1; give each seed once, got [0, 1, 1]"]
+    with pytest.raises(SuiteError) as e:
+        load_suite(seeded_suite(tmp_path, text.replace(", 1, 2.5]", "]")))
+    assert e.value.problems == ["line 11, runs[1].training.seed: the suite's seeds set every run's seed; remove one "
+                                "of the two"]
+    with pytest.raises(SuiteError) as e:
+        load_suite(seeded_suite(tmp_path, SEEDED.replace("[0, 1, 2]", "[]")))
+    assert e.value.problems == ["line 6, seeds: List should have at least 1 item after validation, not 0, got []"]
+
+
+def test_only_a_method_selects_all_its_seeds(tmp_path):
+    from bench.runner import plan
+
+    suite = load_suite(seeded_suite(tmp_path))
+    assert [p.config["run"] for p in plan(suite, tmp_path / "out", only=["lora"])] == [
+        "lora@seed0", "lora@seed1", "lora@seed2"]
+    assert [p.config["run"] for p in plan(suite, tmp_path / "out", only=["ia3-fast@seed1"])] == ["ia3-fast@seed1"]
