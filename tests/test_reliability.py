@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -70,6 +71,40 @@ def test_sigkill_mid_training_is_recorded_the_suite_goes_on_and_resume_finishes_
     # The killed attempt is kept, not lost.
     history = [json.loads(p.read_text()) for p in (out / "history").glob("lora.*.json")]
     assert [h["status"] for h in history] == ["killed"]
+
+
+def test_ctrl_c_records_the_run_as_interrupted_writes_nothing_half_and_the_next_invocation_resumes(tmp_path):
+    suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=150)
+    # A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the CLI and its worker alike.
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    progress = out / "lora" / "progress.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (progress.exists() and len(progress.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    assert progress.exists(), "the lora run should be training by now"
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stdout
+    assert "Interrupted" in stdout and "Rerun the same command to resume" in stdout
+    records = {r.run: r for r in load_records(out)}
+    assert sorted(records) == ["full", "lora"], "the suite stops at the interrupted run"
+    assert records["full"].status == "success"
+    stopped = records["lora"]
+    assert stopped.status == "interrupted" and "Ctrl-C" in stopped.error
+    assert stopped.last_step >= 3 and len(stopped.curve) >= 3
+    assert not list(out.rglob("*.tmp")) and not list(out.glob(".*.json.*")), "no half-written file is left"
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(out) in " ".join(p.info["cmdline"] or [])], \
+        "no worker outlives the interrupted suite"
+    full_before = (out / "full.json").read_bytes()
+
+    again = run_cli(suite)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "2 run(s) to do" in again.stdout and "skip full: up to date" in again.stdout
+    records = {r.run: r for r in load_records(out)}
+    assert sorted(records) == ["full", "ia3", "lora"] and all(r.status == "success" for r in records.values())
+    assert (out / "full.json").read_bytes() == full_before
+    assert [json.loads(p.read_text())["status"] for p in (out / "history").glob("lora.*.json")] == ["interrupted"]
 
 
 def test_nan_loss_stops_the_run_at_once_as_diverged(tmp_path):
