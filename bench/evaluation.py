@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,6 +92,25 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     if device.type == "cuda":
         torch.cuda.synchronize()
     return Generations(predictions, new_tokens, time.perf_counter() - start, ids_out)
+
+
+GENERAL_TEXT = Path(__file__).parent / "corpus" / "general.txt"
+
+
+def paragraphs(path: str | Path) -> list[str]:
+    return [p.strip() for p in Path(path).read_text(encoding="utf-8").split("\n\n") if p.strip()]
+
+
+@torch.no_grad()
+def text_loss(model, tokenizer, texts: list[str], max_seq_len: int, batch_size: int, device) -> float:
+    """Mean next-token loss per token over plain texts (no chat template): a language-modelling measure of what the
+    model knows outside the task."""
+    feats = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False).input_ids[:max_seq_len]
+        feats.append(Features(ids, list(ids)))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return eval_loss(model, feats, batch_size, pad, device)
 
 
 @torch.no_grad()

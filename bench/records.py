@@ -49,6 +49,11 @@ METRICS: dict[str, Metric] = {
     "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
     "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),
     "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),
+    # Loss per token on general text the task does not contain (eval.forgetting), before and after training, and
+    # the rise: what the method costs the model outside the task.
+    "general_loss_before": Metric("general-text loss before", "none", "", ".4f"),
+    "general_loss": Metric("general-text loss", "lower", "", ".4f"),
+    "forgetting": Metric("forgetting (general loss rise)", "lower", "", "+.4f", "cost"),
     "exact_match": Metric("exact match", "higher", "", ".3f", "score"),
     "token_f1": Metric("token F1", "higher", "", ".3f", "score"),
     "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),

@@ -139,6 +139,8 @@ class TrainingOverrides(Strict):
 
 class Eval(Strict):
     enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
+    forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
+                                   "the bundled corpus, a path a text file of paragraphs, false skips it")
     max_examples: PositiveInt = 50
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt = 32
@@ -245,11 +247,18 @@ class Suite(Strict):
             "dataset": dataset,
             "budget": self.budget.model_dump(exclude_none=True),
             "training": training.model_dump(),
-            "eval": self.eval.model_dump(),
+            "eval": self._eval(),
             "regression": self.regression.model_dump(),
         }
         config["config_hash"] = config_hash(config)
         return config
+
+
+    def _eval(self) -> dict[str, Any]:
+        ev = self.eval.model_dump()
+        if isinstance(ev["forgetting"], str):
+            ev["forgetting"] = self.resolve(ev["forgetting"])
+        return ev
 
 
 # Not part of what a run computes: changing a regression tolerance must not rerun anything.
@@ -419,6 +428,12 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
                 elif p.suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv"):
                     problems.append((line_of(doc, ("dataset", key)), f"dataset.{key}: unknown data format "
                                      f"'{p.suffix}' in {str(p)!r} (use .json, .jsonl, .csv or .tsv)"))
+    ev = doc.get("eval")
+    if isinstance(ev, dict) and isinstance(ev.get("forgetting"), str):
+        p = _local(ev["forgetting"], suite_dir)
+        if not p.is_file():
+            problems.append((line_of(doc, ("eval", "forgetting")), f"eval.forgetting: no such file {str(p)!r} (a "
+                             "text file of paragraphs separated by blank lines; paths are relative to the suite file)"))
     model = doc.get("model")
     if isinstance(model, dict):
         if isinstance(model.get("path"), str):

@@ -123,6 +123,16 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     out["metrics"].update(trainable_params=trainable, total_params=total, trainable_pct=100 * trainable / total)
     out["metrics"]["load_seconds"] = time.perf_counter() - t0
 
+    general = None
+    if ev.get("enabled", True) and ev.get("forgetting", False):
+        general = E.paragraphs(E.GENERAL_TEXT if ev["forgetting"] is True else ev["forgetting"])
+
+        def general_loss() -> float:
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return E.text_loss(model, tokenizer, general, tr["max_seq_len"], ev["batch_size"], device)
+
+        out["metrics"]["general_loss_before"] = general_loss()
+
     pad_id = tokenizer.pad_token_id
     if method is not None:
         packed = tr["packing"] and method.packable
@@ -181,6 +191,11 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     out["metrics"].update(scores)
     out["metrics"].update(eval_loss=loss, eval_perplexity=E.perplexity(loss),
                           generate_tokens_per_second=gens.tokens_per_second)
+    if general is not None:
+        m = out["metrics"]
+        m["general_loss"] = general_loss() if method is not None else m["general_loss_before"]
+        if method is not None:
+            m["forgetting"] = m["general_loss"] - m["general_loss_before"]
     out["metrics"]["eval_seconds"] = time.perf_counter() - t_eval
 
     if method is not None:
