@@ -1,4 +1,4 @@
-"""The command line: `python -m bench {list,validate,run,report,compare,export,perf}` (also installed as `bench`)."""
+"""The command line: `python -m bench {list,validate,run,report,compare,export,perf,recommend}` (or `bench`)."""
 
 from __future__ import annotations
 
@@ -235,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
     p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
+    p = sub.add_parser("recommend", help="the best method under limits on memory, time and size, its Pareto front, "
+                       "and why (exit 1 when no method meets the limits)")
+    p.add_argument("results", help="results folder")
+    p.add_argument("--max-memory", metavar="SIZE", help="peak memory, e.g. 8GB (K/M/G are powers of 1024)")
+    p.add_argument("--max-train-time", metavar="DURATION", help="training time, e.g. 1h, 90m, 45s")
+    p.add_argument("--max-adapter-size", metavar="SIZE", help="adapter on disk, e.g. 50MB (full fine-tuning: its "
+                   "whole checkpoint)")
+    p.add_argument("--min-score", metavar="METRIC=VALUE", action="append",
+                   help="a score at least this good, e.g. exact_match=0.9 (repeatable; eval_loss: at most)")
+    p.add_argument("--metric", help="the score to choose by (default: the suite's first eval metric)")
+    p.set_defaults(func=_lazy("bench.recommend", "cmd_recommend"))
     return parser
 
 

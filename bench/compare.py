@@ -42,6 +42,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, NonNegativeFloat, ValidationError, field_validator, model_validator
 
 from bench.records import METRICS, RecordError, RunRecord, format_value, human_bytes, load_records, metric
+from bench.stats import Summary
 
 Verdict = Literal["ok", "regression", "improved", "missing"]
 
@@ -149,6 +150,9 @@ class Row:
     tolerance: str = ""
     delta: float | None = None
     relative_delta: float | None = None
+    # Seeded runs compare by their mean over seeds; these are the half-widths of the means' 95% intervals.
+    baseline_half_width: float | None = None
+    current_half_width: float | None = None
 
 
 @dataclass(frozen=True)
@@ -190,8 +194,32 @@ def _key(r: RunRecord) -> tuple[str, str]:
     return r.suite, r.run
 
 
+def by_group(records: list[RunRecord]) -> tuple[list[RunRecord], dict[tuple[str, str], dict[str, Summary]]]:
+    """Runs over seeds as one record per suite entry, named by its group: each metric is its mean over the seeds
+    that finished, its status success only when every seed finished. Their statistics come back beside them.
+    Runs without seeds pass through as they are, so a single-seed baseline compares with a seeded suite's means."""
+    from bench.rows import seed_groups
+
+    out, spread = [], {}
+    for g in seed_groups(records):
+        if not g.seeded:
+            out += g.records
+            continue
+        first = (g.ok or list(g.records))[0]
+        failed = next((r for r in g.records if r.status != "success"), None)
+        summaries = {k: g.summary(k) for r in g.ok for k in r.metrics}
+        out.append(first.model_copy(update={
+            "run": first.config["group"], "status": g.status, "error": failed.error if failed else None,
+            "metrics": {k: v.mean for k, v in summaries.items() if v is not None}}))
+        spread[(first.suite, first.config["group"])] = summaries
+    return out, spread
+
+
 def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regression) -> Comparison:
-    """Every check of the current records against the baseline records, matched by suite and run name."""
+    """Every check of the current records against the baseline records, matched by suite and run name (runs over
+    seeds: by suite entry, their means compared)."""
+    baseline, base_spread = by_group(baseline)
+    current, cur_spread = by_group(current)
     cur_by = {_key(r): r for r in current}
     base_keys = {_key(r) for r in baseline}
     several_suites = len({r.suite for r in baseline + current}) > 1
@@ -229,14 +257,19 @@ def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regre
                 continue
             cur = float(c.metrics[m])
             delta = cur - base
+            bs, cs = base_spread.get(_key(b), {}).get(m), cur_spread.get(_key(c), {}).get(m)
             rows.append(Row(name, m, base, cur, verdict(better, base, cur, tol.allowed(base)), gated, better,
-                            tol.label(), delta, delta / abs(base) if base else None))
+                            tol.label(), delta, delta / abs(base) if base else None,
+                            bs.half_width if bs else None, cs.half_width if cs else None))
         changed = config_changes(b.config, c.config)
         if changed:
             notes.append(f"{name}: resolved config differs from the baseline's in {', '.join(changed)}")
     for c in current:
         if _key(c) not in base_keys:
             notes.append(f"{f'{c.suite}/{c.run}' if several_suites else c.run}: new run, no baseline to compare with")
+    if base_spread or cur_spread:
+        notes.append("runs over seeds are compared by their mean over the seeds that finished; ± is the half-width "
+                     "of the mean's 95% confidence interval (Student's t)")
     if any(environment_differences([p]) for p in pairs) and settings.same_environment_only:
         notes.append(f"{', '.join(settings.same_environment_only)}: not gated where the environment differs")
     refusals = mismatches(pairs)
@@ -316,10 +349,11 @@ def settings_from(records: list[RunRecord]) -> Regression:
 # ---- rendering ------------------------------------------------------------------------------------------------
 
 
-def _value(name: str, v: float | str | None) -> str:
+def _value(name: str, v: float | str | None, half_width: float | None = None) -> str:
     if name in ("status", "run"):
         return v or "-"
-    return format_value(name, v)
+    text = format_value(name, v)
+    return text if half_width is None or v is None else f"{text} ± {format_value(name, half_width)}"
 
 
 def _delta(row: Row) -> str:
@@ -348,7 +382,8 @@ def _table(rows: list[Row]) -> list[str]:
            "|---|---|---:|---:|---:|:---:|---:|---|"]
     for r in rows:
         label = r.metric if r.metric in ("status", "run") else metric(r.metric).label
-        cells = [r.run, label, _value(r.metric, r.baseline), _value(r.metric, r.current), _delta(r),
+        cells = [r.run, label, _value(r.metric, r.baseline, r.baseline_half_width),
+                 _value(r.metric, r.current, r.current_half_width), _delta(r),
                  BETTER[r.better] if r.metric not in ("status", "run") else "", r.tolerance, _verdict(r)]
         # Some metric labels hold a '|' ("merge max |Δlogit|"), which would split the cell.
         out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")

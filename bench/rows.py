@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bench.records import RunRecord, error_headline, format_value, metric
+from bench.stats import Difference, Summary, summarize, welch
 
 # Columns of the summary table, in order: (metric name, header).
 SUMMARY = [
@@ -30,6 +32,22 @@ def score_names(records: list[RunRecord]) -> list[str]:
 def ordered(records: list[RunRecord]) -> list[RunRecord]:
     """Baseline first, then the suite's order (records carry no order, so by start time), failures last."""
     return sorted(records, key=lambda r: (r.method != "baseline", r.status != "success", r.started_at, r.run))
+
+
+def labels(records: list[RunRecord]) -> dict[int, str]:
+    """A name per record (keyed by id): the run name; suite/run where a merged folder holds one run name from two
+    suites; and its start time too where it holds the same run of the same suite twice."""
+    runs = [r.run for r in records]
+    pairs = [(r.suite, r.run) for r in records]
+
+    def name(r: RunRecord) -> str:
+        if runs.count(r.run) == 1:
+            return r.run
+        if pairs.count((r.suite, r.run)) == 1:
+            return f"{r.suite}/{r.run}"
+        return f"{r.suite}/{r.run} @ {r.started_at}"
+
+    return {id(r): name(r) for r in records}
 
 
 def baseline(records: list[RunRecord]) -> RunRecord | None:
@@ -86,3 +104,133 @@ def cell(name: str, value: Any) -> str:
     if name in ("run", "method", "status", "merge", "error"):
         return str(value) if value not in (None, "") else "-"
     return format_value(name, value)
+
+
+# ---- seeds: the runs of one suite entry, grouped --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs of one suite entry over its seeds (config "group" and "seed"); a run without seeds is a group of
+    one. Statistics are over the seeds that finished."""
+
+    name: str  # what the report calls it
+    method: str
+    records: tuple[RunRecord, ...]  # by seed
+    seeded: bool
+
+    @property
+    def ok(self) -> list[RunRecord]:
+        return [r for r in self.records if r.status == "success"]
+
+    @property
+    def status(self) -> str:
+        """success when every seed finished; otherwise the first other status: one seed in three failing is news."""
+        return next((r.status for r in self.records if r.status != "success"), "success")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [r.config.get("seed", r.config.get("training", {}).get("seed")) for r in self.records]
+
+    def values(self, name: str) -> list[float]:
+        return [float(r.metrics[name]) for r in self.ok if isinstance(r.metrics.get(name), (int, float))]
+
+    def summary(self, name: str) -> Summary | None:
+        vals = self.values(name)
+        return summarize(vals) if vals else None
+
+    def mean(self, name: str) -> float | None:
+        s = self.summary(name)
+        return None if s is None else s.mean
+
+
+def seed_groups(records: list[RunRecord]) -> list[Group]:
+    """Records grouped by suite and config group, in the report's order (baseline first, unfinished last).
+
+    A record without a group (a suite without seeds) is always a group of its own, so a folder that merges two
+    copies of one run keeps them apart as before."""
+    names = labels(records)
+    by: dict[Any, list[RunRecord]] = {}
+    for r in ordered(records):
+        by.setdefault((r.suite, r.config["group"]) if "group" in r.config else id(r), []).append(r)
+    base = {key: key[1] if isinstance(key, tuple) else names[id(recs[0])] for key, recs in by.items()}
+    taken = list(base.values())
+    groups = []
+    for key, recs in by.items():
+        if isinstance(key, tuple):
+            # Two suites' seeded groups of one name, or a record from before a suite had seeds: name the suite.
+            name = base[key] if taken.count(base[key]) == 1 else f"{key[0]}/{base[key]}"
+            recs = sorted(recs, key=lambda r: (r.config.get("seed", 0), r.started_at))
+            groups.append(Group(name, recs[0].method, tuple(recs), True))
+        else:
+            groups.append(Group(base[key], recs[0].method, tuple(recs), False))
+    return sorted(groups, key=lambda g: (g.method != "baseline", g.status != "success",
+                                         min(r.started_at for r in g.records), g.name))
+
+
+def multi_seed(records: list[RunRecord]) -> bool:
+    """True when some suite entry ran over several seeds: reports then show one row per entry, with intervals."""
+    return any(len(g.records) > 1 for g in seed_groups(records))
+
+
+def interval_text(name: str, s: Summary | None) -> str:
+    """mean ± half-width of the 95% interval; the mean alone with one seed."""
+    if s is None:
+        return "-"
+    text = format_value(name, s.mean)
+    return text if s.half_width is None else f"{text} ± {format_value(name, s.half_width)}"
+
+
+def _worst_merge(g: Group) -> RunRecord:
+    """The seed whose merge strayed furthest: a merge that is exact on two seeds and off on the third is off."""
+    merged = [r for r in g.ok if r.merge.get("status") == "merged"]
+    if merged:
+        return max(merged, key=lambda r: (not r.merge.get("greedy_identical"), r.merge.get("max_abs_logit_diff", 0)))
+    return (g.ok or list(g.records))[0]
+
+
+def group_rows(groups: list[Group], records: list[RunRecord]) -> list[dict[str, Any]]:
+    """One row per group: means (scores with their interval's half-width under NAME±), seeds that finished."""
+    rows = []
+    for g in groups:
+        values: dict[str, Any] = {"run": g.name, "method": g.method, "status": g.status,
+                                  "seeds": str(len(g.ok)) if g.status == "success" else
+                                  f"{len(g.ok)} of {len(g.records)}"}
+        for name in [n for n, _ in SUMMARY] + score_names(records) + ["adapter_bytes"]:
+            s = g.summary(name)
+            values[name] = None if s is None else s.mean
+            values[f"{name}±"] = s.half_width if s is not None and metric(name).kind == "score" else None
+        values["merge"] = merge_cell(_worst_merge(g))
+        values["error"] = next((error_headline(r.error) for r in g.records if r.status != "success"), "")
+        rows.append(values)
+    return rows
+
+
+def group_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
+    cols = columns(records)
+    return cols[:2] + [("seeds", "seeds")] + cols[2:]
+
+
+def group_cell(name: str, row: dict[str, Any]) -> str:
+    if name == "seeds":
+        return row["seeds"]
+    text = cell(name, row.get(name))
+    half = row.get(f"{name}±")
+    return text if half is None or row.get(name) is None else f"{text} ± {format_value(name, half)}"
+
+
+def unsupported(groups: list[Group], name: str) -> list[tuple[Group, Group, Difference]]:
+    """Pairs of finished trained groups whose mean difference in a score the seeds do not support (Welch's test).
+
+    Pairs that scored the same on every seed are left out: a tie is not a difference to doubt. The better mean
+    comes first in each pair."""
+    sign = -1 if metric(name).better == "higher" else 1
+    trained = [g for g in groups if g.status == "success" and g.method != "baseline" and len(g.values(name)) > 1]
+    trained.sort(key=lambda g: sign * g.mean(name))
+    out = []
+    for i, a in enumerate(trained):
+        for b in trained[i + 1:]:
+            d = welch(a.values(name), b.values(name))
+            if d.supported is False and not (d.delta == 0 and d.half_width == 0):
+                out.append((a, b, d))
+    return out

@@ -21,13 +21,18 @@ __all__ = ["pareto_front", "render_csv", "render_html", "render_markdown", "writ
 
 
 def render_csv(records: list[RunRecord]) -> str:
-    """The summary table with raw numbers (bytes, seconds), one row per run, for pandas or a spreadsheet."""
+    """The summary table with raw numbers (bytes, seconds), one row per run (per seed), for pandas or a spreadsheet."""
     import pandas as pd
 
     rows = summary_rows(records)
+    # With seeds, each run's group and seed make the means and intervals a groupby away.
+    seeded = any("group" in r.config for r in records)
     # The error's own last line says what went wrong; the first line of a traceback never does.
-    frame = pd.DataFrame([{"suite": r.suite, **row, "error": error_headline(r.error)}
+    frame = pd.DataFrame([{"suite": r.suite, **row, "error": error_headline(r.error),
+                           **({"group": r.config.get("group", r.run), "seed": r.config.get("seed")} if seeded else {})}
                           for r, row in zip(ordered(records), rows)])
+    if seeded:
+        frame["seed"] = frame["seed"].astype("Int64")  # a run without seeds leaves a gap, not a float column
     buf = io.StringIO()
     frame.to_csv(buf, index=False)
     return buf.getvalue()

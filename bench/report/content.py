@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from bench.recommend import Explanation, explain, recommend
 from bench.records import RunRecord, error_headline, format_value, metric
 from bench.report.plots import MARKERS, PALETTE, pareto_front
-from bench.rows import baseline, best, cell, columns, ordered, score_names, summary_rows
+from bench.rows import (
+    Group, baseline, best, cell, columns, group_cell, group_columns, group_rows, interval_text, labels,
+    multi_seed, ordered, score_names, seed_groups, summary_rows, unsupported,
+)
 
 TEXT_COLUMNS = ("run", "method", "merge", "status")
 EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
+RECOMMEND_HINT = ("With limits: `python -m bench recommend FOLDER --max-memory 8GB --max-train-time 1h "
+                  "--max-adapter-size 50MB --min-score exact_match=0.9`.")
 
 
 @dataclass(frozen=True)
@@ -102,27 +108,16 @@ class Report:
     config_common: list[tuple[str, str]]
     config_runs: list[tuple[str, str, str]]  # (run, params, other settings that differ)
     data_notes: list[str]
-
-
-def labels(records: list[RunRecord]) -> dict[int, str]:
-    """A name per record (keyed by id): the run name; suite/run where a merged folder holds one run name from two
-    suites; and its start time too where it holds the same run of the same suite twice."""
-    runs = [r.run for r in records]
-    pairs = [(r.suite, r.run) for r in records]
-
-    def name(r: RunRecord) -> str:
-        if runs.count(r.run) == 1:
-            return r.run
-        if pairs.count((r.suite, r.run)) == 1:
-            return f"{r.suite}/{r.run}"
-        return f"{r.suite}/{r.run} @ {r.started_at}"
-
-    return {id(r): name(r) for r in records}
+    intervals: list[str] = field(default_factory=list)  # with seeds: what the ± means, which test judges pairs
+    doubts: list[str] = field(default_factory=list)  # per score, the pairs whose difference the seeds do not support
+    recommendation: Explanation | None = None
 
 
 def styles(records: list[RunRecord]) -> dict[int, tuple[str, str]]:
-    """A colour and a marker per record (keyed by id), the same in every chart; runs at one spot show both."""
-    return {id(r): (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)]) for i, r in enumerate(ordered(records))}
+    """A colour and a marker per record (keyed by id), the same in every chart; runs at one spot show both. The
+    seeds of one suite entry share theirs."""
+    return {id(r): (PALETTE[i % len(PALETTE)], MARKERS[i % len(MARKERS)])
+            for i, g in enumerate(seed_groups(records)) for r in g.records}
 
 
 def plain(value: Any) -> str:
@@ -156,15 +151,7 @@ def grouped_text(g: dict[str, list[str]]) -> str:
     return "; ".join(f"{value} ({', '.join(runs)})" for value, runs in g.items())
 
 
-def summary_table(records: list[RunRecord]) -> Table:
-    rows = summary_rows(records)
-    recs = ordered(records)
-    names = labels(records)
-    base = baseline(records)
-    # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
-    cols = [(n, h) for n, h in columns(records) if n not in ("method", "trainable_pct")]
-    renamed = {"run": "run / method", "trainable_params": "trainable params"}
-    headers = [renamed.get(n, h) for n, h in cols]
+def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str, Any]:
     marks = {}
     for name, _ in cols:
         if name in TEXT_COLUMNS:
@@ -173,6 +160,25 @@ def summary_table(records: list[RunRecord]) -> Table:
                 and isinstance(r.get(name), (int, float))}
         # A best is only news when runs differ; marking every tied cell says nothing.
         marks[name] = best(rows, name) if len(vals) > 1 else None
+    return marks
+
+
+def base_group(groups: list[Group]) -> Group | None:
+    return next((g for g in groups if g.method == "baseline" and g.status == "success"), None)
+
+
+def summary_table(records: list[RunRecord]) -> Table:
+    if multi_seed(records):
+        return group_table(records)
+    rows = summary_rows(records)
+    recs = ordered(records)
+    names = labels(records)
+    base = baseline(records)
+    # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
+    cols = [(n, h) for n, h in columns(records) if n not in ("method", "trainable_pct")]
+    renamed = {"run": "run / method", "trainable_params": "trainable params"}
+    headers = [renamed.get(n, h) for n, h in cols]
+    marks = _marks(rows, cols)
     out = []
     for rec, row in zip(recs, rows):
         ok = row["status"] == "success"
@@ -197,6 +203,52 @@ def summary_table(records: list[RunRecord]) -> Table:
     return Table(headers, [n not in TEXT_COLUMNS for n, _ in cols], out)
 
 
+def group_table(records: list[RunRecord]) -> Table:
+    """With seeds: one row per suite entry, means of costs and mean ± interval half-width of scores."""
+    groups = seed_groups(records)
+    rows = group_rows(groups, records)
+    base = base_group(groups)
+    cols = [(n, h) for n, h in group_columns(records) if n not in ("method", "trainable_pct")]
+    renamed = {"run": "run / method", "trainable_params": "trainable params"}
+    headers = [renamed.get(n, h) for n, h in cols]
+    marks = _marks(rows, cols)
+    out = []
+    for g, row in zip(groups, rows):
+        ok = row["status"] == "success"
+        trained_ok = ok and g.method != "baseline"
+        cells = []
+        for name, _ in cols:
+            value = row.get(name)
+            text = g.name if name == "run" else group_cell(name, row)
+            if name == "merge" and not g.ok:
+                text = "-"
+            note = None
+            if name == "run" and g.method != g.name:
+                note = g.method
+            elif name == "trainable_params" and row.get("trainable_pct") is not None:
+                note = f"{cell('trainable_pct', row['trainable_pct'])}%"
+            elif (metric(name).kind == "score" and base is not None and g is not base and value is not None
+                    and base.summary(name) is not None):
+                note = f"base {interval_text(name, base.summary(name))}"
+            is_best = trained_ok and marks.get(name) is not None and value == marks[name]
+            cells.append(Cell(text, is_best, note))
+        out.append(Row(cells, ok))
+    return Table(headers, [n not in TEXT_COLUMNS for n, _ in cols], out)
+
+
+def doubts(records: list[RunRecord]) -> list[str]:
+    """Per score, the pairs of methods whose difference in mean the seeds do not support (Welch's t-test)."""
+    groups = seed_groups(records)
+    out = []
+    for name in [n for n, _ in group_columns(records) if metric(n).kind == "score"]:
+        pairs = unsupported(groups, name)
+        if pairs:
+            out.append(f"{metric(name).label}: " + "; ".join(
+                f"{a.name} {interval_text(name, a.summary(name))} vs {b.name} {interval_text(name, b.summary(name))}"
+                for a, b, _ in pairs))
+    return out
+
+
 def failures(records: list[RunRecord]) -> list[Failure]:
     names = labels(records)
     return [Failure(names[id(r)], r.method, r.status, r.last_step, error_headline(r.error) or "no error recorded",
@@ -213,17 +265,19 @@ TRADEOFFS = [
 
 
 def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
+    """Score against each cost, a point per suite entry (the mean over its seeds, if it has several)."""
     scores = score_names(records)
     if not scores:
         return []
     score = scores[0]
-    names, style = labels(records), styles(records)
-    base = baseline(records)
+    groups, style = seed_groups(records), styles(records)
+    base = base_group(groups)
     out = []
     for name, label, log_x in TRADEOFFS:
-        pts = [Point(names[id(r)], float(r.metrics[name]), float(r.metrics[score]), *style[id(r)])
-               for r in ordered(records)
-               if r.status == "success" and r.method != "baseline" and name in r.metrics and score in r.metrics]
+        pts = [Point(g.name, g.mean(name), g.mean(score), *style[id(g.records[0])])
+               for g in groups
+               if g.status == "success" and g.method != "baseline" and g.mean(name) is not None
+               and g.mean(score) is not None]
         if not pts:
             continue
         divisor, x_label = 1.0, label
@@ -232,7 +286,7 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
             x_label = f"{label} ({'GB' if divisor == 1024 ** 3 else 'MB'})"
         x_better, y_better = metric(name).better, metric(score).better
         front = [p[2] for p in pareto_front([(p.x, p.y, p) for p in pts], x_better, y_better)]
-        base_y = float(base.metrics[score]) if base and score in base.metrics else None
+        base_y = base.mean(score) if base is not None else None
         out.append(Tradeoff(name, x_label, score, metric(score).label, pts, front, x_better, y_better, divisor,
                             log_x, base_y))
     return out
@@ -248,7 +302,10 @@ def curves(records: list[RunRecord]) -> list[Curve]:
 def examples(records: list[RunRecord], n: int = EXAMPLES) -> list[Example]:
     """The first n evaluation prompts, each with every run's answer, so methods compare side by side."""
     names = labels(records)
-    with_preds = [r for r in ordered(records) if r.predictions]
+    # With seeds, each entry's lowest seed answers for it: three near-copies of every answer would bury the others.
+    firsts = {id(next(r for r in g.records if r.predictions)) for g in seed_groups(records)
+              if any(r.predictions for r in g.records)}
+    with_preds = [r for r in ordered(records) if id(r) in firsts]
     if not with_preds:
         return []
     out = []
@@ -309,6 +366,12 @@ def warnings(records: list[RunRecord]) -> list[str]:
               "Costs and scores may not compare like with like.")
     if records and baseline(records) is None:
         out.append("No successful baseline run: scores have no untrained reference beside them.")
+    for suite in dict.fromkeys(r.suite for r in recs):
+        trained = [r for r in recs if r.suite == suite and r.method != "baseline"]
+        single = [names[id(r)] for r in trained if "group" not in r.config]
+        if single and len(single) < len(trained):
+            out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "
+                       "before the suite had seeds stay in the folder until removed; each shows as a row of its own.")
     return out
 
 
@@ -371,6 +434,18 @@ def build(records: list[RunRecord]) -> Report:
               "(not marked where all runs tie).")]
     if baseline(records) is not None:
         notes.append("Scores show the untrained baseline's value beside them (base ...).")
+    intervals = []
+    if multi_seed(records):
+        seeded = [g for g in seed_groups(records) if len(g.records) > 1]
+        seeds = sorted({s for g in seeded for s in g.seeds})
+        rows = len(seed_groups(records))
+        intro.append(f"{'Every row' if len(seeded) == rows else f'{len(seeded)} of the {rows} rows'} ran over seeds "
+                     f"{', '.join(map(str, seeds))}; each row is one suite entry.")
+        intervals = ["Scores are the mean over the seeds ± the half-width of its 95% confidence interval "
+                     "(Student's t with n - 1 degrees of freedom); costs are means; seeds counts those that "
+                     "finished, and the statistics use those alone.",
+                     "Two methods' difference in a score counts as supported when Welch's t-test finds it at the 5% "
+                     "level (the 95% interval of the difference excludes zero)."]
     shared, per_run = config_sections(records)
     return Report(
         title=f"{', '.join(suites) or 'No runs'}: PEFT benchmark report",
@@ -387,4 +462,7 @@ def build(records: list[RunRecord]) -> Report:
         config_common=shared,
         config_runs=per_run,
         data_notes=data_notes(records),
+        intervals=intervals,
+        doubts=doubts(records) if intervals else [],
+        recommendation=explain(recommend(records)) if records else None,
     )

@@ -6,7 +6,7 @@ import base64
 
 from bench.records import RunRecord, format_value
 from bench.report import plots
-from bench.report.content import Report, Tradeoff, build
+from bench.report.content import RECOMMEND_HINT, Report, Tradeoff, build
 
 
 def data_uri(svg: bytes) -> str:
@@ -43,4 +43,5 @@ def environment():
 
 def render_html(records: list[RunRecord]) -> str:
     rep = build(records)
-    return environment().get_template("report.html.j2").render(rep=rep, figures=figures(rep))
+    hint = RECOMMEND_HINT.replace("`", "")
+    return environment().get_template("report.html.j2").render(rep=rep, figures=figures(rep), hint=hint)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from bench.records import RunRecord, format_value
-from bench.report.content import Table, build
+from bench.report.content import RECOMMEND_HINT, Table, build
 
 # What Markdown would read as formatting, a link, a tag or a table border inside free text. Underscores inside
 # words (prompt_tuning) and brackets that start no link stay as they are, so the raw file reads cleanly too.
@@ -54,6 +54,13 @@ def render_markdown(records: list[RunRecord]) -> str:
         out += ["## Warnings", ""] + [f"- {escape(w)}" for w in rep.warnings] + [""]
     out += ["## Summary", ""] + summary(rep.summary) + [""]
     out += ["**Bold**: " + " ".join(rep.summary_notes), ""]
+    if rep.intervals:
+        out += [escape(" ".join(rep.intervals)), ""]
+        if rep.doubts:
+            out += ["Differences in mean that the seeds do not support:", ""] + [f"- {escape(d)}" for d in rep.doubts]
+        else:
+            out.append("The seeds support every difference in mean score between the finished methods.")
+        out.append("")
 
     if rep.tradeoffs:
         out += [f"## Cost against {escape(rep.score or '')}", "",
@@ -63,6 +70,15 @@ def render_markdown(records: list[RunRecord]) -> str:
                               for p in t.front)
             out.append(f"- {escape(t.y_label)} vs {escape(t.x_label)}: {front}")
         out.append("")
+
+    if rep.recommendation:
+        r = rep.recommendation
+        out += ["## Recommendation", "", f"**{escape(r.headline)}**", ""]
+        if r.reason:
+            out += [escape(r.reason), ""]
+        if r.details:
+            out += [f"- {escape(d)}" for d in r.details] + [""]
+        out += [RECOMMEND_HINT, ""]
 
     if rep.failures:
         out += ["## Runs that did not finish", ""]
