@@ -49,12 +49,14 @@ def end_token_ids(tokenizer) -> list[int]:
 
 @torch.no_grad()
 def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new_tokens: int, device,
-             pad_free: bool = False) -> Generations:
+             pad_free: bool = False, cached: bool = True) -> Generations:
     """Greedy answers for each example's prompt, batched with left padding (so every row ends where it generates).
 
     PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself and extends
     the attention mask to cover them. `pad_free` batches only prompts of equal token length together, for methods
-    whose answers would otherwise depend on the padding (see Method.left_pad_safe).
+    whose answers would otherwise depend on the padding (see Method.left_pad_safe). `cached=False` decodes
+    greedily with a full forward pass per new token and no KV cache, in equal-length groups (see
+    Method.kv_cache_generate): slower, but exactly the model the training loss saw.
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -62,7 +64,7 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples]
     order = list(range(len(texts)))
     groups: list[list[int]] = []
-    if pad_free:
+    if pad_free or not cached:
         lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         for length in sorted(set(lengths)):
             same = [i for i in order if lengths[i] == length]
@@ -76,10 +78,13 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     for group in groups:
         enc = tokenizer([texts[i] for i in group], return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(device)
-        out = model.generate(
-            **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=stops, temperature=None, top_p=None, top_k=None,
-        )
+        if cached:
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stops, temperature=None, top_p=None, top_k=None,
+            )
+        else:
+            out = greedy_uncached(model, enc["input_ids"], max_new_tokens, stops)
         for i, row in zip(group, out[:, enc["input_ids"].shape[1]:].tolist()):
             kept = []
             for t in row:
@@ -111,6 +116,23 @@ def text_loss(model, tokenizer, texts: list[str], max_seq_len: int, batch_size: 
         feats.append(Features(ids, list(ids)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return eval_loss(model, feats, batch_size, pad, device)
+
+
+@torch.no_grad()
+def greedy_uncached(model, input_ids: torch.Tensor, max_new_tokens: int, stops: list[int]) -> torch.Tensor:
+    """Greedy decoding by a full forward pass over the whole sequence for every new token (unpadded rows of equal
+    length). No cache, no position bookkeeping: the same forward the training loss used."""
+    ids = input_ids
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    stop = torch.tensor(stops, device=ids.device)
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, -1]
+        nxt = logits.argmax(-1)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        done |= torch.isin(nxt, stop)
+        if bool(done.all()):
+            break
+    return ids
 
 
 @torch.no_grad()

@@ -186,7 +186,10 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         loss = E.eval_loss(model, eval_f, ev["batch_size"], pad_id, device)
         pad_free = method is not None and not method.left_pad_safe
-        gens = E.generate(model, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device, pad_free)
+        cached = method is None or method.kv_cache_generate
+        gens = E.generate(model, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device, pad_free,
+                          cached)
+    out["environment"]["generation"] = "generate() with KV cache" if cached else "greedy, full forward per token"
     scores, out["predictions"] = E.summary(gens, eval_ex, ev["metrics"], ev["extract"], ev["keep_predictions"])
     out["metrics"].update(scores)
     out["metrics"].update(eval_loss=loss, eval_perplexity=E.perplexity(loss),

@@ -28,6 +28,11 @@ class Method:
     # PEFT drops position ids for prompt tuning and P-tuning (peft_model._adjust_prompt_learning_kwargs), so with
     # left padding the distance between virtual and real tokens depends on the padding: generate without padding.
     left_pad_safe: bool = True
+    # transformers' KV-cache generate() gives the trained model's own greedy answers. Not so for prompt learning with
+    # transformers 5.24 / peft 0.21.2: from the second new token on, generate() disagrees with a full forward pass
+    # (prompt tuning and P-tuning produce garbage, prefix tuning answers as if untrained); those methods decode
+    # without a cache (bench.evaluation.greedy_uncached). tests/test_generation.py checks every method.
+    kv_cache_generate: bool = True
     # Bumped whenever results would change, so stored records stop matching and get rerun.
     version: int = 1
     # Optional hook run on the loaded base model before the PEFT config is applied (e.g. freezing).

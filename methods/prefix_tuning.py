@@ -19,4 +19,5 @@ METHOD = Method(
     config=config,
     merge="none",
     packable=False,
+    kv_cache_generate=False,
 )

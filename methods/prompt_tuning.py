@@ -20,4 +20,5 @@ METHOD = Method(
     merge="none",
     packable=False,
     left_pad_safe=False,
+    kv_cache_generate=False,
 )
