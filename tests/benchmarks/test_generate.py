@@ -18,9 +18,10 @@ def test_generate(benchmark, run, smoke_runs, tokenized, cpu):
     model = build(cfg, method, None, cpu, torch.float32)
     ev = cfg["eval"]
     pad_free = method is not None and not method.left_pad_safe
+    cached = method is None or method.kv_cache_generate
 
     def generate():
-        return E.generate(model, tokenizer, eval_ex, ev["batch_size"], 16, cpu, pad_free)
+        return E.generate(model, tokenizer, eval_ex, ev["batch_size"], 16, cpu, pad_free, cached)
 
     gens = benchmark.pedantic(generate, rounds=10, warmup_rounds=1, iterations=1)
     assert gens.new_tokens > 0 and len(gens.predictions) == len(eval_ex)
