@@ -267,6 +267,17 @@ def load_examples(spec: dict[str, Any], max_eval: int | None = None) -> tuple[li
     return train, evals, report
 
 
+def split_validation(train: list[Example], spec: dict[str, Any]) -> tuple[list[Example], list[Example]]:
+    """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen."""
+    size = spec.get("validation_size")
+    if not size:
+        return train, []
+    n = int(size) if size >= 1 else max(1, round(len(train) * size))
+    if n >= len(train):
+        raise DataError(f"dataset.validation_size {size:g} leaves no training rows ({len(train)} train rows)")
+    return train[n:], train[:n]
+
+
 def _key(e: Example) -> str:
     return json.dumps(e.messages, sort_keys=True)
 

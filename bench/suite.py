@@ -67,6 +67,9 @@ class DatasetSpec(Strict):
     messages: str | None = None
     system: str | None = None
     max_examples: PositiveInt | None = None
+    validation_size: PositiveFloat | None = Field(
+        None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
+        "run has a sweep")
     seed: int = 0
     on_bad_row: Literal["error", "skip"] = "error"
 
@@ -154,6 +157,9 @@ class RunSpec(Strict):
     name: str | None = None
     params: dict[str, Any] = {}
     training: TrainingOverrides = TrainingOverrides()
+    sweep: dict[str, list[Any] | Literal["default"]] | None = Field(
+        None, description="values to try per training field or method param; each combination is a run, the one "
+        "with the lowest validation loss is the method's result ('default': the method's learning-rate grid)")
 
     @property
     def run_name(self) -> str:
@@ -214,17 +220,28 @@ class Suite(Strict):
             method = METHODS[run.method]
             params = deep_merge(method.defaults(), run.params)
             training = Training(**deep_merge(self.training.model_dump(), run.training.model_dump(exclude_none=True)))
-            runs += self._per_seed(run.run_name, run.method, params, training, method.version)
+            for point in sweep_points(run, method):
+                name = run.run_name + "".join(f"@{_SHORT.get(k, k)}={_text(v)}" for k, v in point.items())
+                t = training.model_copy(update={k: v for k, v in point.items() if k in Training.model_fields})
+                p = params | {k: v for k, v in point.items() if k not in Training.model_fields}
+                runs += self._per_seed(name, run.method, p, t, method.version, group=run.run_name if point else None,
+                                       sweep=point or None)
         return runs
 
-    def _per_seed(self, name, method, params, training, method_version, seeded=True) -> list[dict[str, Any]]:
+    @property
+    def has_sweeps(self) -> bool:
+        return any(run.sweep for run in self.runs)
+
+    def _per_seed(self, name, method, params, training, method_version, seeded=True, group=None,
+                  sweep=None) -> list[dict[str, Any]]:
         # Without `seeds` nothing is added to the config, so its hash (and every stored record) stays valid.
         if self.seeds is None or not seeded:
-            return [self._resolved(name, method, params, training, method_version)]
+            return [self._resolved(name, method, params, training, method_version, group=group, sweep=sweep)]
         return [self._resolved(f"{name}@seed{s}", method, params, training.model_copy(update={"seed": s}),
-                               method_version, group=name, seed=s) for s in self.seeds]
+                               method_version, group=group or name, seed=s, sweep=sweep) for s in self.seeds]
 
-    def _resolved(self, name, method, params, training, method_version=0, group=None, seed=None) -> dict[str, Any]:
+    def _resolved(self, name, method, params, training, method_version=0, group=None, seed=None,
+                  sweep=None) -> dict[str, Any]:
         model = self.model.model_dump(exclude_none=True)
         for key in ("path", "tokenizer"):
             if key in model and Path(self.resolve(model[key])).exists():
@@ -235,11 +252,16 @@ class Suite(Strict):
         for key in ("path", "eval_path"):
             if key in dataset:
                 dataset[key] = self.resolve(dataset[key])
+        if self.has_sweeps:
+            # Every run trains on the same rows, swept or not; the held-out ones pick sweep values, never eval.
+            dataset.setdefault("validation_size", 0.1)
         config = {
             "suite": self.name,
             "suite_version": self.version,
             "run": name,
-            **({"group": group, "seed": seed} if group is not None else {}),
+            **({"group": group} if group is not None else {}),
+            **({"seed": seed} if seed is not None else {}),
+            **({"sweep": sweep} if sweep else {}),
             "method": method,
             "method_version": method_version,
             "params": params,
@@ -259,6 +281,23 @@ class Suite(Strict):
         if isinstance(ev["forgetting"], str):
             ev["forgetting"] = self.resolve(ev["forgetting"])
         return ev
+
+
+_SHORT = {"learning_rate": "lr"}
+
+
+def _text(value: Any) -> str:
+    return format(value, "g") if isinstance(value, float) else str(value)
+
+
+def sweep_points(run: RunSpec, method) -> list[dict[str, Any]]:
+    """Every combination of the run's sweep values, in order ([{}] without a sweep)."""
+    import itertools
+
+    if not run.sweep:
+        return [{}]
+    grid = {k: list(method.lr_grid) if v == "default" else v for k, v in run.sweep.items()}
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
 
 
 # Not part of what a run computes: changing a regression tolerance must not rerun anything.
@@ -343,6 +382,39 @@ def _fields_at(loc: tuple) -> list[str]:
         ann = field.annotation
         model = next((a for a in getattr(ann, "__args__", ()) if hasattr(a, "model_fields")), ann)
     return list(getattr(model, "model_fields", {}))
+
+
+def _sweep_problems(doc: dict) -> list[tuple[int | None, str]]:
+    """Sweep keys are training fields or the method's params, and every value is one that key accepts."""
+    problems = []
+    runs = doc.get("runs") if isinstance(doc.get("runs"), list) else []
+    for i, run in enumerate(runs):
+        if not (isinstance(run, dict) and isinstance(run.get("sweep"), dict) and run.get("method") in METHODS):
+            continue
+        accepted = METHODS[run["method"]].parameters()
+        for key, values in run["sweep"].items():
+            place, line = f"runs[{i}].sweep.{key}", line_of(doc, ("runs", i, "sweep", key))
+            if key not in Training.model_fields and key not in accepted:
+                choices = list(Training.model_fields) + list(accepted)
+                problems.append((line, f"{place}: not a training field or a {run['method']} param"
+                                 f"{did_you_mean(key, choices)}"))
+                continue
+            if values == "default":
+                if key != "learning_rate":
+                    problems.append((line, f"{place}: 'default' is a grid for learning_rate only; list the values"))
+                continue
+            if not isinstance(values, list) or not values:
+                continue  # pydantic reports the type
+            for value in to_plain(values):
+                try:
+                    if key in Training.model_fields:
+                        TrainingOverrides(**{key: value})
+                    else:
+                        TypeAdapter(accepted[key].annotation).validate_python(value, strict=True)
+                except (ValidationError, TypeError) as e:
+                    msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+                    problems.append((line, f"{place}: {value!r} is not a valid {key} ({msg})"))
+    return problems
 
 
 def _method_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
@@ -501,6 +573,7 @@ def load_suite(path: str | Path) -> Suite:
     except ValidationError as e:
         problems += _pydantic_problems(e, doc)
     problems += _method_problems(doc, path.parent)
+    problems += _sweep_problems(doc)
     problems += _file_problems(doc, path.parent)
     if suite is not None:
         out_problem = _output_problem(suite.output_dir)

@@ -107,10 +107,12 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     folder, out["model_info"] = M.resolve(cfg["model"])
     tokenizer = M.load_tokenizer(cfg["model"], folder)
     train_ex, eval_ex, report = D.load_examples(cfg["dataset"], max_eval=ev["max_examples"])
+    train_ex, val_ex = D.split_validation(train_ex, cfg["dataset"])
     src = report.source
     train_f = D.tokenize(train_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, src)
     eval_f = D.tokenize(eval_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, src)
-    out["data"] = vars(report)
+    val_f = D.tokenize(val_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, src)
+    out["data"] = vars(report) | ({"validation_rows": len(val_f), "train_rows": len(train_f)} if val_ex else {})
 
     model = build(cfg, method, folder, device, dtype)
     if device.type == "cuda":
@@ -185,6 +187,8 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     t_eval = time.perf_counter()
     with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
         loss = E.eval_loss(model, eval_f, ev["batch_size"], pad_id, device)
+        if val_f:
+            out["metrics"]["validation_loss"] = E.eval_loss(model, val_f, ev["batch_size"], pad_id, device)
         pad_free = method is not None and not method.left_pad_safe
         cached = method is None or method.kv_cache_generate
         gens = E.generate(model, tokenizer, eval_ex, ev["batch_size"], ev["max_new_tokens"], device, pad_free,

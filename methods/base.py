@@ -33,6 +33,8 @@ class Method:
     # (prompt tuning and P-tuning produce garbage, prefix tuning answers as if untrained); those methods decode
     # without a cache (bench.evaluation.greedy_uncached). tests/test_generation.py checks every method.
     kv_cache_generate: bool = True
+    # Learning rates `sweep: {learning_rate: default}` tries: methods that train few parameters need far larger steps.
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     # Bumped whenever results would change, so stored records stop matching and get rerun.
     version: int = 1
     # Optional hook run on the loaded base model before the PEFT config is applied (e.g. freezing).

@@ -12,4 +12,5 @@ METHOD = Method(
     summary="Train every parameter of the base model (the reference every PEFT method is measured against).",
     config=config,
     merge="none",
+    lr_grid=(1e-5, 3e-5, 1e-4),
 )

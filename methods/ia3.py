@@ -22,4 +22,5 @@ METHOD = Method(
     summary="Learned rescaling vectors on attention keys/values and the feed-forward input; merges exactly.",
     config=config,
     merge="exact",
+    lr_grid=(3e-3, 1e-2, 3e-2),
 )

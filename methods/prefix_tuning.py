@@ -20,4 +20,5 @@ METHOD = Method(
     merge="none",
     packable=False,
     kv_cache_generate=False,
+    lr_grid=(1e-2, 3e-2, 1e-1, 3e-1),
 )

@@ -21,4 +21,5 @@ METHOD = Method(
     packable=False,
     left_pad_safe=False,
     kv_cache_generate=False,
+    lr_grid=(1e-2, 3e-2, 1e-1, 3e-1),
 )
