@@ -229,7 +229,10 @@ def _tie_breaker(c: Group, r: Group, score: str) -> str:
     for name, what in (("eval_loss", "lower eval loss"), (MEMORY, "lower peak memory"), (TIME, "shorter training")):
         vc, vr = c.mean(name), r.mean(name)
         if name != score and vc is not None and vr is not None and vc != vr:
-            return f"the {what} decides ({format_value(name, vc)} vs {format_value(name, vr)})"
+            # Eval loss is a score too: say whether the seeds back the difference that decides.
+            d = welch(c.values(name), r.values(name)) if name == "eval_loss" else None
+            doubt = ", itself a difference the seeds do not support" if d and d.supported is False else ""
+            return f"the {what} decides ({format_value(name, vc)} vs {format_value(name, vr)}{doubt})"
     return "nothing else tells them apart; the name decides"
 
 

@@ -193,3 +193,13 @@ def test_smoke_records_choice_moves_when_its_memory_no_longer_fits(smoke_results
     assert capsys.readouterr().out.startswith(f"Recommended: {choice.name} ")
     assert main(["recommend", str(out), "--max-memory", str(limit)]) == 0
     assert capsys.readouterr().out.startswith(f"Recommended: {tight.choice.name} ")
+
+
+def test_a_tie_broken_by_an_unsupported_eval_loss_difference_says_so():
+    records = [record(f"{name}@seed{s}", name, {"exact_match": 1.0, "eval_loss": loss + 0.1 * s,
+                                                  "peak_memory_bytes": GB, "train_seconds": 1.0},
+                      group=name, seed=s) for name, loss in (("a", 0.1), ("b", 0.15)) for s in range(3)]
+    # Losses 0.1, 0.2, 0.3 against 0.15, 0.25, 0.35: a difference of 0.05 with a Welch half-width of 0.23.
+    assert explain(recommend(records)).reason.startswith(
+        "a: exact match 1.000 ± 0.000 vs b 1.000 ± 0.000, a tie; the lower eval loss decides (0.2000 vs 0.2500, "
+        "itself a difference the seeds do not support).")
