@@ -393,8 +393,10 @@ def collate(items: list[Features], pad_id: int, packed: bool) -> dict[str, torch
 
 
 def batches(features: list[Features], batch_size: int, seed: int, pad_id: int, packed: bool,
-            epochs: float) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
-    """Micro-batches with the epoch they belong to, for at most `epochs` passes (a new order each pass)."""
+            epochs: float, rank: int = 0, world: int = 1) -> Iterator[tuple[float, dict[str, torch.Tensor]]]:
+    """Micro-batches with the epoch they belong to, for at most `epochs` passes (a new order each pass). With
+    `world` processes, each gets its share of every micro-batch (`share`): together they are the one-process batch.
+    A filler share (no example left for this process) carries the key "filler", for the loop to remove."""
     epoch = 0
     while epoch < epochs:
         order = batch_order(features, batch_size, seed + epoch)
@@ -402,5 +404,25 @@ def batches(features: list[Features], batch_size: int, seed: int, pad_id: int, p
             progress = epoch + (i + 1) / len(order)
             if progress > epochs + 1e-9:
                 return
-            yield progress, collate([features[j] for j in b], pad_id, packed)
+            items = [features[j] for j in b]
+            if world == 1:
+                yield progress, collate(items, pad_id, packed)
+                continue
+            mine = share(items, rank, world)
+            batch = collate(mine or [filler(items[0])], pad_id, packed)
+            yield progress, batch | ({} if mine else {"filler": torch.tensor(True)})
         epoch += 1
+
+
+def share(items: list[Features], rank: int, world: int) -> list[Features]:
+    """Process `rank`'s contiguous share of a micro-batch, sizes differing by at most one; empty when the batch has
+    fewer examples than there are processes."""
+    base, extra = divmod(len(items), world)
+    start = rank * base + min(rank, extra)
+    return items[start:start + base + (rank < extra)]
+
+
+def filler(example: Features) -> Features:
+    """What a process without a share trains on: an example with every label masked. It still takes part in the
+    gradient all-reduce, and adds nothing to the loss, the gradients or the target count."""
+    return Features(example.input_ids, [IGNORE] * len(example.labels))

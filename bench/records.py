@@ -46,6 +46,12 @@ METRICS: dict[str, Metric] = {
     "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
     "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
     "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
+    # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
+    # device must hold) and the tokens/s above are of all processes together.
+    "world_size": Metric("processes", "none", "", ".0f"),
+    "peak_memory_bytes_total": Metric("peak memory, all processes", "lower", "B", "bytes"),
+    "train_tokens_per_second_per_process": Metric("train tokens/s per process", "higher", "tok/s", ",.0f"),
+    "steady_tokens_per_second_per_process": Metric("steady train tokens/s per process", "higher", "tok/s", ",.0f"),
     "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
     "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),
     "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),

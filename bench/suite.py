@@ -101,6 +101,15 @@ Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
+class Distributed(Strict):
+    """One run across several processes, started by `accelerate launch`: DDP without a config file; with one,
+    whatever it sets up (FSDP, several machines)."""
+
+    num_processes: PositiveInt = Field(description="processes in all, across machines (accelerate's num_processes)")
+    config: str | None = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
+                               "to the suite file")
+
+
 class Training(Strict):
     learning_rate: PositiveFloat = 2e-4
     batch_size: PositiveInt = 4
@@ -118,6 +127,7 @@ class Training(Strict):
                                          "memory, about a third more compute")
     save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
     timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
+    distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
 
 
 class TrainingOverrides(Strict):
@@ -138,6 +148,7 @@ class TrainingOverrides(Strict):
     gradient_checkpointing: bool | None = None
     save_every: Literal["epoch"] | PositiveInt | None = None
     timeout_s: PositiveFloat | None = None
+    distributed: Distributed | None = None
 
 
 class Eval(Strict):
@@ -268,7 +279,7 @@ class Suite(Strict):
             "model": model,
             "dataset": dataset,
             "budget": self.budget.model_dump(exclude_none=True),
-            "training": training.model_dump(),
+            "training": self._training(training),
             "eval": self._eval(),
             "regression": self.regression.model_dump(),
         }
@@ -281,6 +292,19 @@ class Suite(Strict):
         if isinstance(ev["forgetting"], str):
             ev["forgetting"] = self.resolve(ev["forgetting"])
         return ev
+
+
+    def _training(self, training: Training) -> dict[str, Any]:
+        # Without `distributed` nothing is added to the config, so its hash (and every stored record) stays valid.
+        out = training.model_dump()
+        dist = out.pop("distributed")
+        if dist is not None:
+            out["distributed"] = dist
+            if dist["config"] is not None:
+                # The file's content is part of the config: an edited accelerate config reruns the run.
+                dist["config"] = self.resolve(dist["config"])
+                dist["config_sha256"] = hashlib.sha256(Path(dist["config"]).read_bytes()).hexdigest()[:16]
+        return out
 
 
 _SHORT = {"learning_rate": "lr"}
@@ -506,6 +530,7 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
         if not p.is_file():
             problems.append((line_of(doc, ("eval", "forgetting")), f"eval.forgetting: no such file {str(p)!r} (a "
                              "text file of paragraphs separated by blank lines; paths are relative to the suite file)"))
+    problems += _distributed_problems(doc, suite_dir)
     model = doc.get("model")
     if isinstance(model, dict):
         if isinstance(model.get("path"), str):
@@ -546,6 +571,22 @@ def _file_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
             except HFValidationError:
                 problems.append((line_of(doc, ("model", "hub")), f"model.hub: '{model['hub']}' is not a Hub id "
                                  "(owner/name: letters, digits, '-', '_' and '.')"))
+    return problems
+
+
+def _distributed_problems(doc: dict, suite_dir: Path) -> list[tuple[int | None, str]]:
+    """The accelerate config files that training.distributed names, suite-wide or per run, exist."""
+    places = [("training", "distributed", "config")]
+    if isinstance(doc.get("runs"), list):
+        places += [("runs", i, "training", "distributed", "config") for i in range(len(doc["runs"]))]
+    problems = []
+    for place in places:
+        node = doc
+        for key in place:
+            node = node[key] if isinstance(node, (dict, list)) and (isinstance(node, list) or key in node) else None
+        if isinstance(node, str) and not _local(node, suite_dir).is_file():
+            problems.append((line_of(doc, place), f"{_place(place)}: no such file {str(_local(node, suite_dir))!r} "
+                             "(an accelerate config file, relative to the suite file; `accelerate config` writes one)"))
     return problems
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
 from transformers import get_scheduler
 
 from bench.data import IGNORE
+
+if TYPE_CHECKING:
+    from bench.distributed import Ranks
 
 
 class Diverged(Exception):
@@ -63,11 +67,16 @@ def train(
     on_step: Callable[[dict[str, float]], None] = lambda _: None,
     on_epoch: Callable[[int, int], None] = lambda _e, _s: None,
     warmup_steps: int = 0,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
+    """Train until the budget binds. With `ranks` (several processes, bench.distributed), `batches` yields this
+    process's share of each micro-batch; losses and counts in the result and the curve are over all processes."""
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
     optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"],
                                   fused=device.type == "cuda")
+    if ranks is not None:
+        model, optimizer = ranks.prepare(model, optimizer)
     scheduler = get_scheduler(
         training["scheduler"], optimizer, num_warmup_steps=int(training["warmup_ratio"] * total_steps),
         num_training_steps=total_steps,
@@ -87,27 +96,43 @@ def train(
         if len(micro) < training["grad_accum"]:
             result.stopped_by = result.stopped_by or "epochs"
             break
-        # The loss is a mean over every response token of the optimiser step, however they split into micro-batches.
+        # The loss is a mean over every response token of the optimiser step, however they split into micro-batches
+        # (and, with several processes, over every process's share).
         n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
+        if ranks is not None:
+            n_targets = int(ranks.sum(n_targets))
         step_loss = 0.0
-        for progress, batch in micro:
+        before = _counts(result)
+        for i, (progress, batch) in enumerate(micro):
+            filler = batch.pop("filler", None) is not None  # bench.data.filler: trains nothing, is not data
             batch = {k: v.to(device) for k, v in batch.items()}
             # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples
             # would attend to each other.
-            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
-            out.loss.backward()
+            with _no_sync(ranks, model, last=i == len(micro) - 1):
+                out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
+                if ranks is None:
+                    out.loss.backward()
+                else:
+                    # DDP averages gradients over processes; each loss is already a share of the global mean.
+                    ranks.accelerator.backward(out.loss * ranks.world)
             step_loss += out.loss.item()
+            result.epochs = progress
+            if filler:
+                continue
             mask = batch.get("attention_mask")
             result.real_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
             result.processed_tokens += batch["input_ids"].numel()
             result.attention_pairs += sum(n * n for n in example_lengths(batch))
-            result.epochs = progress
+        if ranks is not None:
+            step_loss = _all_processes(ranks, result, before, step_loss)
         result.target_tokens += n_targets
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
-        if training["max_grad_norm"]:
+        if training["max_grad_norm"] and ranks is None:
             torch.nn.utils.clip_grad_norm_(params, training["max_grad_norm"])
+        elif training["max_grad_norm"]:  # under FSDP the norm is over every process's shards
+            ranks.accelerator.clip_grad_norm_(model.parameters(), training["max_grad_norm"])
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -115,6 +140,8 @@ def train(
             torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
         result.steps += 1
         result.seconds = time.perf_counter() - start
+        if ranks is not None:  # budgets must stop every process at the same step: the slowest clock decides
+            result.seconds = max(row[0] for row in ranks.gather([result.seconds]))
         if result.steps == warmup_steps:
             mark = _counts(result)
         point = {
@@ -140,6 +167,23 @@ def train(
         mark = _counts(TrainResult())  # too few steps to leave any out: the whole run is the window
     result.steady = {k: v - mark[k] for k, v in _counts(result).items()}
     return result
+
+
+def _no_sync(ranks: Ranks | None, model, last: bool):
+    """Gradient accumulation under DDP/FSDP: all-reduce gradients once, on the step's last micro-batch."""
+    if ranks is None or last:
+        return contextlib.nullcontext()
+    return ranks.accelerator.no_sync(model)
+
+
+def _all_processes(ranks: Ranks, result: TrainResult, before: dict[str, float], step_loss: float) -> float:
+    """The step's loss and token counts summed over processes: the result holds this process's counts before and
+    every process's after."""
+    keys = ("real_tokens", "processed_tokens", "attention_pairs")
+    rows = ranks.gather([step_loss] + [getattr(result, k) - before[k] for k in keys])
+    for j, k in enumerate(keys, start=1):
+        setattr(result, k, int(before[k] + sum(row[j] for row in rows)))
+    return sum(row[0] for row in rows)
 
 
 def _counts(r: TrainResult) -> dict[str, float]:

@@ -19,6 +19,7 @@ import torch
 from bench import data as D
 from bench import evaluation as E
 from bench import models as M
+from bench.distributed import Ranks, is_distributed
 from bench.env import environment
 from bench.suite import BASELINE
 from bench.train import Diverged, planned_steps, train
@@ -94,13 +95,18 @@ def build(cfg: dict[str, Any], method: Method | None, folder: str | None, device
     return get_peft_model(model, peft_config)
 
 
-def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def run(cfg: dict[str, Any], run_dir: Path, ranks: Ranks | None = None) -> dict[str, Any] | None:
+    """The run's result; with `ranks` (a distributed run) None on every process but the main one."""
     t0 = time.perf_counter()
     out: dict[str, Any] = {"status": "failed", "metrics": {}, "merge": {}, "curve": []}
-    device = pick_device()
+    device = ranks.device if ranks else pick_device()
     tr, ev = cfg["training"], cfg["eval"]
+    peaks = None
+    main = ranks is None or ranks.main
     dtype = pick_dtype(tr["precision"], device)
     out["environment"] = environment(device) | {"dtype": str(dtype).removeprefix("torch.")}
+    if ranks:
+        out["environment"]["distributed"] = ranks.describe()
     torch.manual_seed(tr["seed"])
     method = None if cfg["method"] == BASELINE else METHODS[cfg["method"]]
 
@@ -140,14 +146,17 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         packed = tr["packing"] and method.packable
         steps_per_epoch = len(D.batch_order(train_f, tr["batch_size"], tr["seed"]))
         total_steps = planned_steps(cfg["budget"], steps_per_epoch, tr["grad_accum"], tr["epochs"])
-        progress = (run_dir / PROGRESS).open("a")
+        progress = (run_dir / PROGRESS).open("a") if main else None
 
         def save_checkpoint(name: str) -> None:
-            model.save_pretrained(run_dir / "checkpoints" / name)
+            state = ranks.state_dict() if ranks else None  # every process takes part: FSDP gathers the shards
+            if main:
+                model.save_pretrained(run_dir / "checkpoints" / name, state_dict=state)
 
         def on_step(point):
-            progress.write(json.dumps(point) + "\n")
-            progress.flush()
+            if main:
+                progress.write(json.dumps(point) + "\n")
+                progress.flush()
             if isinstance(tr["save_every"], int) and point["step"] % tr["save_every"] == 0:
                 save_checkpoint(f"step-{point['step']}")
 
@@ -155,16 +164,20 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
             if tr["save_every"] == "epoch":
                 save_checkpoint(f"epoch-{epoch}")
 
-        batches = D.batches(train_f, tr["batch_size"], tr["seed"], pad_id, packed, tr["epochs"])
+        batches = D.batches(train_f, tr["batch_size"], tr["seed"], pad_id, packed, tr["epochs"],
+                            rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             try:
                 result = train(model, batches, tr, cfg["budget"], total_steps, device, on_step, on_epoch,
-                               warmup_steps=steady_after(total_steps))
+                               warmup_steps=steady_after(total_steps), ranks=ranks)
             except Diverged as e:
                 out.update(status="diverged", error=str(e), last_step=len(_read_progress(run_dir)))
                 out["curve"] = _read_progress(run_dir)
                 return out
-        progress.close()
+        if main:
+            progress.close()
+        if ranks:
+            model = whole_model(ranks, cfg, method, folder, device, dtype, model)
         out["curve"] = result.curve
         out["last_step"] = result.steps
         m = out["metrics"]
@@ -177,11 +190,21 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         )
         out["stopped_by"] = result.stopped_by
         m.update(throughput(model, result, device))
+    if ranks:
+        # Peaks so far of every process; the main one's own is replaced by its final peak (after evaluation).
+        peaks = [row[0] for row in ranks.gather([device_peak(device)])]
+        if not main:
+            return None
+        m = out["metrics"]
+        m["world_size"] = ranks.world
+        for name in ("train_tokens_per_second", "steady_tokens_per_second"):
+            if name in m:
+                m[f"{name}_per_process"] = m[name] / ranks.world
 
     if not ev.get("enabled", True):
         if method is not None:
             save_and_merge(cfg, method, model, tokenizer, folder, eval_ex, None, device, dtype, run_dir, out)
-        finish(out, device)
+        finish(out, device, peaks)
         return out
 
     t_eval = time.perf_counter()
@@ -207,16 +230,39 @@ def run(cfg: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
     if method is not None:
         save_and_merge(cfg, method, model, tokenizer, folder, eval_ex, gens, device, dtype, run_dir, out)
-    finish(out, device)
+    finish(out, device, peaks)
     return out
 
 
-def finish(out: dict[str, Any], device: torch.device) -> None:
+def finish(out: dict[str, Any], device: torch.device, peaks: list[float] | None = None) -> None:
+    """Peak memory; in a distributed run `peaks` holds every process's (by rank), and peak_memory_bytes is the
+    largest, what one device must hold, beside their total."""
     if device.type == "cuda":
         out["metrics"]["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
         out["metrics"]["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved()
-    out["metrics"]["peak_memory_bytes"] = peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
+    out["metrics"]["peak_memory_bytes"] = device_peak(device)
+    if peaks is not None:
+        peaks = [int(device_peak(device))] + [int(p) for p in peaks[1:]]
+        out["metrics"].update(peak_memory_bytes=max(peaks), peak_memory_bytes_total=sum(peaks))
+        out["environment"]["distributed"]["peak_memory_bytes_per_process"] = peaks
     out["status"] = "success"
+
+
+def device_peak(device: torch.device) -> int:
+    return peak_rss() if device.type == "cpu" else torch.cuda.max_memory_allocated()
+
+
+def whole_model(ranks: Ranks, cfg, method: Method, folder, device, dtype, model):
+    """After distributed training, a model with every trained weight on the main process, for evaluation, saving and
+    the merge check. DDP keeps a whole copy in every process; FSDP's shards are gathered into a freshly built one."""
+    if not ranks.sharded:
+        return model
+    state = ranks.state_dict()  # every process takes part
+    if not ranks.main:
+        return model
+    whole = build(cfg, method, folder, device, dtype)
+    whole.load_state_dict(state)
+    return whole
 
 
 def steady_after(total_steps: int) -> int:
@@ -320,21 +366,41 @@ def main() -> int:
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = json.loads(cfg_path.read_text())
+    ranks = None
     try:
-        out = run(cfg, run_dir)
+        ranks = Ranks(pick_device()) if is_distributed(cfg) else None
+        out = run(cfg, run_dir, ranks)
     except torch.OutOfMemoryError as e:
         out = {"status": "oom", "error": str(e).splitlines()[0]}
     except (D.DataError, M.ModelSourceError) as e:
         out = {"status": "failed", "error": str(e)}
     except Exception:
         out = {"status": "failed", "error": traceback.format_exc(limit=-6)}
+    if is_distributed(cfg) and int(os.environ.get("RANK", "0")) != 0:
+        # Another process of a distributed run: the main one writes the result. A crash here goes to the log and
+        # fails the launch; a divergence is the main process's to report (it saw the same global loss).
+        code = 0
+        if out is not None and out["status"] in ("failed", "oom"):
+            print(out["error"], file=sys.stderr)
+            code = 1
+        return leave(code)
     if out["status"] != "success":
         out.setdefault("curve", _read_progress(run_dir))
         out.setdefault("last_step", len(out["curve"]))
     tmp = run_dir / (RESULT + ".tmp")
     tmp.write_text(json.dumps(out, default=float))
     tmp.replace(run_dir / RESULT)
-    return 0 if out["status"] == "success" else 1
+    code = 0 if out["status"] == "success" else 1
+    return leave(code) if is_distributed(cfg) else code
+
+
+def leave(code: int) -> int:
+    """End a distributed worker without interpreter teardown: destroying the DDP reducer's gloo process group right
+    after a collective deadlocks when the group's thread still waits for the GIL the destructor holds (seen here).
+    Every file the worker wrote is closed by now."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
