@@ -103,6 +103,11 @@ def cmd_run(args) -> int:
     suite = _load(args.suite)
     if suite is None:
         return EXIT_USAGE
+    try:
+        slots = runner.parse_devices(args.devices) if args.devices else [None]
+    except runner.DevicesError as e:
+        err.print(str(e), markup=False)
+        return EXIT_USAGE
     out_dir = Path(args.output) if args.output else suite.output_dir
     problem = _preflight_data(suite)
     if problem:
@@ -120,38 +125,47 @@ def cmd_run(args) -> int:
         err.print(f"--only {' '.join(args.only)}: no run of {args.suite} has that name or method", markup=False)
         return EXIT_USAGE
     todo = [p for p in plans if p.action == "run"]
+    problems = runner.slot_problems([p.config for p in todo], [s for s in slots if s])
+    if problems:
+        err.print("\n".join(f"--devices {args.devices}: {p}" for p in problems), markup=False)
+        return EXIT_USAGE
     for p in plans:
         if p.action == "skip":
             console.print(f"[dim]skip {p.config['run']}: {p.why} (--force reruns it)[/]")
-    console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do, results in {out_dir}/")
-    interrupted = False
+    where = f" on {len(slots)} slots ({', '.join(s.name for s in slots)})" if args.devices else ""
+    console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do{where}, results in {out_dir}/")
+    tasks: dict[str, int] = {}
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
-        for p in todo:
-            cfg = p.config
-            steps = cfg["budget"].get("max_steps")
-            task = progress.add_task(cfg["run"], total=steps if cfg["method"] != "baseline" else 1, info="starting")
+        # Called from one thread per slot: rich's Progress takes a lock on every update.
+        def start(cfg, slot):
+            name = f"{cfg['run']} on {slot.name}" if slot else cfg["run"]
+            steps = cfg["budget"].get("max_steps") if cfg["method"] != "baseline" else 1
+            tasks[cfg["run"]] = progress.add_task(name, total=steps, info="starting")
 
-            def poll(points, task=task):
-                if points:
-                    last = points[-1]
-                    progress.update(task, completed=last["step"] if steps else None,
-                                    info=f"step {last['step']} loss {last['loss']:.3f}")
+        def poll(cfg, points):
+            if points:
+                last = points[-1]
+                progress.update(tasks[cfg["run"]], completed=last["step"] if cfg["budget"].get("max_steps") else None,
+                                info=f"step {last['step']} loss {last['loss']:.3f}")
 
-            try:
-                record = runner.execute(cfg, out_dir, on_poll=poll)
-            except KeyboardInterrupt:
-                progress.update(task, info="[yellow]interrupted[/]")
-                interrupted = True
-                break
+        def done(cfg, record):
+            if record is None:
+                progress.update(tasks[cfg["run"]], info="[yellow]interrupted[/]")
+                return
+            steps = cfg["budget"].get("max_steps") or 1
             colour = "green" if record.status == "success" else "red"
             score = next((f"{k} {record.metrics[k]:.3f}" for k in cfg["eval"]["metrics"] if k in record.metrics), "")
-            progress.update(task, completed=steps or 1, total=steps or 1,
+            progress.update(tasks[cfg["run"]], completed=steps, total=steps,
                             info=f"[{colour}]{record.status}[/] {score}")
+
+        interrupted = runner.run_all([p.config for p in todo], out_dir, slots, start, poll, done)
     records = [r for r in load_records(out_dir) if r.suite == suite.name]
     from bench.terminal import summary_table
 
-    console.print(summary_table(records, title=f"{suite.name} (suite version {suite.version})"))
+    from bench.sweeps import selected
+
+    console.print(summary_table(selected(records), title=f"{suite.name} (suite version {suite.version})"))
     for r in records:
         if r.status != "success":
             console.print(f"[red]{r.run}: {r.status}[/] - {error_headline(r.error)}", markup=True)
@@ -184,7 +198,9 @@ def cmd_report(args) -> int:
     if not records:
         err.print(f"{args.results}: no run records found", markup=False)
         return EXIT_USAGE
-    console.print(summary_table(records))
+    from bench.sweeps import selected
+
+    console.print(summary_table(selected(records)))
     _write_reports(Path(args.results))
     if args.csv:
         from bench.report import write_csv
@@ -207,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", help="results folder (default: the suite's output)")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
+    p.add_argument("--devices", metavar="SLOTS", help="run in parallel, one run per slot at a time: GPU indices "
+                   "(0,1,2,3), GPU groups for distributed runs (0+1,2+3) or cpu slots (cpu,cpu) sharing the cores")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("report", help="render reports from the records in a results folder")
     p.add_argument("results")

@@ -1,4 +1,6 @@
-"""The runner: each run in a fresh process with a timeout; its outcome, whatever it is, becomes one record."""
+"""The runner: each run in a fresh process with a timeout; its outcome, whatever it is, becomes one record. Runs
+go one at a time, or in parallel over device slots (`bench run --devices`); a distributed run's process is
+`accelerate launch` and the worker processes it starts."""
 
 from __future__ import annotations
 
@@ -7,12 +9,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
+
+from bench.distributed import DDP_CONFIG, is_distributed
 from bench.records import RecordError, RunRecord, read_record, record_path, write_record
 from bench.suite import Suite
 from bench.worker import PROGRESS, RESULT
@@ -56,6 +63,59 @@ def plan(suite: Suite, out_dir: Path, force: bool = False, only: list[str] | Non
     return plans
 
 
+@dataclass(frozen=True)
+class Slot:
+    """Where one run at a time goes: GPUs (CUDA_VISIBLE_DEVICES) or the CPU, with its share of the cores."""
+
+    name: str  # "cuda:1", "cuda:0+1", "cpu#0": the record's environment.slot
+    env: dict[str, str] = field(default_factory=dict)
+    gpus: int = 0
+
+
+class DevicesError(ValueError):
+    """A --devices value that names no usable set of slots."""
+
+
+def parse_devices(spec: str, cores: int | None = None) -> list[Slot]:
+    """`--devices`: comma-separated slots, each a GPU index, GPUs joined by '+' (one run on the group), or 'cpu'.
+    Every slot gets an equal share of the cores as its thread count, so parallel workers do not oversubscribe."""
+    parts = [p.strip() for p in spec.split(",")]
+    cores = cores or len(os.sched_getaffinity(0))
+    threads = str(max(1, cores // len(parts)))
+    slots: list[Slot] = []
+    taken: set[str] = set()
+    for part in parts:
+        if part == "cpu":
+            n = sum(s.gpus == 0 for s in slots)
+            env = {"BENCH_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads}
+            slots.append(Slot(f"cpu#{n}", env))
+            continue
+        ids = part.split("+")
+        if not all(i.isdigit() for i in ids):
+            raise DevicesError(f"--devices {spec}: '{part}' is not a GPU index, GPUs joined by '+' (e.g. 0+1) or 'cpu'")
+        twice = sorted(taken & set(ids) | {i for i in ids if ids.count(i) > 1}, key=int)
+        if twice:
+            raise DevicesError(f"--devices {spec}: GPU {', '.join(twice)} is named twice; a GPU belongs to one slot")
+        taken |= set(ids)
+        slots.append(Slot("cuda:" + "+".join(ids), {"CUDA_VISIBLE_DEVICES": ",".join(ids), "OMP_NUM_THREADS": threads},
+                          gpus=len(ids)))
+    return slots
+
+
+def slot_problems(configs: list[dict[str, Any]], slots: list[Slot]) -> list[str]:
+    """Distributed runs that a GPU slot is too small for: plain DDP puts one process on each GPU of the slot."""
+    problems = []
+    for cfg in configs:
+        dist = cfg["training"].get("distributed")
+        if not is_distributed(cfg) or dist["config"] is not None:
+            continue
+        small = [s.name for s in slots if 0 < s.gpus < dist["num_processes"]]
+        if small:
+            problems.append(f"run {cfg['run']} trains on {dist['num_processes']} processes, one per GPU, but slot "
+                            f"{', '.join(small)} has fewer GPUs: group them with '+', e.g. --devices 0+1,2+3")
+    return problems
+
+
 def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -73,9 +133,42 @@ def _progress(run_dir: Path) -> list[dict[str, float]]:
     return points
 
 
+def worker_command(cfg: dict[str, Any], cfg_path: Path, run_dir: Path) -> list[str]:
+    """The run's process: the worker, or for a distributed run `accelerate launch` starting one worker per process
+    with the accelerate config copied into the run folder (DDP on this machine when the suite names none)."""
+    worker = ["-m", "bench.worker", str(cfg_path), str(run_dir)]
+    if not is_distributed(cfg):
+        return [sys.executable, *worker]
+    dist = cfg["training"]["distributed"]
+    launch_config = run_dir / "accelerate.yaml"
+    if dist["config"] is None:
+        launch_config.write_text(DDP_CONFIG.format(num_processes=dist["num_processes"]))
+    else:
+        launch_config.write_bytes(Path(dist["config"]).read_bytes())
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config),
+            "--num_processes", str(dist["num_processes"]), *worker]
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process group, and the worker processes torchrun starts in sessions of their own."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        children = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in children:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+
+
 def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] = lambda _: None,
-            env: dict[str, str] | None = None) -> RunRecord:
-    """Run one config in its own process and return its record (already written to disk)."""
+            env: dict[str, str] | None = None, slot: Slot | None = None,
+            stop: threading.Event | None = None) -> RunRecord:
+    """Run one config in its own process and return its record (already written to disk). `slot` says where (its
+    environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C."""
     run_dir = out_dir / cfg["run"]
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT, PROGRESS, "log.txt"):
@@ -86,26 +179,30 @@ def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] 
     log_path = run_dir / "log.txt"
     timeout = cfg["training"]["timeout_s"]
     status, error = None, None
+    env = {**(slot.env if slot else {}), **(env or {})}
+    if is_distributed(cfg) and "OMP_NUM_THREADS" in env:  # the slot's threads are shared by the run's processes
+        per_process = int(env["OMP_NUM_THREADS"]) // cfg["training"]["distributed"]["num_processes"]
+        env["OMP_NUM_THREADS"] = str(max(1, per_process))
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.worker", str(cfg_path), str(run_dir)],
+            worker_command(cfg, cfg_path, run_dir),
             # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
-            stdout=log, stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **(env or {})},
+            stdout=log, stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **env},
             start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
         )
         t0 = time.monotonic()
         try:
             while proc.poll() is None:
                 if time.monotonic() - t0 > timeout:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    _kill(proc)
                     status, error = "timeout", f"run exceeded its timeout of {timeout:.0f} s"
                     break
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
                 on_poll(_progress(run_dir))
                 time.sleep(0.5)
         except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            _kill(proc)
             status, error = "interrupted", "interrupted by the user (Ctrl-C); rerun the suite to resume"
     result: dict[str, Any] = {}
     if status is None and (run_dir / RESULT).exists():
@@ -130,7 +227,8 @@ def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] 
         suite=cfg["suite"], run=cfg["run"], method=cfg["method"], status=status, error=error,
         last_step=result.get("last_step", len(curve)), config=cfg, config_hash=cfg["config_hash"],
         metrics=result.get("metrics", {}), curve=curve, merge=result.get("merge", {}), data=result.get("data", {}),
-        predictions=result.get("predictions", []), environment=result.get("environment", {}),
+        predictions=result.get("predictions", []),
+        environment=result.get("environment", {}) | ({"slot": slot.name} if slot else {}),
         model_info=result.get("model_info", {}), started_at=started, finished_at=now(),
     )
     _keep_previous(out_dir, cfg["run"])
@@ -138,6 +236,52 @@ def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] 
     if status == "interrupted":
         raise KeyboardInterrupt
     return record
+
+
+def run_all(configs: list[dict[str, Any]], out_dir: Path, slots: list[Slot | None],
+            on_start: Callable[[dict, Slot | None], None] = lambda _c, _s: None,
+            on_poll: Callable[[dict, list], None] = lambda _c, _p: None,
+            on_done: Callable[[dict, RunRecord | None], None] = lambda _c, _r: None) -> bool:
+    """Run configs in order over the slots, each slot one run at a time (one slot, None: one after another, as the
+    runner always has). Records and resume are exactly those of `execute`. Returns True when interrupted (Ctrl-C):
+    every run in progress is recorded as interrupted (on_done gets None), and no further run starts."""
+    queue = deque(configs)
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def slot_loop(slot: Slot | None) -> None:
+        while not stop.is_set():
+            with lock:
+                if not queue:
+                    return
+                cfg = queue.popleft()
+            on_start(cfg, slot)
+            try:
+                record = execute(cfg, out_dir, on_poll=lambda points: on_poll(cfg, points), slot=slot, stop=stop)
+            except KeyboardInterrupt:
+                on_done(cfg, None)
+                return
+            except BaseException as e:  # e.g. the results folder became unwritable: stop every slot, re-raise below
+                errors.append(e)
+                stop.set()
+                return
+            on_done(cfg, record)
+
+    threads = [threading.Thread(target=slot_loop, args=(s,), daemon=True) for s in slots]
+    for t in threads:
+        t.start()
+    interrupted = False
+    while any(t.is_alive() for t in threads):
+        try:
+            for t in threads:
+                t.join(timeout=0.2)
+        except KeyboardInterrupt:  # SIGINT reaches the main thread only; the slots see `stop`
+            interrupted = True
+            stop.set()
+    if errors:
+        raise errors[0]
+    return interrupted
 
 
 def _keep_previous(out_dir: Path, run: str) -> None:
