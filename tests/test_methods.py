@@ -6,10 +6,15 @@ import itertools
 
 import pytest
 import torch
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import ModulesToSaveWrapper
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from bench import data as D
 from bench.evaluation import generate, logit_diff, prompt_logits
-from bench.models import byte_tokenizer
+from bench.models import PRESETS, byte_tokenizer
 from bench.train import train
 from bench.worker import build, count_params
 from methods import METHODS
@@ -81,7 +86,8 @@ def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
     merged = model.merge_and_unload()
     after = prompt_logits(merged, tokenizer, eval_ex, CPU)
     assert logit_diff(before, after)["max_abs"] < 1e-5
-    assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())
+    leftovers = [n for n, m in merged.named_modules() if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))]
+    assert not leftovers, f"{method_id}: merge_and_unload left adapter modules {leftovers}"
 
 
 @pytest.mark.parametrize("method_id", list(METHODS))
@@ -128,3 +134,60 @@ def test_method_defaults_build_valid_peft_configs():
         assert (cfg is None) == (m.id == "full")
         if cfg is not None:
             assert cfg.task_type == "CAUSAL_LM"
+
+
+def test_dora_adds_one_trainable_magnitude_per_output_feature():
+    """DoRA is LoRA plus a magnitude vector per targeted layer: use_dora must really reach PEFT."""
+    dora_cfg = tiny_config("dora")
+    dora = build(dora_cfg, METHODS["dora"], None, CPU, torch.float32)
+    lora = build(tiny_config("lora", dora_cfg["params"]), METHODS["lora"], None, CPU, torch.float32)
+    targeted = [m for m in lora.modules() if isinstance(m, LoraLayer)]
+    assert len(targeted) == 2 * 7  # all-linear on two Llama layers: q, k, v, o, gate, up, down
+    extra = count_params(dora)[0] - count_params(lora)[0]
+    assert extra == sum(m.out_features for m in targeted)
+
+
+HEAD = "base_model.model.lm_head.modules_to_save.default.weight"
+
+
+def test_head_only_trains_and_saves_only_the_head(tmp_path):
+    model = build(tiny_config("head_only"), METHODS["head_only"], None, CPU, torch.float32)
+    shape = PRESETS["tiny-llama"]
+    trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {HEAD: shape["vocab_size"] * shape["hidden_size"]}
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "adapter_model.safetensors", "pt") as f:
+        assert list(f.keys()) == ["base_model.model.lm_head.weight"]
+
+
+@pytest.mark.parametrize("ensure_weight_tying", [False, True])
+def test_head_only_on_tied_embeddings(ensure_weight_tying, smoke_examples, tmp_path):
+    """SmolLM2 ties lm_head to the input embeddings. By default head_only trains an untied copy of the head and
+    leaves the input embeddings as they were; ensure_weight_tying=True trains both as one tensor. Either way the
+    merged model, saved and reloaded with plain transformers, gives the adapter model's logits."""
+    cfg = tiny_config("head_only", {"ensure_weight_tying": ensure_weight_tying})
+    cfg["model"] = {"config": PRESETS["tiny-llama"] | {"tie_word_embeddings": True}}
+    base = build(cfg, None, None, CPU, torch.float32)
+    assert base.lm_head.weight is base.model.embed_tokens.weight  # the precondition: this model really ties them
+    model = build(cfg, METHODS["head_only"], None, CPU, torch.float32)
+    tokenizer = byte_tokenizer()
+    train_ex, eval_ex = smoke_examples
+    train(model, _batches(cfg, train_ex, tokenizer, True), cfg["training"] | {"learning_rate": 1e-2},
+          {"max_steps": 3}, 3, CPU)
+
+    inner = model.get_base_model()
+    ids, eye = torch.arange(PRESETS["tiny-llama"]["vocab_size"]), torch.eye(PRESETS["tiny-llama"]["hidden_size"])
+    with torch.no_grad():
+        embeddings, head = inner.model.embed_tokens(ids), inner.lm_head(eye).T  # what the adapter model computes
+        base_embeddings, base_head = base.model.embed_tokens(ids), base.lm_head(eye).T
+    assert not torch.equal(head, base_head), "the head must train"
+    assert torch.equal(embeddings, base_embeddings) != ensure_weight_tying
+    assert torch.equal(embeddings, head) == ensure_weight_tying
+
+    before = prompt_logits(model, tokenizer, eval_ex, CPU)
+    merged = model.merge_and_unload()
+    assert merged.config.tie_word_embeddings == ensure_weight_tying
+    assert (merged.lm_head.weight is merged.model.embed_tokens.weight) == ensure_weight_tying
+    merged.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert logit_diff(before, prompt_logits(reloaded, tokenizer, eval_ex, CPU))["max_abs"] < 1e-5
