@@ -324,7 +324,9 @@ def cmd_recommend(args) -> int:
             max_adapter_size=given("--max-adapter-size", parse_size, args.max_adapter_size),
             min_scores=tuple(_named("--min-score", parse_min_score, t) for t in args.min_score or []),
         )
-        records = load_records(Path(args.results))
+        from bench.sweeps import selected
+
+        records = selected(load_records(Path(args.results)))  # a sweep competes with its chosen value
         if not records:
             raise RecordError(f"{args.results}: no run records found")
         rec = recommend(records, constraints, args.metric)

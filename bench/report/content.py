@@ -111,6 +111,8 @@ class Report:
     intervals: list[str] = field(default_factory=list)  # with seeds: what the ± means, which test judges pairs
     doubts: list[str] = field(default_factory=list)  # per score, the pairs whose difference the seeds do not support
     recommendation: Explanation | None = None
+    # Per swept run: (heading, [(value, seeds, validation loss, score, chosen)]); the summary shows chosen points only.
+    sweeps: list[tuple[str, list[tuple[str, str, str, str, bool]]]] = field(default_factory=list)
 
 
 def styles(records: list[RunRecord]) -> dict[int, tuple[str, str]]:
@@ -418,7 +420,35 @@ def data_notes(records: list[RunRecord]) -> list[str]:
     return notes
 
 
+def sweep_rows(records: list[RunRecord], score: str | None) -> list[tuple[str, list[tuple[str, str, str, str, bool]]]]:
+    from statistics import mean
+
+    from bench.sweeps import sweeps
+
+    out = []
+    for s in sweeps(records):
+        chosen = s.chosen
+        head = (f"{s.group}: chose {point_text(chosen.values)} (lowest validation loss)" if chosen
+                else f"{s.group}: no point finished")
+        rows = []
+        for p in s.points:
+            vals = [r.metrics[score] for r in p.records if score and score in r.metrics]
+            loss = p.validation_loss
+            rows.append((point_text(p.values), str(len(p.records)), "-" if loss is None else f"{loss:.4f}",
+                         format_value(score, mean(vals)) if vals else "-", p is chosen))
+        out.append((head, rows))
+    return out
+
+
+def point_text(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={format(v, 'g') if isinstance(v, float) else v}" for k, v in values.items())
+
+
 def build(records: list[RunRecord]) -> Report:
+    from bench.sweeps import selected
+
+    every = records
+    records = selected(records)  # a sweep shows as its chosen point; the Sweeps section shows every point
     recs = ordered(records)
     names = labels(records)
     suites = list(dict.fromkeys(r.suite for r in recs))
@@ -465,4 +495,5 @@ def build(records: list[RunRecord]) -> Report:
         intervals=intervals,
         doubts=doubts(records) if intervals else [],
         recommendation=explain(recommend(records)) if records else None,
+        sweeps=sweep_rows(every, scores[0] if scores else None),
     )

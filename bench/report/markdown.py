@@ -71,6 +71,15 @@ def render_markdown(records: list[RunRecord]) -> str:
             out.append(f"- {escape(t.y_label)} vs {escape(t.x_label)}: {front}")
         out.append("")
 
+    if rep.sweeps:
+        out += ["## Sweeps", "", ("Each swept run trained once per value; the value with the lowest loss on rows held "
+                                  "out of train (validation) is the one the summary shows. Eval scores are shown, "
+                                  "never used to choose."), ""]
+        for head, rows in rep.sweeps:
+            out += [f"**{escape(head)}**", ""]
+            out += table(["value", "seeds", "validation loss", escape(rep.score or "score"), ""],
+                         [[escape(v), n, loss, sc, "chosen" if c else ""] for v, n, loss, sc, c in rows]) + [""]
+
     if rep.recommendation:
         r = rep.recommendation
         out += ["## Recommendation", "", f"**{escape(r.headline)}**", ""]
