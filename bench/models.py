@@ -209,11 +209,26 @@ def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype,
             built.save_pretrained(tmp)
             del built
             # Params4bit keep no reference to the files once quantised; safe to delete the folder.
-            return AutoModelForCausalLM.from_pretrained(tmp, **kwargs)
+            return no_cpu_repacking(AutoModelForCausalLM.from_pretrained(tmp, **kwargs))
     try:
-        return AutoModelForCausalLM.from_pretrained(folder, revision=model.get("revision"), **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, revision=model.get("revision"), **kwargs)
     except OSError as e:
         raise ModelSourceError(_hub_hint(folder, e)) from None
+    return no_cpu_repacking(loaded) if load_in_4bit else loaded
+
+
+def no_cpu_repacking(model):
+    """Keep bitsandbytes (0.50) from repacking 4-bit weights for its AVX512-BF16 CPU inference kernel.
+
+    Its first no-grad forward in eval mode rewrites each Linear4bit's weight in place into a CPU-only layout; from
+    then on the inference kernel's outputs differ from the de-quantised weights' (max |logit| error 1.4 on
+    SmolLM2-135M) and later training forwards read the repacked bytes as plain NF4, so QLoRA's loss climbs instead
+    of falling. With the flag off every forward takes the plain de-quantise-and-multiply path. Tested in
+    tests/test_models.py."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
 
 
 def _hub_hint(name: str, err: Exception, place: str | None = None) -> str:

@@ -57,8 +57,8 @@ METRICS: dict[str, Metric] = {
     "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),
     # Loss on rows held out of train (dataset.validation_size): what picks a sweep's value, so eval stays unseen.
     "validation_loss": Metric("validation loss", "lower", "", ".4f"),
-    # Loss per token on general text the task does not contain (eval.forgetting), before and after training, and
-    # the rise: what the method costs the model outside the task.
+    # Loss per token on general text the task does not contain (eval.forgetting): of the base model (adapters and
+    # virtual tokens off), after training, and the rise: what the method costs the model outside the task.
     "general_loss_before": Metric("general-text loss before", "none", "", ".4f"),
     "general_loss": Metric("general-text loss", "lower", "", ".4f"),
     "forgetting": Metric("forgetting (general loss rise)", "lower", "", "+.4f", "cost"),

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -139,7 +140,11 @@ def run(cfg: dict[str, Any], run_dir: Path, ranks: Ranks | None = None) -> dict[
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 return E.text_loss(model, tokenizer, general, tr["max_seq_len"], ev["batch_size"], device)
 
-        out["metrics"]["general_loss_before"] = general_loss()
+        from peft import PeftModel
+
+        # "Before" is the base model itself: adapters and virtual tokens off (for QLoRA, its 4-bit base).
+        with model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext():
+            out["metrics"]["general_loss_before"] = general_loss()
 
     pad_id = tokenizer.pad_token_id
     if method is not None:
