@@ -55,8 +55,8 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself and extends
     the attention mask to cover them. `pad_free` batches only prompts of equal token length together, for methods
     whose answers would otherwise depend on the padding (see Method.left_pad_safe). `cached=False` decodes
-    greedily with a full forward pass per new token and no KV cache, in equal-length groups (see
-    Method.kv_cache_generate): slower, but exactly the model the training loss saw.
+    greedily with a full forward pass per new token over right-padded rows and no KV cache (see
+    Method.kv_cache_generate): slower, but exactly the forward the training loss saw, padding included.
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -64,7 +64,7 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples]
     order = list(range(len(texts)))
     groups: list[list[int]] = []
-    if pad_free or not cached:
+    if pad_free and cached:
         lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         for length in sorted(set(lengths)):
             same = [i for i in order if lengths[i] == length]
@@ -76,16 +76,18 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     new_tokens = 0
     start = time.perf_counter()
     for group in groups:
-        enc = tokenizer([texts[i] for i in group], return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(device)
         if cached:
+            enc = tokenizer([texts[i] for i in group], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(device)
             out = model.generate(
                 **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=stops, temperature=None, top_p=None, top_k=None,
             )
+            rows = out[:, enc["input_ids"].shape[1]:].tolist()
         else:
-            out = greedy_uncached(model, enc["input_ids"], max_new_tokens, stops)
-        for i, row in zip(group, out[:, enc["input_ids"].shape[1]:].tolist()):
+            prompts = [tokenizer(texts[i], add_special_tokens=False).input_ids for i in group]
+            rows = greedy_uncached(model, prompts, max_new_tokens, stops, tokenizer.pad_token_id, device)
+        for i, row in zip(group, rows):
             kept = []
             for t in row:
                 kept.append(t)
@@ -119,20 +121,30 @@ def text_loss(model, tokenizer, texts: list[str], max_seq_len: int, batch_size: 
 
 
 @torch.no_grad()
-def greedy_uncached(model, input_ids: torch.Tensor, max_new_tokens: int, stops: list[int]) -> torch.Tensor:
-    """Greedy decoding by a full forward pass over the whole sequence for every new token (unpadded rows of equal
-    length). No cache, no position bookkeeping: the same forward the training loss used."""
-    ids = input_ids
-    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-    stop = torch.tensor(stops, device=ids.device)
+def greedy_uncached(model, prompts: list[list[int]], max_new_tokens: int, stops: list[int], pad_id: int,
+                    device) -> list[list[int]]:
+    """Greedy decoding by a full forward pass over every unfinished sequence for each new token: right-padded rows
+    with a mask, as in training, so positions start at 0 (after any virtual tokens) whatever the padding."""
+    seqs = [list(p) for p in prompts]
+    new: list[list[int]] = [[] for _ in prompts]
+    live = list(range(len(seqs)))
     for _ in range(max_new_tokens):
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False).logits[:, -1]
-        nxt = logits.argmax(-1)
-        ids = torch.cat([ids, nxt[:, None]], dim=1)
-        done |= torch.isin(nxt, stop)
-        if bool(done.all()):
+        if not live:
             break
-    return ids
+        width = max(len(seqs[i]) for i in live)
+        ids = torch.full((len(live), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(live), width), dtype=torch.long)
+        for row, i in enumerate(live):
+            ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, :len(seqs[i])] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
+        offset = logits.shape[1] - width  # prompt tuning and P-tuning return logits for their virtual tokens too
+        for row, i in enumerate(live):
+            token = int(logits[row, offset + len(seqs[i]) - 1].argmax())
+            seqs[i].append(token)
+            new[i].append(token)
+        live = [i for i in live if new[i][-1] not in stops]
+    return new
 
 
 @torch.no_grad()
