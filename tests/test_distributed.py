@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,37 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
         assert "distributed_type: MULTI_GPU" in (out / two / "accelerate.yaml").read_text()
     # The accumulating pair really is another computation, not the first pair again.
     assert records["accum"].curve[0]["tokens"] != records["lora"].curve[0]["tokens"]
+
+
+def test_two_machines_join_the_way_accelerate_does_it(tmp_path):
+    """Two 'machines' on localhost, one process each: the main one runs the suite, the other joins with the README's
+    command (`accelerate launch ... --machine_rank 1 -m bench.worker RUN_DIR/config.json SCRATCH`)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "two-machines.yaml").write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_machines: 2\nmachine_rank: 0\n"
+        f"num_processes: 2\nmain_process_ip: 127.0.0.1\nmain_process_port: {port}\nsame_network: true\n"
+        "rdzv_backend: static\nmixed_precision: 'no'\n")
+    suite, out = write_suite(tmp_path, "  - {method: lora, params: {r: 8, lora_alpha: 16}, training: {distributed: "
+                                       "{num_processes: 2, config: two-machines.yaml}}}\n")
+    main = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    config = out / "lora" / "config.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not config.exists():
+        time.sleep(0.2)
+    other = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                            str(tmp_path / "two-machines.yaml"), "--machine_rank", "1", "--num_processes", "2",
+                            "-m", "bench.worker", str(config), str(tmp_path / "scratch")],
+                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+    stdout, _ = main.communicate(timeout=600)
+    assert other.returncode == 0 and main.returncode == 0, stdout + other.stdout + other.stderr
+    (record,) = load_records(out)
+    env = record.environment["distributed"]
+    assert (env["world_size"], env["num_machines"], env["processes_per_machine"]) == (2, 2, 1)
+    assert record.status == "success" and len(record.curve) == 6
+    assert not (tmp_path / "scratch").exists()  # only the main process writes
 
 
 def test_shares_of_a_micro_batch_add_up_to_the_batch_and_a_process_without_one_gets_a_filler():
@@ -202,7 +234,8 @@ def test_a_gpu_slot_too_small_for_a_distributed_run_is_named(tmp_path):
 def test_distributed_config_resolves_hashes_its_file_and_a_missing_file_is_reported(tmp_path):
     from bench.yamlio import SuiteError
 
-    suite, _ = write_suite(tmp_path, "  - {method: lora, training: {distributed: {num_processes: 2, config: a.yaml}}}\n")
+    runs = "  - {method: lora, training: {distributed: {num_processes: 2, config: a.yaml}}}\n"
+    suite, _ = write_suite(tmp_path, runs)
     with pytest.raises(SuiteError) as e:
         load_suite(suite)
     assert f"runs[0].training.distributed.config: no such file '{tmp_path / 'a.yaml'}'" in e.value.render()
