@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.records import RunRecord, format_value, human_bytes, metric
+from bench.records import RunRecord, format_value, metric
 from bench.rows import Group, interval_text, score_names, seed_groups
 from bench.stats import metric_front, welch
 
@@ -59,6 +59,12 @@ def parse_min_score(text: str) -> tuple[str, float]:
         raise ValueError(f"cannot read {text!r} as METRIC=VALUE; write e.g. exact_match=0.9") from None
 
 
+def limit_bytes(n: float) -> str:
+    """A limit as given, to three figures: rounded to the reports' one decimal, 2.45GB would read as 2.5 GB."""
+    k = max((i for i in range(5) if n >= 1024 ** i), default=0)
+    return f"{n / 1024 ** k:.3g} {['B', 'KB', 'MB', 'GB', 'TB'][k]}"
+
+
 def human_duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:g} s"
@@ -88,11 +94,11 @@ def _limits(c: Constraints) -> list[tuple[str, str, float, str]]:
     """(flag as the user gave it, what is measured, limit, direction the value must not cross)."""
     out = []
     if c.max_memory is not None:
-        out.append((f"--max-memory {human_bytes(c.max_memory)}", MEMORY, c.max_memory, "lower"))
+        out.append((f"--max-memory {limit_bytes(c.max_memory)}", MEMORY, c.max_memory, "lower"))
     if c.max_train_time is not None:
         out.append((f"--max-train-time {human_duration(c.max_train_time)}", TIME, c.max_train_time, "lower"))
     if c.max_adapter_size is not None:
-        out.append((f"--max-adapter-size {human_bytes(c.max_adapter_size)}", "saved_bytes", c.max_adapter_size,
+        out.append((f"--max-adapter-size {limit_bytes(c.max_adapter_size)}", "saved_bytes", c.max_adapter_size,
                     "lower"))
     for name, value in c.min_scores:
         out.append((f"--min-score {name}={value:g}", name, value, metric(name).better))

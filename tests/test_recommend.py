@@ -31,6 +31,13 @@ def test_sizes_in_powers_of_1024_as_the_reports_print_them():
             parse_size(bad)
 
 
+def test_limits_are_echoed_as_given():
+    from bench.recommend import limit_bytes
+
+    assert [limit_bytes(parse_size(t)) for t in ("2.45GB", "8GB", "512MB", "1.5KB", "100")] == [
+        "2.45 GB", "8 GB", "512 MB", "1.5 KB", "100 B"]
+
+
 def test_durations():
     assert parse_duration("1h") == 3600
     assert parse_duration("90m") == parse_duration("1h30m") == parse_duration("1h 30min") == 5400
@@ -87,7 +94,7 @@ def test_the_choice_changes_as_the_memory_limit_tightens():
                for limit in ("8GB", "3GB", "2.5GB", "2GB")]
     assert [c.name if c else None for c in choices] == ["full", "lora", "ia3", None]
     tight = recommend(records, Constraints(max_memory=3 * GB))
-    assert [(e.limit, e.excluded) for e in tight.exclusions] == [("--max-memory 3.0 GB", [("full", "3.2 GB")])]
+    assert [(e.limit, e.excluded) for e in tight.exclusions] == [("--max-memory 3 GB", [("full", "3.2 GB")])]
     assert explain(tight).reason.startswith("lora: exact match 0.950 ± 0.124 vs ia3 0.850 ± 0.124, a difference "
                                             "the seeds do not support")
     only = explain(recommend(records, Constraints(max_memory=2.5 * GB)))
@@ -106,8 +113,8 @@ def test_each_limit_and_what_it_excludes():
     assert none.choice is None
     assert render_text(explain(none)) == (
         "No method meets the limits.\n"
-        "Excluded by --max-memory 2.0 GB: full (3.2 GB), lora (2.7 GB), prompt_tuning (2.6 GB), ia3 (2.4 GB)\n"
-        "Excluded by --max-adapter-size 100.0 KB: full (500.0 MB), lora (9.0 MB), ia3 (256.0 KB)\n")
+        "Excluded by --max-memory 2 GB: full (3.2 GB), lora (2.7 GB), prompt_tuning (2.6 GB), ia3 (2.4 GB)\n"
+        "Excluded by --max-adapter-size 100 KB: full (500.0 MB), lora (9.0 MB), ia3 (256.0 KB)\n")
 
 
 def test_ties_break_on_eval_loss_then_memory_and_unfinished_seeds_are_no_candidates():
