@@ -167,7 +167,8 @@ def cmd_perf(args) -> int:
     suite = out / "perf.yaml"
     suite.write_text(suite_text(out.resolve(), data, dry_run=args.dry_run, steps=steps, batch_size=batch_size,
                                 seq_len=args.seq_len))
-    code = cmd_run(Namespace(suite=str(suite), force=True, only=args.only, output=None, no_report=True))
+    code = cmd_run(Namespace(suite=str(suite), force=True, only=args.only, output=None, no_report=True,
+                             devices=None))
     if code not in (EXIT_OK, EXIT_FAIL):
         return code
     ran = sorted((r for r in load_records(out) if r.suite == "perf"), key=lambda r: r.started_at)
