@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from dataclasses import dataclass
@@ -27,8 +28,10 @@ class Generations:
 
 @torch.no_grad()
 def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, device) -> float:
-    """Mean loss per response token over the eval split (padded batches: valid for every method)."""
+    """Mean loss per response token over the eval split (padded batches: valid for every method). Rows go in order
+    of length, so a batch pads little; the mean over tokens does not depend on the order."""
     model.eval()
+    features = sorted(features, key=lambda f: len(f.input_ids))
     total, count = 0.0, 0
     for i in range(0, len(features), batch_size):
         batch = {k: v.to(device) for k, v in collate(features[i:i + batch_size], pad_id, packed=False).items()}
@@ -54,9 +57,9 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
 
     PEFT's generate prepends virtual tokens (prompt/P-tuning) or prefix keys (prefix tuning) itself and extends
     the attention mask to cover them. `pad_free` batches only prompts of equal token length together, for methods
-    whose answers would otherwise depend on the padding (see Method.left_pad_safe). `cached=False` decodes
-    greedily with a full forward pass per new token over right-padded rows and no KV cache (see
-    Method.kv_cache_generate): slower, but exactly the forward the training loss saw, padding included.
+    whose answers would otherwise depend on the padding (see Method.left_pad_safe). `cached=False` does not use
+    `generate()` (see Method.kv_cache_generate): it decodes greedily with `greedy_virtual`, a KV-cached loop around
+    PEFT's own virtual-token pieces, over batches of prompts of one length (so nothing is padded).
     """
     model.eval()
     tokenizer.padding_side = "left"
@@ -64,7 +67,7 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
     texts = [prompt_text(tokenizer, e.messages[:-1]) for e in examples]
     order = list(range(len(texts)))
     groups: list[list[int]] = []
-    if pad_free and cached:
+    if pad_free or not cached:
         lengths = [len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         for length in sorted(set(lengths)):
             same = [i for i in order if lengths[i] == length]
@@ -86,7 +89,7 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
             rows = out[:, enc["input_ids"].shape[1]:].tolist()
         else:
             prompts = [tokenizer(texts[i], add_special_tokens=False).input_ids for i in group]
-            rows = greedy_uncached(model, prompts, max_new_tokens, stops, tokenizer.pad_token_id, device)
+            rows = greedy_virtual(model, prompts, max_new_tokens, stops, device)
         for i, row in zip(group, rows):
             kept = []
             for t in row:
@@ -121,29 +124,39 @@ def text_loss(model, tokenizer, texts: list[str], max_seq_len: int, batch_size: 
 
 
 @torch.no_grad()
-def greedy_uncached(model, prompts: list[list[int]], max_new_tokens: int, stops: list[int], pad_id: int,
-                    device) -> list[list[int]]:
-    """Greedy decoding by a full forward pass over every unfinished sequence for each new token: right-padded rows
-    with a mask, as in training, so positions start at 0 (after any virtual tokens) whatever the padding."""
-    seqs = [list(p) for p in prompts]
+def greedy_virtual(model, prompts: list[list[int]], max_new_tokens: int, stops: list[int], device) -> list[list[int]]:
+    """Greedy decoding with a KV cache for a prompt-learning PeftModel, without `generate()` (whose cached path
+    gives other answers than the model's own forward pass; see Method.kv_cache_generate). The first step is exactly
+    PEFT's forward: prompt and P-tuning put the virtual-token embeddings from `get_prompt` before the prompt's,
+    prefix tuning starts the base model's cache with the prefix keys and values from `get_prompt`. Each new token
+    is then one cached forward of the base model, whose positions continue from there as in a full forward pass.
+    The prompts of one call have the same length: no padding, so no row's answer depends on another's."""
+    from peft import PeftType
+
+    if len({len(p) for p in prompts}) != 1:
+        raise ValueError("greedy_virtual takes prompts of one length")
+    config = model.active_peft_config
+    base = model.get_base_model()
+    # transformers 5.24 renamed the cache argument and output from past_key_values to cache.
+    cache = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    ids = torch.tensor(prompts, device=device)
+    if config.peft_type == PeftType.PREFIX_TUNING:
+        out = base(input_ids=ids, **{cache: model.get_prompt(len(prompts))}, use_cache=True)
+    else:
+        embeds = model.word_embeddings(ids)
+        virtual = model.get_prompt(batch_size=len(prompts)).to(embeds.dtype)
+        out = base(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=True)
     new: list[list[int]] = [[] for _ in prompts]
-    live = list(range(len(seqs)))
-    for _ in range(max_new_tokens):
-        if not live:
+    done = [False] * len(prompts)
+    for step in range(max_new_tokens):
+        tokens = out.logits[:, -1].argmax(-1)
+        for row, token in enumerate(tokens.tolist()):
+            if not done[row]:
+                new[row].append(token)
+                done[row] = token in stops
+        if all(done) or step == max_new_tokens - 1:
             break
-        width = max(len(seqs[i]) for i in live)
-        ids = torch.full((len(live), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(live), width), dtype=torch.long)
-        for row, i in enumerate(live):
-            ids[row, :len(seqs[i])] = torch.tensor(seqs[i])
-            mask[row, :len(seqs[i])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
-        offset = logits.shape[1] - width  # prompt tuning and P-tuning return logits for their virtual tokens too
-        for row, i in enumerate(live):
-            token = int(logits[row, offset + len(seqs[i]) - 1].argmax())
-            seqs[i].append(token)
-            new[i].append(token)
-        live = [i for i in live if new[i][-1] not in stops]
+        out = base(input_ids=tokens[:, None], **{cache: out[cache]}, use_cache=True)
     return new
 
 

@@ -30,8 +30,8 @@ class Method:
     left_pad_safe: bool = True
     # transformers' KV-cache generate() gives the trained model's own greedy answers. Not so for prompt learning with
     # transformers 5.24 / peft 0.21.2: from the second new token on, generate() disagrees with a full forward pass
-    # (prompt tuning and P-tuning produce garbage, prefix tuning answers as if untrained); those methods decode
-    # without a cache (bench.evaluation.greedy_uncached). tests/test_generation.py checks every method.
+    # (prompt tuning and P-tuning produce garbage, prefix tuning answers as if untrained); those methods decode with
+    # the harness's own cached loop (bench.evaluation.greedy_virtual). tests/test_generation.py checks every method.
     kv_cache_generate: bool = True
     # Learning rates `sweep: {learning_rate: default}` tries: methods that train few parameters need far larger steps.
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)

@@ -48,3 +48,33 @@ def test_harness_generation_is_the_models_own_greedy_answer(method_id, smoke_exa
     got = generate(model, tokenizer, examples, batch_size=4, max_new_tokens=8, device=CPU,
                    pad_free=not method.left_pad_safe, cached=method.kv_cache_generate)
     assert got.token_ids == [reference_greedy(model, tokenizer, e, 8) for e in examples]
+
+
+@pytest.mark.parametrize("method_id", [m for m in METHODS if not METHODS[m].kv_cache_generate])
+def test_cached_virtual_token_decoding_batches_prompts_of_one_length(method_id, smoke_examples):
+    """greedy_virtual decodes several prompts of one length together, with one KV cache: each row's answer must
+    still be the one-prompt-at-a-time uncached answer."""
+    from dataclasses import replace
+
+    method = METHODS[method_id]
+    cfg = tiny_config(method_id)
+    tokenizer = byte_tokenizer()
+    torch.manual_seed(0)
+    model = build(cfg, method, None, CPU, torch.float32)
+    train_ex, eval_ex = smoke_examples
+    # A learning rate at which the tiny random model's answers depend on the prompt for all three methods (at 1e-2
+    # and 3e-2 some give every prompt the same answer), so a row mixed up with another would show.
+    lr = 1e-1
+    feats = D.tokenize(train_ex, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], D.DataReport(source="test"), "train")
+    train(model, D.batches(feats, 4, 0, tokenizer.pad_token_id, False, 1000.0),
+          cfg["training"] | {"learning_rate": lr}, {"max_steps": 4}, 4, CPU)
+    model.eval()
+    # Different prompts cut to one length (the byte tokenizer gives one token per character): one batch, no padding.
+    n = min(len(e.prompt) for e in eval_ex)
+    examples = [replace(e, messages=e.messages[:-2] + [{"role": "user", "content": e.prompt[:n]}, e.messages[-1]])
+                for e in eval_ex]
+    got = generate(model, tokenizer, examples, batch_size=len(examples), max_new_tokens=8, device=CPU,
+                   pad_free=not method.left_pad_safe, cached=False)
+    want = [reference_greedy(model, tokenizer, x, 8) for x in examples]
+    assert got.token_ids == want
+    assert len({tuple(w) for w in want}) > 1 or len(want[0]) < 8  # the rows are not all trivially alike
