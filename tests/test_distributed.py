@@ -159,11 +159,19 @@ def test_devices_cpu_cpu_gives_the_sequential_records_using_both_slots(tmp_path,
         b = before[run]
         assert r.status == "success", (run, r.error)
         assert r.config_hash == b.config_hash
-        assert [p["loss"] for p in r.curve] == [p["loss"] for p in b.curve], run
-        for name in ("eval_loss", "exact_match", "token_f1", "rouge_l", "train_tokens", "trainable_params"):
+        # A slot's worker has one thread where the sequential run has two, and one thread sums a matmul in another
+        # order: losses may differ in float rounding (seen: 5.4293308 vs 5.4293303 at one step of full fine-tuning).
+        assert [p["loss"] for p in r.curve] == pytest.approx([p["loss"] for p in b.curve], rel=1e-5), run
+        assert r.metrics["eval_loss"] == pytest.approx(b.metrics["eval_loss"], rel=1e-5), run
+        for name in ("exact_match", "token_f1", "rouge_l", "train_tokens", "trainable_params"):
             assert r.metrics.get(name) == b.metrics.get(name), (run, name)
         assert [p["prediction"] for p in r.predictions] == [p["prediction"] for p in b.predictions], run
-        assert r.merge.get("max_abs_logit_diff") == b.merge.get("max_abs_logit_diff"), run
+        # The merge check subtracts two nearly equal sets of logits: what is left is rounding itself (CI saw DoRA's
+        # 2.7e-07 become 2.4e-07). Same verdict, same scale.
+        for key in ("status", "kind", "greedy_identical"):
+            assert r.merge.get(key) == b.merge.get(key), (run, key)
+        if b.merge.get("max_abs_logit_diff") is not None:
+            assert r.merge["max_abs_logit_diff"] == pytest.approx(b.merge["max_abs_logit_diff"], abs=1e-5), run
         assert r.environment["threads"] == threads and "slot" not in b.environment
     assert {r.environment["slot"] for r in after.values()} == {"cpu#0", "cpu#1"}
     # The report says where each ran.
