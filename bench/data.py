@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
-import difflib
 import hashlib
 import io
 import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+
+from bench.config import DatasetSpec
+from bench.records import DataNotes
+from bench.util import did_you_mean
 
 IGNORE = -100
 
@@ -34,21 +37,6 @@ class Example:
     @property
     def response(self) -> str:
         return self.messages[-1]["content"]
-
-
-@dataclass
-class DataReport:
-    """What loading did to the data, stored in the record and shown in the report."""
-
-    source: str
-    train_rows: int = 0
-    eval_rows: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    truncated: int = 0
-    fingerprint: str = ""
-
-    def skip(self, reason: str) -> None:
-        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
 
 def _format_of(path: str) -> str:
@@ -157,26 +145,20 @@ def _load_rows(path: str | None, hub: str | None, subset: str | None, split: str
     return Rows(list(enumerate(ds.to_list(), 1)), f"{hub}:{subset or ''}:{split}", "row", list(ds.column_names))
 
 
-def _check_columns(rows: Rows, spec: dict[str, Any]) -> None:
+def _check_columns(rows: Rows, spec: DatasetSpec) -> None:
     """A column no row has is a mapping mistake, not a bad row: say which columns there are."""
-    wanted = [("messages", spec["messages"])] if spec.get("messages") else [
-        (key, spec.get(key, key)) for key in ("prompt", "response")]
+    wanted = [("messages", spec.messages)] if spec.messages else [("prompt", spec.prompt), ("response", spec.response)]
     for key, col in wanted:
         if rows.columns and col not in rows.columns:
-            raise DataError(f"{rows.where}: no column '{col}' for the {key} (columns: {', '.join(rows.columns)}"
-                            f"{did_you_mean(col, rows.columns)}; map it with dataset.{key}: COLUMN)")
+            raise DataError(f"{rows.where}: no column '{col}' for the {key}{did_you_mean(col, rows.columns)} "
+                            f"(columns: {', '.join(rows.columns)}; map it with dataset.{key}: COLUMN)")
 
 
-def did_you_mean(word: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _to_example(row: Any, n: int, spec: dict[str, Any], rows: Rows, report: DataReport) -> Example | None:
+def _to_example(row: Any, n: int, spec: DatasetSpec, rows: Rows, report: DataNotes) -> Example | None:
     """One row to an Example, or None when the policy says skip; the reason is counted either way."""
 
     def bad(reason: str, detail: str):
-        if spec.get("on_bad_row", "error") == "error":
+        if spec.on_bad_row == "error":
             raise DataError(f"{rows.at(n)}: {detail} (set dataset.on_bad_row: skip to skip and count such rows)")
         report.skip(reason)
         return None
@@ -185,9 +167,9 @@ def _to_example(row: Any, n: int, spec: dict[str, Any], rows: Rows, report: Data
         return bad(row.reason, row.detail)
     if not isinstance(row, dict):
         return bad("not an object", f"expected an object with named fields, got {type(row).__name__} {row!r:.60}")
-    system = [{"role": "system", "content": spec["system"]}] if spec.get("system") else []
-    if spec.get("messages"):
-        col = spec["messages"]
+    system = [{"role": "system", "content": spec.system}] if spec.system else []
+    if spec.messages:
+        col = spec.messages
         if col not in row:
             return bad("missing field", f"no field '{col}'")
         msgs = row[col]
@@ -200,8 +182,7 @@ def _to_example(row: Any, n: int, spec: dict[str, Any], rows: Rows, report: Data
         if not any(m["role"] != "assistant" for m in msgs[:-1]):
             return bad("empty prompt", f"field '{col}' has no user message before the assistant's answer")
         return Example(system + [dict(role=m["role"], content=m["content"]) for m in msgs], n, rows.at(n))
-    for key in ("prompt", "response"):
-        col = spec.get(key, key)
+    for key, col in (("prompt", spec.prompt), ("response", spec.response)):
         if col not in row:
             return bad("missing field", f"no field '{col}' for the {key}")
         value = row[col]
@@ -209,12 +190,12 @@ def _to_example(row: Any, n: int, spec: dict[str, Any], rows: Rows, report: Data
             return bad(f"empty {key}", f"field '{col}' is empty")
         if not isinstance(value, str):
             return bad("wrong type", f"field '{col}' should be text, got {type(value).__name__} {value!r:.60}")
-    prompt, response = row[spec.get("prompt", "prompt")], row[spec.get("response", "response")]
+    prompt, response = row[spec.prompt], row[spec.response]
     return Example(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], n,
                    rows.at(n))
 
 
-def _examples(rows: Rows, spec: dict[str, Any], report: DataReport, what: str) -> list[Example]:
+def _examples(rows: Rows, spec: DatasetSpec, report: DataNotes, what: str) -> list[Example]:
     if not rows.items:
         raise DataError(f"{rows.where}: the {what} is empty (no rows)")
     _check_columns(rows, spec)
@@ -226,35 +207,34 @@ def _examples(rows: Rows, spec: dict[str, Any], report: DataReport, what: str) -
     return examples
 
 
-def load_examples(spec: dict[str, Any], max_eval: int | None = None) -> tuple[list[Example], list[Example], DataReport]:
+def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[Example], list[Example], DataNotes]:
     """Train and eval examples per the dataset spec; bad rows raise or are skipped and counted."""
-    rows = _load_rows(spec.get("path"), spec.get("hub"), spec.get("subset"), spec.get("split", "train"))
-    report = DataReport(source=rows.where)
+    rows = _load_rows(spec.path, spec.hub, spec.subset, spec.split)
+    report = DataNotes(source=rows.where)
     examples = _examples(rows, spec, report, "dataset")
-    rng = random.Random(spec.get("seed", 0))
+    rng = random.Random(spec.seed)
     rng.shuffle(examples)
     eval_where = rows.where
-    if spec.get("eval_path") or spec.get("eval_split"):
-        eval_rows = _load_rows(spec.get("eval_path"), spec.get("hub"), spec.get("subset"),
-                               spec.get("eval_split") or "")
+    if spec.eval_path or spec.eval_split:
+        eval_rows = _load_rows(spec.eval_path, spec.hub, spec.subset, spec.eval_split or "")
         evals = _examples(eval_rows, spec, report, "eval split")
         eval_where = eval_rows.where
         train = examples
     else:
-        size = spec.get("eval_size", 0.1)
+        size = spec.eval_size
         n_eval = int(size) if size >= 1 else max(1, round(len(examples) * size))
         if n_eval >= len(examples):
             raise DataError(f"{rows.where}: eval_size {size:g} leaves no training rows ({len(examples)} usable rows in "
                             "all)")
         evals, train = examples[:n_eval], examples[n_eval:]
-    if spec.get("max_examples"):
-        train = train[: spec["max_examples"]]
+    if spec.max_examples:
+        train = train[: spec.max_examples]
     if max_eval:
         evals = evals[:max_eval]
     train_keys = {_key(e) for e in train}
     overlap = [e for e in evals if _key(e) in train_keys]
     if overlap:
-        if spec.get("on_bad_row", "error") == "error":
+        if spec.on_bad_row == "error":
             raise DataError(f"{overlap[0].place}: {len(overlap)} eval example(s) also appear in the train "
                             f"split (this is the first); scores would be inflated. Remove them or set "
                             "dataset.on_bad_row: skip")
@@ -267,9 +247,9 @@ def load_examples(spec: dict[str, Any], max_eval: int | None = None) -> tuple[li
     return train, evals, report
 
 
-def split_validation(train: list[Example], spec: dict[str, Any]) -> tuple[list[Example], list[Example]]:
+def split_validation(train: list[Example], spec: DatasetSpec) -> tuple[list[Example], list[Example]]:
     """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen."""
-    size = spec.get("validation_size")
+    size = spec.validation_size
     if not size:
         return train, []
     n = int(size) if size >= 1 else max(1, round(len(train) * size))
@@ -282,13 +262,13 @@ def _key(e: Example) -> str:
     return json.dumps(e.messages, sort_keys=True)
 
 
-def _dedupe(examples: list[Example], rows: Rows, spec: dict[str, Any], report: DataReport) -> list[Example]:
+def _dedupe(examples: list[Example], rows: Rows, spec: DatasetSpec, report: DataNotes) -> list[Example]:
     seen: dict[str, int] = {}
     out = []
     for e in examples:
         k = _key(e)
         if k in seen:
-            if spec.get("on_bad_row", "error") == "error":
+            if spec.on_bad_row == "error":
                 raise DataError(f"{e.place}: duplicate of {rows.unit} {seen[k]} (set dataset.on_bad_row: skip "
                                 "to drop duplicates and count them)")
             report.skip("duplicate")
@@ -316,7 +296,7 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: dict[str, Any], report: DataReport,
+def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: DatasetSpec, report: DataNotes,
              where: str) -> list[Features]:
     """Chat-template each example; labels mask the prompt so the loss is on the response only."""
     out = []
@@ -331,7 +311,7 @@ def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: dict[st
             # Templates write a newline after the end of turn; the model should learn to stop, not to go on.
             full = full[: len(full) - full[::-1].index(end)]
         if len(prompt) >= max_seq_len:
-            if spec.get("on_bad_row", "error") == "error":
+            if spec.on_bad_row == "error":
                 raise DataError(f"{e.place or f'{where}, row {e.row}'}: the prompt alone is {len(prompt)} tokens, "
                                 f"leaving no room for the response in max_seq_len {max_seq_len} (raise "
                                 "training.max_seq_len, or set dataset.on_bad_row: skip)")

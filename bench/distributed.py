@@ -12,27 +12,7 @@ from typing import Any
 
 import torch
 
-# Written into the run folder when the suite names no accelerate config: plain DDP on this machine. accelerate starts
-# its processes through torchrun only for a multi-GPU type; on a CPU the worker asks for gloo (bench.worker).
-DDP_CONFIG = """\
-# Written by bench.runner: training.distributed names no accelerate config, so this run is plain DDP on one machine.
-compute_environment: LOCAL_MACHINE
-distributed_type: MULTI_GPU
-num_machines: 1
-machine_rank: 0
-num_processes: {num_processes}
-main_process_port: 0  # a free port: parallel runs on one machine must not share one
-gpu_ids: all
-mixed_precision: 'no'  # precision is the suite's training.precision, applied by the worker
-dynamo_config: {{}}
-"""
-
 SUPPORTED = ("MULTI_GPU", "MULTI_CPU", "FSDP")
-
-
-def is_distributed(cfg: dict[str, Any]) -> bool:
-    """Whether a run goes through `accelerate launch`; the baseline trains nothing and is evaluated in one process."""
-    return bool(cfg["training"].get("distributed")) and cfg["method"] != "baseline"
 
 
 class DistributedError(Exception):
@@ -43,6 +23,7 @@ class Ranks:
     """This process's place among the run's processes, and the collectives the training loop needs."""
 
     def __init__(self, device: torch.device):
+        """`device`: the one this process would use alone; accelerate picks each process's own from it."""
         from accelerate import Accelerator
 
         # Precision stays the suite's (the worker's autocast); accelerate would otherwise wrap forward in its own.

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
+from bench.config import RunConfig
 from bench.data import IGNORE, Example, Features, collate, prompt_text
+from bench.device import Place
+from bench.records import Prediction
+
+if TYPE_CHECKING:
+    from bench.load import Loaded
+    from methods import Method
 
 
 @dataclass
@@ -197,13 +205,59 @@ def perplexity(loss: float) -> float:
 
 
 def summary(gens: Generations, examples: list[Example], metric_names: list[str], pattern: str | None,
-            keep: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    from bench.metrics import score
+            keep: int) -> tuple[dict[str, float], list[Prediction]]:
+    from bench.scoring import score
 
     refs = [e.response for e in examples]
     scores = score(metric_names, gens.predictions, refs, pattern)
-    kept = [
-        {"prompt": e.prompt, "reference": e.response, "prediction": p}
-        for e, p in zip(examples[:keep], gens.predictions[:keep])
-    ]
+    kept = [Prediction(prompt=e.prompt, reference=e.response, prediction=p)
+            for e, p in zip(examples[:keep], gens.predictions[:keep])]
     return scores, kept
+
+
+# ---- the evaluate stage ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Evaluated:
+    metrics: dict[str, float]
+    predictions: list[Prediction]
+    generations: Generations
+    decoding: str  # how the answers were decoded: the record's environment.generation
+
+
+def evaluate(cfg: RunConfig, method: Method | None, model, loaded: Loaded, place: Place) -> Evaluated:
+    """Held-out loss (and validation loss when rows were held out for sweeps), greedy answers and their scores."""
+    ev = cfg.eval
+    with place.autocast():
+        loss = eval_loss(model, loaded.eval, ev.batch_size, loaded.pad_id, place.device)
+        metrics = {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
+        if loaded.validation:
+            metrics["validation_loss"] = eval_loss(model, loaded.validation, ev.batch_size, loaded.pad_id,
+                                                   place.device)
+        pad_free = method is not None and not method.left_pad_safe
+        cached = method is None or method.kv_cache_generate
+        gens = generate(model, loaded.tokenizer, loaded.eval_examples, ev.batch_size, ev.max_new_tokens,
+                        place.device, pad_free, cached)
+    scores, predictions = summary(gens, loaded.eval_examples, ev.metrics, ev.extract, ev.keep_predictions)
+    metrics |= scores | {"generate_tokens_per_second": gens.tokens_per_second}
+    decoding = "generate() with KV cache" if cached else "greedy_virtual with KV cache"
+    return Evaluated(metrics, predictions, gens, decoding)
+
+
+def general_texts(cfg: RunConfig) -> list[str] | None:
+    """The general-text corpus forgetting is measured on, or None when the suite does not measure it."""
+    ev = cfg.eval
+    if not (ev.enabled and ev.forgetting):
+        return None
+    return paragraphs(GENERAL_TEXT if ev.forgetting is True else ev.forgetting)
+
+
+def general_loss(cfg: RunConfig, model, loaded: Loaded, texts: list[str], place: Place, base: bool = False) -> float:
+    """Loss per token on the general texts; `base`: of the base model alone, adapters and virtual tokens off (for
+    QLoRA its 4-bit base)."""
+    from peft import PeftModel
+
+    off = model.disable_adapter() if base and isinstance(model, PeftModel) else contextlib.nullcontext()
+    with off, place.autocast():
+        return text_loss(model, loaded.tokenizer, texts, cfg.training.max_seq_len, cfg.eval.batch_size, place.device)

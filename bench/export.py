@@ -13,7 +13,9 @@ import torch
 from rich.console import Console
 
 from bench import models as M
-from bench.records import RecordError, RunRecord, format_value, read_record
+from bench.config import ModelSpec
+from bench.metrics import format_value
+from bench.records import RecordError, RunRecord, read_record
 from methods import METHODS
 
 console = Console(highlight=False, soft_wrap=True)  # one line per message, at any terminal width
@@ -44,10 +46,10 @@ def merge_to_folder(record: RunRecord, run_dir: Path, out: Path) -> str:
     method = METHODS.get(record.method)
     if method is None:
         raise ExportError(f"{run_dir}: the baseline has no trained weights to export")
-    folder, _ = M.resolve(cfg["model"])
+    folder, _ = M.resolve(cfg.model)
     dtype = torch.float32 if record.environment.get("dtype", "float32") == "float32" else torch.bfloat16
     if (run_dir / "model").is_dir():
-        model = M.load_model({"path": str(run_dir / "model")}, str(run_dir / "model"), dtype=dtype,
+        model = M.load_model(ModelSpec(path=str(run_dir / "model")), str(run_dir / "model"), dtype=dtype,
                              load_in_4bit=False, seed=0)
         how = "full fine-tuning: the trained weights themselves"
     elif method.merge == "none":
@@ -63,15 +65,15 @@ def merge_to_folder(record: RunRecord, run_dir: Path, out: Path) -> str:
         if folder is None and on_cuda and not torch.cuda.is_available():
             raise ExportError(f"{run_dir}: the run trained on a random-weight base built on CUDA; rebuilding it needs "
                               "a CUDA device (the same seed gives other weights on the CPU)")
-        base = M.load_model(cfg["model"], folder, dtype=dtype, load_in_4bit=method.load_in_4bit,
-                            seed=cfg["training"]["seed"], device=torch.device("cuda") if on_cuda else None)
+        base = M.load_model(cfg.model, folder, dtype=dtype, load_in_4bit=method.load_in_4bit,
+                            seed=cfg.training.seed, device=torch.device("cuda") if on_cuda else None)
         if method.load_in_4bit:
             # Merging into 4-bit weights re-quantises them; merge into the de-quantised base instead.
             base = base.dequantize(dtype=dtype)
         model = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
         how = f"PeftModel.from_pretrained(fresh base, adapter).merge_and_unload() ({method.merge} merge)"
-    tokenizer = M.load_tokenizer({"tokenizer": str(run_dir / ("model" if (run_dir / "model").is_dir() else "adapter"))},
-                                 None)
+    saved = run_dir / ("model" if (run_dir / "model").is_dir() else "adapter")
+    tokenizer = M.load_tokenizer(ModelSpec(path=str(saved)), str(saved))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -86,12 +88,12 @@ def model_card(record: RunRecord, how: str) -> str:
 library_name: transformers
 tags: [peft-bench, {record.method}]
 ---
-# {cfg['suite']} / {record.run}
+# {cfg.suite} / {record.run}
 
-Fine-tuned with **{record.method}** by peft-bench (suite `{cfg['suite']}` version {cfg['suite_version']}), then
+Fine-tuned with **{record.method}** by peft-bench (suite `{cfg.suite}` version {cfg.suite_version}), then
 exported as a standalone model: {how}.
 
-Base model: `{json.dumps(cfg['model'])}`. Data fingerprint: `{record.data.get('fingerprint', '?')}`.
+Base model: `{cfg.model.model_dump_json()}`. Data fingerprint: `{record.data.fingerprint if record.data else '?'}`.
 
 ## Metrics (measured by the harness on its eval split)
 | metric | value |
@@ -100,7 +102,7 @@ Base model: `{json.dumps(cfg['model'])}`. Data fingerprint: `{record.data.get('f
 
 ## Resolved configuration
 ```json
-{json.dumps({k: cfg[k] for k in ('method', 'params', 'training', 'budget', 'dataset')}, indent=2)}
+{json.dumps(cfg.model_dump(mode="json", include={'method', 'params', 'training', 'budget', 'dataset'}), indent=2)}
 ```
 """
 
@@ -137,7 +139,7 @@ def cmd_export(args) -> int:
         return 2
     console.print(f"saved {out}/ ({how})")
     gc.collect()  # the merged model goes out of scope: free it before reloading, as the seed workflow does
-    prompts = args.prompt or [p["prompt"] for p in record.predictions[:2]]
+    prompts = args.prompt or [p.prompt for p in record.predictions[:2]]
     answers = generate_from_folder(out, prompts, args.max_new_tokens)
     for prompt, answer in zip(prompts, answers):
         console.print(f"[bold]prompt:[/] {prompt}\n[bold]answer:[/] {answer}\n", markup=True)

@@ -1,89 +1,94 @@
-"""Answer scoring, offline: plain functions behind one registry, plus `hub:NAME` for `evaluate` metrics online."""
+"""What every number a record's `metrics` may hold means: its label, which way is better, its unit and format."""
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
-from typing import Callable
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
+from dataclasses import dataclass
+from typing import Any, Literal
 
 
-def normalize(text: str) -> str:
-    """SQuAD-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    better: Literal["higher", "lower", "none"]
+    unit: str
+    fmt: str  # format spec for reports
+    kind: Literal["score", "cost", "info"] = "info"
 
 
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize(prediction) == normalize(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over whitespace tokens of the lower-cased text (what rouge_score computes without stemming)."""
-    pred = re.findall(r"\w+", prediction.lower())
-    ref = re.findall(r"\w+", reference.lower())
-    if not pred or not ref:
-        return float(pred == ref)
-    lcs = _lcs(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-SCORERS: dict[str, Callable[[str, str], float]] = {
-    "exact_match": exact_match,
-    "token_f1": token_f1,
-    "rouge_l": rouge_l,
+# Every number a record's `metrics` may hold, and how to read it. Scores come from bench.metrics by name.
+METRICS: dict[str, Metric] = {
+    "trainable_params": Metric("trainable params", "lower", "", ",.0f", "cost"),
+    "total_params": Metric("total params", "none", "", ",.0f"),
+    "trainable_pct": Metric("trainable %", "lower", "%", ".4f", "cost"),
+    "peak_memory_bytes": Metric("peak memory", "lower", "B", "bytes", "cost"),
+    "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
+    "cuda_max_allocated_bytes": Metric("CUDA max allocated", "lower", "B", "bytes", "cost"),
+    "cuda_max_reserved_bytes": Metric("CUDA max reserved", "lower", "B", "bytes"),
+    "load_seconds": Metric("load time", "lower", "s", ".1f"),
+    "train_seconds": Metric("train time", "lower", "s", ".1f", "cost"),
+    "eval_seconds": Metric("eval time", "lower", "s", ".1f"),
+    "train_steps": Metric("optimiser steps", "none", "", ".0f"),
+    "train_epochs": Metric("epochs", "none", "", ".2f"),
+    "train_tokens": Metric("train tokens (real)", "none", "", ",.0f"),
+    "processed_tokens": Metric("tokens processed", "none", "", ",.0f"),
+    "real_token_fraction": Metric("non-padding share", "higher", "", ".3f"),
+    "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
+    # After the first few steps (bench.train.steady_after); FLOPs as counted by bench.flops.train_flops.
+    "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
+    "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
+    "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
+    "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
+    # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
+    # device must hold) and the tokens/s above are of all processes together.
+    "world_size": Metric("processes", "none", "", ".0f"),
+    "peak_memory_bytes_total": Metric("peak memory, all processes", "lower", "B", "bytes"),
+    "train_tokens_per_second_per_process": Metric("train tokens/s per process", "higher", "tok/s", ",.0f"),
+    "steady_tokens_per_second_per_process": Metric("steady train tokens/s per process", "higher", "tok/s", ",.0f"),
+    "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
+    "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),
+    "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),
+    # Loss on rows held out of train (dataset.validation_size): what picks a sweep's value, so eval stays unseen.
+    "validation_loss": Metric("validation loss", "lower", "", ".4f"),
+    # Loss per token on general text the task does not contain (eval.forgetting): of the base model (adapters and
+    # virtual tokens off), after training, and the rise: what the method costs the model outside the task.
+    "general_loss_before": Metric("general-text loss before", "none", "", ".4f"),
+    "general_loss": Metric("general-text loss", "lower", "", ".4f"),
+    "forgetting": Metric("forgetting (general loss rise)", "lower", "", "+.4f", "cost"),
+    "exact_match": Metric("exact match", "higher", "", ".3f", "score"),
+    "token_f1": Metric("token F1", "higher", "", ".3f", "score"),
+    "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),
+    "generate_tokens_per_second": Metric("generation tok/s", "higher", "tok/s", ",.1f"),
+    "merged_generate_tokens_per_second": Metric("merged generation tok/s", "higher", "tok/s", ",.1f"),
+    "adapter_bytes": Metric("adapter size", "lower", "B", "bytes", "cost"),
+    "checkpoint_bytes": Metric("checkpoint size", "lower", "B", "bytes"),
+    "merge_max_abs_logit_diff": Metric("merge max |Δlogit|", "lower", "", ".2e"),
+    "merge_mean_abs_logit_diff": Metric("merge mean |Δlogit|", "lower", "", ".2e"),
+    # Both models evaluated in float64: the merge's own error, without float32 accumulation noise.
+    "merge_max_abs_logit_diff_fp64": Metric("merge max |Δlogit| (fp64)", "lower", "", ".2e"),
+    # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
+    "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
 }
 
 
-def extract(text: str, pattern: str | None) -> str:
-    """The suite's answer extraction: the first group of `pattern`, or the whole text stripped."""
-    if pattern is None:
-        return text.strip()
-    match = re.search(pattern, text, flags=re.DOTALL)
-    return match.group(1).strip() if match else ""
+def metric(name: str) -> Metric:
+    """Known metrics, or a score from a Hub metric (higher is better unless told otherwise)."""
+    return METRICS.get(name) or Metric(name, "higher", "", ".3f", "score")
 
 
-def score(names: list[str], predictions: list[str], references: list[str], pattern: str | None) -> dict[str, float]:
-    """Mean of each metric over the examples, on extracted answers."""
-    preds = [extract(p, pattern) for p in predictions]
-    refs = [extract(r, pattern) if pattern else r.strip() for r in references]
-    out = {}
-    for name in names:
-        if name.startswith("hub:"):
-            import evaluate  # online only: evaluate.load fetches the metric script from the Hub
+def format_value(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    m = metric(name)
+    if m.fmt == "bytes":
+        return human_bytes(value)
+    return format(value, m.fmt)
 
-            result = evaluate.load(name[4:]).compute(predictions=preds, references=refs)
-            out.update({f"{name[4:]}_{k}" if k != name[4:] else k: float(v) for k, v in result.items()
-                        if isinstance(v, (int, float))})
-        else:
-            fn = SCORERS[name]
-            out[name] = sum(fn(p, r) for p, r in zip(preds, refs)) / max(len(preds), 1)
-    return out
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

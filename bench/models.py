@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bench.config import ModelSpec
+
 # Architectures with random weights: for tests, and for memory/throughput planning without downloading weights.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-llama": dict(
@@ -128,40 +130,40 @@ def convert_gguf(path: Path) -> tuple[Path, str]:
     return out, digest
 
 
-def resolve(model: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+def resolve(model: ModelSpec) -> tuple[str | None, dict[str, Any]]:
     """A loadable folder or Hub id (None for config-built models) and provenance for the record."""
-    if "hub" in model:
-        return model["hub"], {"source": "hub", "id": model["hub"], "revision": model.get("revision", "main")}
-    if "path" in model:
-        p = Path(model["path"])
+    if model.hub is not None:
+        return model.hub, {"source": "hub", "id": model.hub, "revision": model.revision or "main"}
+    if model.path is not None:
+        p = Path(model.path)
         if not (p / "config.json").is_file():
             raise ModelSourceError(f"model.path: {str(p)!r} is not a model folder (no config.json)")
         return str(p), {"source": "path", "path": str(p.resolve()), "config_sha256": sha256_file(p / "config.json")}
-    if "gguf" in model:
+    if model.gguf is not None:
         try:
-            f = gguf_file(model["gguf"], model.get("package"))
+            f = gguf_file(model.gguf, model.package)
         except FileNotFoundError as e:
             raise ModelSourceError(f"model.gguf: {e}") from None
         folder, digest = convert_gguf(f)
         info = {"source": "gguf", "file": str(f), "sha256": digest, "cache": str(folder)}
-        if model.get("package"):
-            info["package"] = f"{model['package']}=={importlib.metadata.version(model['package'])}"
+        if model.package:
+            info["package"] = f"{model.package}=={importlib.metadata.version(model.package)}"
         return str(folder), info
-    if "preset" in model:
-        return None, {"source": "preset", "preset": model["preset"], "weights": "random (seeded)"}
-    return None, {"source": "config", "config": model["config"], "weights": "random (seeded)"}
+    if model.preset is not None:
+        return None, {"source": "preset", "preset": model.preset, "weights": "random (seeded)"}
+    return None, {"source": "config", "config": model.config, "weights": "random (seeded)"}
 
 
-def load_tokenizer(model: dict[str, Any], folder: str | None):
+def load_tokenizer(model: ModelSpec, folder: str | None):
     from transformers import AutoTokenizer
 
-    name = model.get("tokenizer") or folder
+    name = model.tokenizer or folder
     if name is None:
         return byte_tokenizer()
     try:
-        tok = AutoTokenizer.from_pretrained(name, revision=model.get("revision"))
+        tok = AutoTokenizer.from_pretrained(name, revision=model.revision)
     except OSError as e:
-        raise ModelSourceError(_hub_hint(name, e, "model.tokenizer" if model.get("tokenizer") else None)) from None
+        raise ModelSourceError(_hub_hint(name, e, "model.tokenizer" if model.tokenizer else None)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if tok.chat_template is None:
@@ -169,14 +171,14 @@ def load_tokenizer(model: dict[str, Any], folder: str | None):
     return tok
 
 
-def build_config(model: dict[str, Any]):
+def build_config(model: ModelSpec):
     from transformers import AutoConfig
 
-    spec = dict(PRESETS[model["preset"]] if "preset" in model else model["config"])
+    spec = dict(PRESETS[model.preset] if model.preset is not None else model.config)
     return AutoConfig.for_model(spec.pop("model_type", "llama"), **spec)
 
 
-def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
+def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
                device: torch.device | None = None):
     """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA.
 
@@ -211,7 +213,7 @@ def load_model(model: dict[str, Any], folder: str | None, *, dtype: torch.dtype,
             # Params4bit keep no reference to the files once quantised; safe to delete the folder.
             return no_cpu_repacking(AutoModelForCausalLM.from_pretrained(tmp, **kwargs))
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(folder, revision=model.get("revision"), **kwargs)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, revision=model.revision, **kwargs)
     except OSError as e:
         raise ModelSourceError(_hub_hint(folder, e)) from None
     return no_cpu_repacking(loaded) if load_in_4bit else loaded

@@ -8,16 +8,17 @@ them (saying which limit excluded which method), 2 on bad input.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.records import RunRecord, format_value, metric
+from bench.metrics import format_value, metric
+from bench.records import RunRecord
 from bench.rows import Group, interval_text, score_names, seed_groups
 from bench.stats import metric_front, welch
+from bench.util import did_you_mean
 
 MEMORY, TIME = "peak_memory_bytes", "train_seconds"
 FRONTS = (MEMORY, TIME)  # the costs the fronts are drawn against
@@ -159,9 +160,7 @@ def check_metric(records: list[RunRecord], name: str | None) -> str:
         return known[0]
     name = name.removeprefix("hub:")
     if name not in known:
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise ValueError(f"unknown score '{name}'{hint}; these records have {', '.join(known)}")
+        raise ValueError(f"unknown score '{name}'{did_you_mean(name, known)}; these records have {', '.join(known)}")
     return name
 
 

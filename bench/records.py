@@ -1,105 +1,62 @@
-"""Run records: one JSON per run, written atomically; what each metric means lives here, once."""
+"""Run records: one JSON per run, written atomically, holding the run's config, outcome, measurements and provenance."""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from bench.config import BASELINE, RunConfig
+from bench.util import atomic_write
 
 Status = Literal["success", "failed", "oom", "killed", "timeout", "diverged", "interrupted"]
 
 
-@dataclass(frozen=True)
-class Metric:
-    label: str
-    better: Literal["higher", "lower", "none"]
-    unit: str
-    fmt: str  # format spec for reports
-    kind: Literal["score", "cost", "info"] = "info"
+class _Part(BaseModel):
+    """A part of a record: extra keys are kept, so a record from a newer harness still reads."""
+
+    model_config = ConfigDict(extra="allow")
 
 
-# Every number a record's `metrics` may hold, and how to read it. Scores come from bench.metrics by name.
-METRICS: dict[str, Metric] = {
-    "trainable_params": Metric("trainable params", "lower", "", ",.0f", "cost"),
-    "total_params": Metric("total params", "none", "", ",.0f"),
-    "trainable_pct": Metric("trainable %", "lower", "%", ".4f", "cost"),
-    "peak_memory_bytes": Metric("peak memory", "lower", "B", "bytes", "cost"),
-    "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
-    "cuda_max_allocated_bytes": Metric("CUDA max allocated", "lower", "B", "bytes", "cost"),
-    "cuda_max_reserved_bytes": Metric("CUDA max reserved", "lower", "B", "bytes"),
-    "load_seconds": Metric("load time", "lower", "s", ".1f"),
-    "train_seconds": Metric("train time", "lower", "s", ".1f", "cost"),
-    "eval_seconds": Metric("eval time", "lower", "s", ".1f"),
-    "train_steps": Metric("optimiser steps", "none", "", ".0f"),
-    "train_epochs": Metric("epochs", "none", "", ".2f"),
-    "train_tokens": Metric("train tokens (real)", "none", "", ",.0f"),
-    "processed_tokens": Metric("tokens processed", "none", "", ",.0f"),
-    "real_token_fraction": Metric("non-padding share", "higher", "", ".3f"),
-    "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
-    # After the first few steps (bench.worker.steady_after); FLOPs as counted by bench.perf.train_flops.
-    "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
-    "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
-    "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
-    "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
-    # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
-    # device must hold) and the tokens/s above are of all processes together.
-    "world_size": Metric("processes", "none", "", ".0f"),
-    "peak_memory_bytes_total": Metric("peak memory, all processes", "lower", "B", "bytes"),
-    "train_tokens_per_second_per_process": Metric("train tokens/s per process", "higher", "tok/s", ",.0f"),
-    "steady_tokens_per_second_per_process": Metric("steady train tokens/s per process", "higher", "tok/s", ",.0f"),
-    "final_train_loss": Metric("final train loss", "lower", "", ".4f"),
-    "eval_loss": Metric("eval loss", "lower", "", ".4f", "score"),
-    "eval_perplexity": Metric("eval perplexity", "lower", "", ".3f"),
-    # Loss on rows held out of train (dataset.validation_size): what picks a sweep's value, so eval stays unseen.
-    "validation_loss": Metric("validation loss", "lower", "", ".4f"),
-    # Loss per token on general text the task does not contain (eval.forgetting): of the base model (adapters and
-    # virtual tokens off), after training, and the rise: what the method costs the model outside the task.
-    "general_loss_before": Metric("general-text loss before", "none", "", ".4f"),
-    "general_loss": Metric("general-text loss", "lower", "", ".4f"),
-    "forgetting": Metric("forgetting (general loss rise)", "lower", "", "+.4f", "cost"),
-    "exact_match": Metric("exact match", "higher", "", ".3f", "score"),
-    "token_f1": Metric("token F1", "higher", "", ".3f", "score"),
-    "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),
-    "generate_tokens_per_second": Metric("generation tok/s", "higher", "tok/s", ",.1f"),
-    "merged_generate_tokens_per_second": Metric("merged generation tok/s", "higher", "tok/s", ",.1f"),
-    "adapter_bytes": Metric("adapter size", "lower", "B", "bytes", "cost"),
-    "checkpoint_bytes": Metric("checkpoint size", "lower", "B", "bytes"),
-    "merge_max_abs_logit_diff": Metric("merge max |Δlogit|", "lower", "", ".2e"),
-    "merge_mean_abs_logit_diff": Metric("merge mean |Δlogit|", "lower", "", ".2e"),
-    # Both models evaluated in float64: the merge's own error, without float32 accumulation noise.
-    "merge_max_abs_logit_diff_fp64": Metric("merge max |Δlogit| (fp64)", "lower", "", ".2e"),
-    # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
-    "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
-}
+class MergeCheck(_Part):
+    """What merging the adapter into the base did: whether it was tried and how far the merged model's outputs are
+    from the adapter model's on the eval prompts."""
+
+    status: str  # merged, not mergeable, nothing to merge, not checked
+    note: str | None = None
+    kind: str | None = None  # exact or lossy: what the method promises
+    how: str | None = None
+    max_abs_logit_diff: float | None = None
+    mean_abs_logit_diff: float | None = None
+    max_abs_logit_diff_fp64: float | None = None
+    quantized_base_max_abs_logit_diff: float | None = None
+    greedy_identical: bool | None = None
+    greedy_identical_count: int | None = None
+    compared: int | None = None
+    seconds: float | None = None
 
 
-def metric(name: str) -> Metric:
-    """Known metrics, or a score from a Hub metric (higher is better unless told otherwise)."""
-    return METRICS.get(name) or Metric(name, "higher", "", ".3f", "score")
+class DataNotes(_Part):
+    """What loading did to the data, stored in the record and shown in the report."""
+
+    source: str
+    train_rows: int = 0
+    eval_rows: int = 0
+    validation_rows: int | None = None
+    skipped: dict[str, int] = {}
+    truncated: int = 0
+    fingerprint: str = ""
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
 
 
-def format_value(name: str, value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, str):
-        return value
-    m = metric(name)
-    if m.fmt == "bytes":
-        return human_bytes(value)
-    return format(value, m.fmt)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+class Prediction(_Part):
+    prompt: str
+    reference: str
+    prediction: str
 
 
 class RunRecord(BaseModel):
@@ -112,37 +69,51 @@ class RunRecord(BaseModel):
     status: Status
     error: str | None = None
     last_step: int = 0
-    config: dict[str, Any]
+    stopped_by: str | None = None  # the budget that ended training: max_steps, max_tokens, max_seconds or epochs
+    config: RunConfig
     config_hash: str
     metrics: dict[str, int | float] = {}
     curve: list[dict[str, float]] = []
-    merge: dict[str, Any] = {}
-    data: dict[str, Any] = {}
-    predictions: list[dict[str, Any]] = []
+    merge: MergeCheck | None = None
+    data: DataNotes | None = None
+    predictions: list[Prediction] = []
     environment: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
     started_at: str = ""
     finished_at: str = ""
+    wall_seconds: float | None = None  # the run's process, start to end, as the runner timed it
+
+    @field_validator("merge", "data", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == {} else value  # how records before these parts had types said "not measured"
+
+    @property
+    def trained(self) -> bool:
+        return self.method != BASELINE
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "success"
+
+    @property
+    def stored_config(self) -> dict[str, Any]:
+        """The config as the record stores it (older records hold fewer keys than today's RunConfig has)."""
+        return self.config.model_dump(mode="json", exclude_unset=True)
+
+    @classmethod
+    def start(cls, config: RunConfig, status: Status = "failed", **fields: Any) -> RunRecord:
+        """A record of `config` that has measured nothing yet."""
+        return cls(suite=config.suite, run=config.run, method=config.method, status=status, config=config,
+                   config_hash=config.config_hash, **fields)
 
 
 def record_path(out_dir: Path, run: str) -> Path:
-    return out_dir / f"{run}.json"
+    return Path(out_dir) / f"{run}.json"
 
 
 def write_record(path: Path, record: RunRecord) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a record."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; records are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            f.write(record.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, record.model_dump_json(indent=2))
 
 
 def error_headline(error: str | None) -> str:
@@ -156,11 +127,23 @@ class RecordError(Exception):
     pass
 
 
+def parse_record(data: Any, where: str) -> RunRecord:
+    try:
+        return RunRecord.model_validate(data)
+    except ValidationError as e:
+        raise RecordError(f"{where}: not a valid run record ({str(e).splitlines()[0]})") from None
+
+
 def read_record(path: Path) -> RunRecord:
     try:
-        return RunRecord.model_validate_json(path.read_text())
-    except (ValidationError, ValueError) as e:
-        raise RecordError(f"{path}: not a valid run record ({str(e).splitlines()[0]})") from None
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise RecordError(f"{path}: not valid JSON ({e})") from None
+    return parse_record(data, str(path))
+
+
+def is_record(data: Any) -> bool:
+    return isinstance(data, dict) and {"schema_version", "config_hash", "status"} <= data.keys()
 
 
 def load_records(folder: Path) -> list[RunRecord]:
@@ -178,6 +161,20 @@ def load_records(folder: Path) -> list[RunRecord]:
             data = json.loads(p.read_text())
         except ValueError:
             raise RecordError(f"{p}: not valid JSON") from None
-        if isinstance(data, dict) and {"schema_version", "config_hash", "status"} <= data.keys():
-            records.append(read_record(p))
+        if is_record(data):
+            records.append(parse_record(data, str(p)))
     return records
+
+
+# What makes costs and scores of two records comparable: the same device, precision, Python and library versions.
+# The harness's own commit is not among them: a change to the code is what the gate exists to judge.
+ENVIRONMENT_KEYS = ("device", "dtype", "python")
+
+
+def environment_signature(record: RunRecord) -> dict[str, str]:
+    """The environment fields that decide comparability, as text; a record that never got as far as loading has
+    none. Where one record lists a package another lacks, callers read the missing one as 'absent'."""
+    env = record.environment
+    out = {k: str(env[k]) for k in ENVIRONMENT_KEYS if env.get(k) is not None}
+    out |= {f"packages.{p}": str(v) for p, v in (env.get("packages") or {}).items() if v is not None}
+    return out

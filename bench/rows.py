@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bench.records import RunRecord, error_headline, format_value, metric
+from bench.metrics import format_value, metric
+from bench.records import RunRecord, error_headline
 from bench.stats import Difference, Summary, summarize, welch
 
 # Columns of the summary table, in order: (metric name, header).
@@ -22,7 +23,7 @@ SUMMARY = [
 def score_names(records: list[RunRecord]) -> list[str]:
     names: list[str] = []
     for r in records:
-        for n in r.config.get("eval", {}).get("metrics", []):
+        for n in r.config.eval.metrics:
             name = n[4:] if n.startswith("hub:") else n
             if name not in names:
                 names.append(name)
@@ -56,12 +57,12 @@ def baseline(records: list[RunRecord]) -> RunRecord | None:
 
 def merge_cell(r: RunRecord) -> str:
     m = r.merge
-    if not m:
+    if m is None:
         return "-"
-    if m.get("status") != "merged":
-        return m.get("status", "?")
-    same = "same greedy" if m.get("greedy_identical") else f"{m.get('greedy_identical_count')}/{m.get('compared')} same"
-    return f"{m['kind']} Δ{m['max_abs_logit_diff']:.1e}, {same}"
+    if m.status != "merged":
+        return m.status
+    same = "same greedy" if m.greedy_identical else f"{m.greedy_identical_count}/{m.compared} same"
+    return f"{m.kind} Δ{m.max_abs_logit_diff:.1e}, {same}"
 
 
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -130,7 +131,7 @@ class Group:
 
     @property
     def seeds(self) -> list[int]:
-        return [r.config.get("seed", r.config.get("training", {}).get("seed")) for r in self.records]
+        return [r.config.seed if r.config.seed is not None else r.config.training.seed for r in self.records]
 
     def values(self, name: str) -> list[float]:
         return [float(r.metrics[name]) for r in self.ok if isinstance(r.metrics.get(name), (int, float))]
@@ -152,7 +153,7 @@ def seed_groups(records: list[RunRecord]) -> list[Group]:
     names = labels(records)
     by: dict[Any, list[RunRecord]] = {}
     for r in ordered(records):
-        by.setdefault((r.suite, r.config["group"]) if "group" in r.config else id(r), []).append(r)
+        by.setdefault((r.suite, r.config.group) if r.config.group is not None else id(r), []).append(r)
     base = {key: key[1] if isinstance(key, tuple) else names[id(recs[0])] for key, recs in by.items()}
     taken = list(base.values())
     groups = []
@@ -160,7 +161,7 @@ def seed_groups(records: list[RunRecord]) -> list[Group]:
         if isinstance(key, tuple):
             # Two suites' seeded groups of one name, or a record from before a suite had seeds: name the suite.
             name = base[key] if taken.count(base[key]) == 1 else f"{key[0]}/{base[key]}"
-            recs = sorted(recs, key=lambda r: (r.config.get("seed", 0), r.started_at))
+            recs = sorted(recs, key=lambda r: (r.config.seed or 0, r.started_at))
             groups.append(Group(name, recs[0].method, tuple(recs), True))
         else:
             groups.append(Group(base[key], recs[0].method, tuple(recs), False))
@@ -183,9 +184,9 @@ def interval_text(name: str, s: Summary | None) -> str:
 
 def _worst_merge(g: Group) -> RunRecord:
     """The seed whose merge strayed furthest: a merge that is exact on two seeds and off on the third is off."""
-    merged = [r for r in g.ok if r.merge.get("status") == "merged"]
+    merged = [r for r in g.ok if r.merge is not None and r.merge.status == "merged"]
     if merged:
-        return max(merged, key=lambda r: (not r.merge.get("greedy_identical"), r.merge.get("max_abs_logit_diff", 0)))
+        return max(merged, key=lambda r: (not r.merge.greedy_identical, r.merge.max_abs_logit_diff or 0))
     return (g.ok or list(g.records))[0]
 
 

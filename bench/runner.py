@@ -4,7 +4,6 @@ go one at a time, or in parallel over device slots (`bench run --devices`); a di
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,14 +14,29 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import psutil
 
-from bench.distributed import DDP_CONFIG, is_distributed
+from bench.config import RunConfig
+from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress
 from bench.records import RecordError, RunRecord, read_record, record_path, write_record
-from bench.suite import Suite
-from bench.worker import PROGRESS, RESULT
+
+# Written into the run folder when the suite names no accelerate config: plain DDP on this machine. accelerate starts
+# its processes through torchrun only for a multi-GPU type; on a CPU the worker asks for gloo (bench.worker).
+DDP_CONFIG = """\
+# Written by bench.runner: training.distributed names no accelerate config, so this run is plain DDP on one machine.
+compute_environment: LOCAL_MACHINE
+distributed_type: MULTI_GPU
+num_machines: 1
+machine_rank: 0
+num_processes: {num_processes}
+main_process_port: 0  # a free port: parallel runs on one machine must not share one
+gpu_ids: all
+mixed_precision: 'no'  # precision is the suite's training.precision, applied by the worker
+dynamo_config: {{}}
+"""
+
 
 
 def now() -> str:
@@ -31,18 +45,19 @@ def now() -> str:
 
 @dataclass
 class Plan:
-    config: dict[str, Any]
+    config: RunConfig
     action: str  # "run" or "skip"
     why: str
 
 
-def plan(suite: Suite, out_dir: Path, force: bool = False, only: list[str] | None = None) -> list[Plan]:
-    """What to run: a run whose successful record matches its resolved config is skipped unless forced."""
+def plan(configs: list[RunConfig], out_dir: Path, force: bool = False, only: list[str] | None = None) -> list[Plan]:
+    """What to run: a run whose successful record matches its resolved config is skipped unless forced. `only`
+    names runs, methods or suite entries (an entry's name selects all its seeds)."""
     plans = []
-    for cfg in suite.resolved_runs():
-        if only and cfg["run"] not in only and cfg["method"] not in only:
+    for cfg in configs:
+        if only and not {cfg.run, cfg.method, cfg.group} & set(only):
             continue
-        path = record_path(out_dir, cfg["run"])
+        path = record_path(out_dir, cfg.run)
         if force:
             plans.append(Plan(cfg, "run", "forced"))
             continue
@@ -56,7 +71,7 @@ def plan(suite: Suite, out_dir: Path, force: bool = False, only: list[str] | Non
             continue
         if old.status != "success":
             plans.append(Plan(cfg, "run", f"last run {old.status}"))
-        elif old.config_hash != cfg["config_hash"]:
+        elif old.config_hash != cfg.config_hash:
             plans.append(Plan(cfg, "run", "config changed"))
         else:
             plans.append(Plan(cfg, "skip", "up to date"))
@@ -102,16 +117,16 @@ def parse_devices(spec: str, cores: int | None = None) -> list[Slot]:
     return slots
 
 
-def slot_problems(configs: list[dict[str, Any]], slots: list[Slot]) -> list[str]:
+def slot_problems(configs: list[RunConfig], slots: list[Slot]) -> list[str]:
     """Distributed runs that a GPU slot is too small for: plain DDP puts one process on each GPU of the slot."""
     problems = []
     for cfg in configs:
-        dist = cfg["training"].get("distributed")
-        if not is_distributed(cfg) or dist["config"] is not None:
+        dist = cfg.training.distributed
+        if not cfg.distributed or dist.config is not None:
             continue
-        small = [s.name for s in slots if 0 < s.gpus < dist["num_processes"]]
+        small = [s.name for s in slots if 0 < s.gpus < dist.num_processes]
         if small:
-            problems.append(f"run {cfg['run']} trains on {dist['num_processes']} processes, one per GPU, but slot "
+            problems.append(f"run {cfg.run} trains on {dist.num_processes} processes, one per GPU, but slot "
                             f"{', '.join(small)} has fewer GPUs: group them with '+', e.g. --devices 0+1,2+3")
     return problems
 
@@ -120,33 +135,20 @@ def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _progress(run_dir: Path) -> list[dict[str, float]]:
-    p = run_dir / PROGRESS
-    if not p.exists():
-        return []
-    points = []
-    for line in p.read_text().splitlines():
-        try:
-            points.append(json.loads(line))
-        except ValueError:  # the process died mid-line
-            break
-    return points
-
-
-def worker_command(cfg: dict[str, Any], cfg_path: Path, run_dir: Path) -> list[str]:
+def worker_command(cfg: RunConfig, cfg_path: Path, run_dir: Path) -> list[str]:
     """The run's process: the worker, or for a distributed run `accelerate launch` starting one worker per process
     with the accelerate config copied into the run folder (DDP on this machine when the suite names none)."""
     worker = ["-m", "bench.worker", str(cfg_path), str(run_dir)]
-    if not is_distributed(cfg):
+    if not cfg.distributed:
         return [sys.executable, *worker]
-    dist = cfg["training"]["distributed"]
+    dist = cfg.training.distributed
     launch_config = run_dir / "accelerate.yaml"
-    if dist["config"] is None:
-        launch_config.write_text(DDP_CONFIG.format(num_processes=dist["num_processes"]))
+    if dist.config is None:
+        launch_config.write_text(DDP_CONFIG.format(num_processes=dist.num_processes))
     else:
-        launch_config.write_bytes(Path(dist["config"]).read_bytes())
+        launch_config.write_bytes(Path(dist.config).read_bytes())
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(launch_config),
-            "--num_processes", str(dist["num_processes"]), *worker]
+            "--num_processes", str(dist.num_processes), *worker]
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -164,81 +166,93 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def execute(cfg: dict[str, Any], out_dir: Path, on_poll: Callable[[list], None] = lambda _: None,
+def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lambda _: None,
             env: dict[str, str] | None = None, slot: Slot | None = None,
             stop: threading.Event | None = None) -> RunRecord:
     """Run one config in its own process and return its record (already written to disk). `slot` says where (its
     environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C."""
-    run_dir = out_dir / cfg["run"]
+    run_dir = out_dir / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in (RESULT, PROGRESS, "log.txt"):
+    for stale in (RESULT, PROGRESS, LOG):
         (run_dir / stale).unlink(missing_ok=True)
-    cfg_path = run_dir / "config.json"
-    cfg_path.write_text(json.dumps(cfg, indent=2))
-    started = now()
-    log_path = run_dir / "log.txt"
-    timeout = cfg["training"]["timeout_s"]
-    status, error = None, None
+    cfg_path = run_dir / CONFIG
+    cfg_path.write_text(cfg.model_dump_json(indent=2))
+    started, t0 = now(), time.monotonic()
     env = {**(slot.env if slot else {}), **(env or {})}
-    if is_distributed(cfg) and "OMP_NUM_THREADS" in env:  # the slot's threads are shared by the run's processes
-        per_process = int(env["OMP_NUM_THREADS"]) // cfg["training"]["distributed"]["num_processes"]
+    if cfg.distributed and "OMP_NUM_THREADS" in env:  # the slot's threads are shared by the run's processes
+        per_process = int(env["OMP_NUM_THREADS"]) // cfg.training.distributed.num_processes
         env["OMP_NUM_THREADS"] = str(max(1, per_process))
-    with log_path.open("w") as log:
+    with (run_dir / LOG).open("w") as log:
         proc = subprocess.Popen(
             worker_command(cfg, cfg_path, run_dir),
             # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
             stdout=log, stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **env},
             start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
         )
-        t0 = time.monotonic()
-        try:
-            while proc.poll() is None:
-                if time.monotonic() - t0 > timeout:
-                    _kill(proc)
-                    status, error = "timeout", f"run exceeded its timeout of {timeout:.0f} s"
-                    break
-                if stop is not None and stop.is_set():
-                    raise KeyboardInterrupt
-                on_poll(_progress(run_dir))
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            _kill(proc)
-            status, error = "interrupted", "interrupted by the user (Ctrl-C); rerun the suite to resume"
-    result: dict[str, Any] = {}
-    if status is None and (run_dir / RESULT).exists():
-        result = json.loads((run_dir / RESULT).read_text())
-        status = result["status"]
-        error = result.get("error")
-    elif status is None:
-        code = proc.returncode
-        if code < 0 and -code == signal.SIGKILL:
-            status = "killed"
-            error = "the run's process was killed (SIGKILL: by a user, or by the kernel when memory ran out)"
-        elif code < 0:
-            status, error = "failed", f"the run's process died from signal {signal.Signals(-code).name}"
-        else:
-            status, error = "failed", f"the run's process exited with code {code} without a result"
-    if status != "success":
-        log_tail = _tail(log_path.read_text(errors="replace"))
-        if log_tail and log_tail not in (error or ""):
-            error = f"{error}\n--- log tail ---\n{log_tail}" if error else log_tail
-    curve = result.get("curve") or _progress(run_dir)
-    record = RunRecord(
-        suite=cfg["suite"], run=cfg["run"], method=cfg["method"], status=status, error=error,
-        last_step=result.get("last_step", len(curve)), config=cfg, config_hash=cfg["config_hash"],
-        metrics=result.get("metrics", {}), curve=curve, merge=result.get("merge", {}), data=result.get("data", {}),
-        predictions=result.get("predictions", []),
-        environment=result.get("environment", {}) | ({"slot": slot.name} if slot else {}),
-        model_info=result.get("model_info", {}), started_at=started, finished_at=now(),
-    )
-    _keep_previous(out_dir, cfg["run"])
-    write_record(record_path(out_dir, cfg["run"]), record)
-    if status == "interrupted":
+        ended = _watch(proc, cfg.training.timeout_s, run_dir, on_poll, stop)
+    record = _outcome(cfg, proc, ended, run_dir)
+    record = record.model_copy(update={
+        "started_at": started, "finished_at": now(), "wall_seconds": time.monotonic() - t0,
+        "environment": record.environment | ({"slot": slot.name} if slot else {})})
+    _keep_previous(out_dir, cfg.run)
+    write_record(record_path(out_dir, cfg.run), record)
+    if record.status == "interrupted":
         raise KeyboardInterrupt
     return record
 
 
-def run_all(configs: list[dict[str, Any]], out_dir: Path, slots: list[Slot | None],
+def _watch(proc: subprocess.Popen, timeout: float, run_dir: Path, on_poll: Callable[[list], None],
+           stop: threading.Event | None) -> tuple[str, str] | None:
+    """Wait for the run's process; (status, error) when the runner ended it (timeout, Ctrl-C), else None."""
+    t0 = time.monotonic()
+    try:
+        while proc.poll() is None:
+            if time.monotonic() - t0 > timeout:
+                _kill(proc)
+                return "timeout", f"run exceeded its timeout of {timeout:.0f} s"
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            on_poll(read_progress(run_dir))
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        _kill(proc)
+        return "interrupted", "interrupted by the user (Ctrl-C); rerun the suite to resume"
+    return None
+
+
+def _outcome(cfg: RunConfig, proc: subprocess.Popen, ended: tuple[str, str] | None, run_dir: Path) -> RunRecord:
+    """The worker's own record where it left one; otherwise one saying how the process ended, with the steps its
+    progress file holds. A run that did not succeed carries the tail of its log."""
+    result = run_dir / RESULT
+    if ended is None and result.exists():
+        try:
+            record = read_record(result)
+        except RecordError as e:
+            record = RunRecord.start(cfg, error=f"the worker's record could not be read: {e}")
+    else:
+        status, error = ended or _exit_status(proc.returncode)
+        record = RunRecord.start(cfg, status=status, error=error)
+    if not record.curve:
+        curve = read_progress(run_dir)
+        record = record.model_copy(update={"curve": curve, "last_step": record.last_step or len(curve)})
+    if record.status != "success":
+        log_tail = _tail((run_dir / LOG).read_text(errors="replace"))
+        error = record.error
+        if log_tail and log_tail not in (error or ""):
+            error = f"{error}\n--- log tail ---\n{log_tail}" if error else log_tail
+        record = record.model_copy(update={"error": error})
+    return record
+
+
+def _exit_status(code: int) -> tuple[str, str]:
+    if code < 0 and -code == signal.SIGKILL:
+        return "killed", "the run's process was killed (SIGKILL: by a user, or by the kernel when memory ran out)"
+    if code < 0:
+        return "failed", f"the run's process died from signal {signal.Signals(-code).name}"
+    return "failed", f"the run's process exited with code {code} without a result"
+
+
+def run_all(configs: list[RunConfig], out_dir: Path, slots: list[Slot | None],
             on_start: Callable[[dict, Slot | None], None] = lambda _c, _s: None,
             on_poll: Callable[[dict, list], None] = lambda _c, _p: None,
             on_done: Callable[[dict, RunRecord | None], None] = lambda _c, _r: None) -> bool:

@@ -1,8 +1,7 @@
 """Statistics over seeds: mean, sample standard deviation, Student's t intervals, Welch's test, Pareto fronts.
 
-Pure functions over plain numbers, no SciPy: Student's t comes from the regularised incomplete beta function
-(a continued fraction, as in Numerical Recipes 6.4), so it holds for the fractional degrees of freedom that Welch's
-test produces, and is checked against printed t-tables in tests/test_stats.py.
+Pure functions over plain numbers; Student's t from SciPy (fractional degrees of freedom, as Welch's test produces
+them), checked against printed t-tables in tests/test_stats.py.
 """
 
 from __future__ import annotations
@@ -10,8 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
+
+import scipy.stats
 
 LEVEL = 0.95  # confidence level of every interval and test in the reports
 
@@ -33,67 +33,19 @@ def sample_sd(xs: Sequence[float]) -> float | None:
     return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
-def _beta_fraction(a: float, b: float, x: float) -> float:
-    """The continued fraction of the incomplete beta function, by the modified Lentz method."""
-    tiny, eps = 1e-300, 1e-15
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 1000):
-        m2 = 2 * m
-        even = m * (b - m) * x / ((a + m2 - 1) * (a + m2))
-        odd = -(a + m) * (a + b + m) * x / ((a + m2) * (a + m2 + 1))
-        for num in (even, odd):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < eps:
-            return h
-    raise ArithmeticError(f"incomplete beta did not converge for a={a}, b={b}, x={x}")
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(log_front)
-    # The fraction converges fast on this side of the mean of the beta distribution; use symmetry on the other.
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_fraction(a, b, x) / a
-    return 1.0 - front * _beta_fraction(b, a, 1.0 - x) / b
-
-
 def t_two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|) for Student's t with df degrees of freedom (df may be fractional; inf is the normal)."""
     if math.isinf(df):
-        return 2.0 * (1.0 - NormalDist().cdf(abs(t)))
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+        return float(2.0 * scipy.stats.norm.sf(abs(t)))
+    return float(2.0 * scipy.stats.t.sf(abs(t), df))
 
 
 def t_critical(df: float, level: float = LEVEL) -> float:
     """The t with P(|T| >= t) = 1 - level: the multiplier of the standard error in a two-sided interval."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
-    if math.isinf(df):
-        return NormalDist().inv_cdf(0.5 + level / 2.0)
-    alpha = 1.0 - level
-    lo, hi = 0.0, 1.0
-    while t_two_sided_p(hi, df) > alpha:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):  # bisection: p falls as t grows; 200 halvings reach float precision from any bracket
-        mid = (lo + hi) / 2.0
-        if t_two_sided_p(mid, df) > alpha:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * hi:
-            break
-    return (lo + hi) / 2.0
+    q = 0.5 + level / 2.0
+    return float(scipy.stats.norm.ppf(q) if math.isinf(df) else scipy.stats.t.ppf(q, df))
 
 
 @dataclass(frozen=True)
@@ -143,13 +95,12 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Diffe
     delta = mean(a) - mean(b)
     if len(a) < 2 or len(b) < 2:
         return Difference(delta, None, None, None, None)
-    va, vb = sample_sd(a) ** 2 / len(a), sample_sd(b) ** 2 / len(b)
-    se = math.sqrt(va + vb)
-    if se == 0.0:
+    if sample_sd(a) == 0.0 and sample_sd(b) == 0.0:
         return Difference(delta, 0.0, None, 0.0 if delta else 1.0, delta != 0.0)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    half = t_critical(df, level) * se
-    return Difference(delta, half, df, t_two_sided_p(delta / se, df), abs(delta) > half)
+    test = scipy.stats.ttest_ind(a, b, equal_var=False)
+    interval = test.confidence_interval(level)
+    half = float(interval.high - interval.low) / 2.0
+    return Difference(delta, half, float(test.df), float(test.pvalue), bool(interval.low > 0 or interval.high < 0))
 
 
 def pareto_front(points: Sequence[tuple], x_better: Better = "lower", y_better: Better = "higher") -> list[tuple]:
@@ -171,6 +122,6 @@ def pareto_front(points: Sequence[tuple], x_better: Better = "lower", y_better: 
 
 def metric_front(points: Sequence[tuple], cost: str, score: str) -> list[tuple]:
     """The Pareto front of (cost, score, ...) points, each axis in its direction from bench.records.METRICS."""
-    from bench.records import metric
+    from bench.metrics import metric
 
     return pareto_front(points, metric(cost).better, metric(score).better)

@@ -38,11 +38,11 @@ def sweeps(records: list[RunRecord]) -> list[Sweep]:
     """Swept runs grouped by name, points in the order first seen."""
     by_group: dict[str, dict[str, Point]] = {}
     for r in sorted(records, key=lambda r: r.started_at):
-        values = r.config.get("sweep")
+        values = r.config.sweep
         if not values:
             continue
         key = json.dumps(values, sort_keys=True)
-        by_group.setdefault(r.config.get("group", r.run), {}).setdefault(key, Point(values)).records.append(r)
+        by_group.setdefault(r.config.group or r.run, {}).setdefault(key, Point(values)).records.append(r)
     return [Sweep(g, list(points.values())) for g, points in by_group.items()]
 
 

@@ -3,18 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import torch
-from transformers import get_scheduler
 
+from bench import data as D
+from bench.config import Budget, RunConfig, Training
 from bench.data import IGNORE
+from bench.device import Place
+from bench.flops import peak_flops, train_flops
+from bench.layout import PROGRESS
 
 if TYPE_CHECKING:
     from bench.distributed import Ranks
+    from bench.load import Loaded
+    from methods import Method
+
+Batch = dict[str, torch.Tensor]
 
 
 class Diverged(Exception):
@@ -37,13 +47,18 @@ class TrainResult:
     stopped_by: str = ""
 
 
-def planned_steps(budget: dict[str, Any], n_batches_per_epoch: int, grad_accum: int, epochs: float) -> int:
+def planned_steps(budget: Budget, n_batches_per_epoch: int, grad_accum: int, epochs: float) -> int:
     """Optimiser steps the scheduler plans for: the step budget, or the epoch cap when tokens/seconds bind."""
     by_epochs = max(1, math.floor(n_batches_per_epoch * epochs / grad_accum))
-    return min(budget["max_steps"], by_epochs) if "max_steps" in budget else by_epochs
+    return min(budget.max_steps, by_epochs) if budget.max_steps is not None else by_epochs
 
 
-def example_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
+def steady_after(total_steps: int) -> int:
+    """Steps left out of throughput: the first few, at most a quarter of the run."""
+    return min(5, total_steps // 4)
+
+
+def example_lengths(batch: Batch) -> list[int]:
     """Lengths of the examples in a batch: packed rows restart their position ids per example, padded rows have a
     mask."""
     if "position_ids" in batch:
@@ -59,9 +74,9 @@ def example_lengths(batch: dict[str, torch.Tensor]) -> list[int]:
 
 def train(
     model: torch.nn.Module,
-    batches: Iterator[tuple[float, dict[str, torch.Tensor]]],
-    training: dict[str, Any],
-    budget: dict[str, Any],
+    batches: Iterator[tuple[float, Batch]],
+    training: Training,
+    budget: Budget,
     total_steps: int,
     device: torch.device,
     on_step: Callable[[dict[str, float]], None] = lambda _: None,
@@ -73,100 +88,128 @@ def train(
     process's share of each micro-batch; losses and counts in the result and the curve are over all processes."""
     params = [p for p in model.parameters() if p.requires_grad]
     # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
-    optimizer = torch.optim.AdamW(params, lr=training["learning_rate"], weight_decay=training["weight_decay"],
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
                                   fused=device.type == "cuda")
     if ranks is not None:
         model, optimizer = ranks.prepare(model, optimizer)
-    scheduler = get_scheduler(
-        training["scheduler"], optimizer, num_warmup_steps=int(training["warmup_ratio"] * total_steps),
-        num_training_steps=total_steps,
-    )
+    from transformers import get_scheduler
+
+    scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
+                              num_warmup_steps=int(training.warmup_ratio * total_steps))
     result = TrainResult()
     mark = _counts(result)
     model.train()
     start = time.perf_counter()
     epoch_done = 0
     while True:
-        micro = []
-        for _ in range(training["grad_accum"]):
-            item = next(batches, None)
-            if item is None:
-                break
-            micro.append(item)
-        if len(micro) < training["grad_accum"]:
+        micro = _take(batches, training.grad_accum)
+        if micro is None:
             result.stopped_by = result.stopped_by or "epochs"
             break
-        # The loss is a mean over every response token of the optimiser step, however they split into micro-batches
-        # (and, with several processes, over every process's share).
-        n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
-        if ranks is not None:
-            n_targets = int(ranks.sum(n_targets))
-        step_loss = 0.0
-        before = _counts(result)
-        for i, (progress, batch) in enumerate(micro):
-            filler = batch.pop("filler", None) is not None  # bench.data.filler: trains nothing, is not data
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples
-            # would attend to each other.
-            with _no_sync(ranks, model, last=i == len(micro) - 1):
-                out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
-                if ranks is None:
-                    out.loss.backward()
-                else:
-                    # DDP averages gradients over processes; each loss is already a share of the global mean.
-                    ranks.accelerator.backward(out.loss * ranks.world)
-            step_loss += out.loss.item()
-            result.epochs = progress
-            if filler:
-                continue
-            mask = batch.get("attention_mask")
-            result.real_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
-            result.processed_tokens += batch["input_ids"].numel()
-            result.attention_pairs += sum(n * n for n in example_lengths(batch))
-        if ranks is not None:
-            step_loss = _all_processes(ranks, result, before, step_loss)
-        result.target_tokens += n_targets
+        step_loss = _accumulate(model, micro, result, device, ranks)
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
-        if training["max_grad_norm"] and ranks is None:
-            torch.nn.utils.clip_grad_norm_(params, training["max_grad_norm"])
-        elif training["max_grad_norm"]:  # under FSDP the norm is over every process's shards
-            ranks.accelerator.clip_grad_norm_(model.parameters(), training["max_grad_norm"])
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        _update(model, params, optimizer, scheduler, training, ranks)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
         result.steps += 1
-        result.seconds = time.perf_counter() - start
-        if ranks is not None:  # budgets must stop every process at the same step: the slowest clock decides
-            result.seconds = max(row[0] for row in ranks.gather([result.seconds]))
+        result.seconds = _clock(start, ranks)
         if result.steps == warmup_steps:
             mark = _counts(result)
-        point = {
-            "step": result.steps, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
-            "tokens": result.real_tokens, "seconds": result.seconds, "epoch": result.epochs,
-        }
+        point = {"step": result.steps, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
+                 "tokens": result.real_tokens, "seconds": result.seconds, "epoch": result.epochs}
         result.curve.append(point)
         on_step(point)
         if int(result.epochs) > epoch_done:
             epoch_done = int(result.epochs)
             on_epoch(epoch_done, result.steps)
-        if "max_steps" in budget and result.steps >= budget["max_steps"]:
-            result.stopped_by = "max_steps"
-            break
-        if "max_tokens" in budget and result.real_tokens >= budget["max_tokens"]:
-            result.stopped_by = "max_tokens"
-            break
-        if "max_seconds" in budget and result.seconds >= budget["max_seconds"]:
-            result.stopped_by = "max_seconds"
+        result.stopped_by = budget_reached(budget, result)
+        if result.stopped_by:
             break
     result.seconds = time.perf_counter() - start
     if result.steps <= warmup_steps:
         mark = _counts(TrainResult())  # too few steps to leave any out: the whole run is the window
     result.steady = {k: v - mark[k] for k, v in _counts(result).items()}
     return result
+
+
+def budget_reached(budget: Budget, result: TrainResult) -> str:
+    """The budget that binds after this step, or '' to go on."""
+    if budget.max_steps is not None and result.steps >= budget.max_steps:
+        return "max_steps"
+    if budget.max_tokens is not None and result.real_tokens >= budget.max_tokens:
+        return "max_tokens"
+    if budget.max_seconds is not None and result.seconds >= budget.max_seconds:
+        return "max_seconds"
+    return ""
+
+
+def _take(batches: Iterator[tuple[float, Batch]], n: int) -> list[tuple[float, Batch]] | None:
+    """The next optimiser step's micro-batches, or None when the data runs out before a whole step."""
+    micro = []
+    for _ in range(n):
+        item = next(batches, None)
+        if item is None:
+            return None
+        micro.append(item)
+    return micro
+
+
+def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, device: torch.device,
+                ranks: Ranks | None) -> float:
+    """Forward and backward over one step's micro-batches; the step's loss. The loss is a mean over every response
+    token of the step, however they split into micro-batches (and, with several processes, over every process's
+    share)."""
+    n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
+    if ranks is not None:
+        n_targets = int(ranks.sum(n_targets))
+    step_loss = 0.0
+    before = _counts(result)
+    for i, (progress, batch) in enumerate(micro):
+        filler = batch.pop("filler", None) is not None  # bench.data.filler: trains nothing, is not data
+        batch = {k: v.to(device) for k, v in batch.items()}
+        # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples would
+        # attend to each other.
+        with _no_sync(ranks, model, last=i == len(micro) - 1):
+            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
+            if ranks is None:
+                out.loss.backward()
+            else:
+                # DDP averages gradients over processes; each loss is already a share of the global mean.
+                ranks.accelerator.backward(out.loss * ranks.world)
+        step_loss += out.loss.item()
+        result.epochs = progress
+        if not filler:
+            _count(result, batch)
+    if ranks is not None:
+        step_loss = _all_processes(ranks, result, before, step_loss)
+    result.target_tokens += n_targets
+    return step_loss
+
+
+def _count(result: TrainResult, batch: Batch) -> None:
+    mask = batch.get("attention_mask")
+    result.real_tokens += int(mask.sum()) if mask is not None else batch["input_ids"].numel()
+    result.processed_tokens += batch["input_ids"].numel()
+    result.attention_pairs += sum(n * n for n in example_lengths(batch))
+
+
+def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks | None) -> None:
+    if training.max_grad_norm and ranks is None:
+        torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+    elif training.max_grad_norm:  # under FSDP the norm is over every process's shards
+        ranks.accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _clock(start: float, ranks: Ranks | None) -> float:
+    seconds = time.perf_counter() - start
+    if ranks is not None:  # budgets must stop every process at the same step: the slowest clock decides
+        seconds = max(row[0] for row in ranks.gather([seconds]))
+    return seconds
 
 
 def _no_sync(ranks: Ranks | None, model, last: bool):
@@ -189,3 +232,66 @@ def _all_processes(ranks: Ranks, result: TrainResult, before: dict[str, float], 
 def _counts(r: TrainResult) -> dict[str, float]:
     return {"steps": r.steps, "seconds": r.seconds, "real_tokens": r.real_tokens,
             "processed_tokens": r.processed_tokens, "attention_pairs": r.attention_pairs}
+
+
+# ---- the train stage: the loop with its progress file and checkpoints ----------------------------------------------
+
+
+def train_stage(cfg: RunConfig, method: Method, model: torch.nn.Module, loaded: Loaded, place: Place,
+                run_dir: Path) -> TrainResult:
+    """Train the built model under the run's budget, appending each step to progress.jsonl and saving checkpoints
+    where the suite asks for them. Raises Diverged with the steps so far in progress.jsonl."""
+    tr, ranks = cfg.training, place.ranks
+    packed = tr.packing and method.packable
+    steps_per_epoch = len(D.batch_order(loaded.train, tr.batch_size, tr.seed))
+    total_steps = planned_steps(cfg.budget, steps_per_epoch, tr.grad_accum, tr.epochs)
+    progress = (run_dir / PROGRESS).open("a") if place.main else None
+
+    def save_checkpoint(name: str) -> None:
+        state = ranks.state_dict() if ranks else None  # every process takes part: FSDP gathers the shards
+        if place.main:
+            model.save_pretrained(run_dir / "checkpoints" / name, state_dict=state)
+
+    def on_step(point: dict[str, float]) -> None:
+        if progress is not None:
+            progress.write(json.dumps(point) + "\n")
+            progress.flush()
+        if isinstance(tr.save_every, int) and point["step"] % tr.save_every == 0:
+            save_checkpoint(f"step-{point['step']}")
+
+    def on_epoch(epoch: int, step: int) -> None:
+        if tr.save_every == "epoch":
+            save_checkpoint(f"epoch-{epoch}")
+
+    batches = D.batches(loaded.train, tr.batch_size, tr.seed, loaded.pad_id, packed, tr.epochs,
+                        rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1)
+    try:
+        with place.autocast():
+            return train(model, batches, tr, cfg.budget, total_steps, place.device, on_step, on_epoch,
+                         warmup_steps=steady_after(total_steps), ranks=ranks)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> dict[str, Any]:
+    """What the record says of training: time, steps, tokens, throughput, and FLOPs utilisation where the device's
+    peak is known."""
+    m: dict[str, Any] = dict(
+        train_seconds=result.seconds, train_steps=result.steps, train_epochs=result.epochs,
+        train_tokens=result.real_tokens, processed_tokens=result.processed_tokens,
+        real_token_fraction=result.real_tokens / max(result.processed_tokens, 1),
+        train_tokens_per_second=result.real_tokens / result.seconds if result.seconds else 0.0,
+        final_train_loss=result.curve[-1]["loss"] if result.curve else float("nan"),
+    )
+    w = result.steady
+    if not w.get("seconds"):
+        return m
+    flops = train_flops(model, w["real_tokens"], w["attention_pairs"])
+    m |= {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
+          "model_tflops_per_second": flops / w["seconds"] / 1e12,
+          "model_flops_per_token": flops / max(w["real_tokens"], 1)}
+    peak = peak_flops(place.device)
+    if peak:
+        m["mfu"] = flops / w["seconds"] / peak
+    return m

@@ -37,8 +37,6 @@ class Method:
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     # Bumped whenever results would change, so stored records stop matching and get rerun.
     version: int = 1
-    # Optional hook run on the loaded base model before the PEFT config is applied (e.g. freezing).
-    prepare: Callable[[Any], None] | None = None
 
     def defaults(self) -> dict[str, Any]:
         return {

@@ -2,7 +2,7 @@
 # CI regression gate: run the smoke suite fresh and compare it with the committed baseline (exit 1 on regression).
 # Run: scripts/ci_gate.sh [--markdown FILE]   (extra arguments go to `bench compare`; PYTHON picks the interpreter)
 # After an intended change to results: python -m bench run suites/smoke.yaml --force, then
-# python -m bench.compare save-baseline results/smoke baselines/smoke.json, and commit the new baseline.
+# python -m bench save-baseline results/smoke baselines/smoke.json, and commit the new baseline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

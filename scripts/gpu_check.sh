@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU throughput and memory check (issue #6): every method for 30 steps on TinyLlama-1.1B's architecture with random
+# GPU throughput and memory check: every method for 30 steps on TinyLlama-1.1B's architecture with random
 # weights, sequences of 2048 tokens, bf16; prints tokens/s, MFU and peak memory per method and the goals.
 # Needs no network. Usage: bash scripts/gpu_check.sh [--dry-run] [--only RUN...] [--output DIR]
 # (--dry-run: the same suite on the CPU with the tiny preset, three steps: checks everything but the device).

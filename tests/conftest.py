@@ -6,22 +6,56 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from bench.device import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
-def tiny_config(method: str, params: dict | None = None, **training) -> dict:
-    """A resolved run config like the suite produces, for the tiny preset and the smoke data."""
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run where CUDA is; elsewhere they are skipped, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def tiny_config(method: str, params: dict | None = None, **changes):
+    """A resolved run config like the suite produces, for the tiny preset and the smoke data; `changes` set
+    training fields."""
     from bench.suite import load_suite
 
     suite = load_suite(ROOT / "suites" / "smoke.yaml")
-    cfg = next(c for c in suite.resolved_runs() if c["method"] in (method, "baseline") and c["run"] == method)
-    if params:
-        cfg["params"] = {**cfg["params"], **params}
-    cfg["training"] = {**cfg["training"], **training}
-    return cfg
+    cfg = next(c for c in suite.resolved_runs() if c.method in (method, "baseline") and c.run == method)
+    return cfg.model_copy(update={"params": cfg.params | (params or {}), "training": training(cfg, **changes)})
+
+
+def training(cfg, **changes):
+    """The run's training settings with some fields changed."""
+    return cfg.training.model_copy(update=changes)
+
+
+def make_config(run: str = "r", method: str = "lora", **fields):
+    """A minimal resolved config for records made by hand (reports, compare, recommend read them)."""
+    from bench.config import Budget, DatasetSpec, Eval, ModelSpec, ResolvedTraining, RunConfig
+
+    base = dict(suite="hand", suite_version=1, run=run, method=method, model=ModelSpec(preset="tiny-llama"),
+                dataset=DatasetSpec(path="data.jsonl"), budget=Budget(max_steps=1), training=ResolvedTraining(),
+                eval=Eval())
+    return RunConfig(**base | fields)
+
+
+def with_config(record, **changes):
+    """A record whose config has some fields changed."""
+    return record.model_copy(update={"config": record.config.model_copy(update=changes)})
+
+
+CPU32 = Place(torch.device("cpu"), torch.float32)  # where every test model runs
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +63,7 @@ def smoke_examples():
     from bench.data import load_examples
 
     cfg = tiny_config("lora")
-    train, evals, _ = load_examples(cfg["dataset"], max_eval=8)
+    train, evals, _ = load_examples(cfg.dataset, max_eval=8)
     return train, evals
 
 

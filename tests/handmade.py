@@ -3,7 +3,9 @@ in the tests that use them (tests/test_recommend.py, tests/test_seeds.py)."""
 
 from __future__ import annotations
 
+from bench.config import ResolvedTraining
 from bench.records import RunRecord
+from tests.conftest import make_config
 
 GB, MB, KB = 1024 ** 3, 1024 ** 2, 1024
 
@@ -19,11 +21,8 @@ FULL_CHECKPOINT = 500 * MB
 
 def record(run: str, method: str, metrics: dict, status: str = "success", group: str | None = None,
            seed: int | None = None, started: int = 0, suite: str = "hand") -> RunRecord:
-    config = {"suite": suite, "suite_version": 1, "run": run, "method": method,
-              "training": {"seed": 0 if seed is None else seed},
-              "eval": {"metrics": ["exact_match", "token_f1", "rouge_l"]}}
-    if group is not None:
-        config |= {"group": group, "seed": seed}
+    config = make_config(run, method, suite=suite, training=ResolvedTraining(seed=0 if seed is None else seed),
+                         **({"group": group, "seed": seed} if group is not None else {}))
     return RunRecord(suite=suite, run=run, method=method, status=status, config=config, config_hash=run,
                      metrics=metrics if status == "success" else {}, error=None if status == "success" else
                      "RuntimeError: boom", started_at=f"2026-01-01T00:{started:02d}:00+00:00")

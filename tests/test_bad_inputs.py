@@ -16,12 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
+from bench.config import DatasetSpec
 from bench.data import load_examples, tokenize
 from bench.models import byte_tokenizer
 from bench.records import RunRecord, write_record
 from bench.suite import load_suite
 from bench.yamlio import SuiteError
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_config
 
 BASE = """\
 name: bad
@@ -206,8 +207,8 @@ CASES = [
 def results(tmp_path):
     """A results folder holding a finished record, which no failed command may change."""
     out = tmp_path / "results"
-    record = RunRecord(suite="bad", run="lora", method="lora", status="success", config={}, config_hash="0" * 16,
-                       metrics={"exact_match": 0.5})
+    record = RunRecord(suite="bad", run="lora", method="lora", status="success", config=make_config(),
+                       config_hash="0" * 16, metrics={"exact_match": 0.5})
     write_record(out / "lora.json", record)
     return out
 
@@ -315,7 +316,7 @@ def test_skipped_rows_are_counted_by_reason(tmp_path):
     ]
     data = tmp_path / "d.jsonl"
     data.write_bytes(("\n".join(lines) + "\n").encode() + b'{"prompt": "caf\xe9", "response": "x"}\n')
-    spec = {"path": str(data), "eval_size": 2, "on_bad_row": "skip"}
+    spec = DatasetSpec(path=str(data), eval_size=2, on_bad_row="skip")
     train, evals, report = load_examples(spec)
     assert report.skipped == {"invalid JSON": 1, "empty response": 1, "empty prompt": 1, "wrong type": 1,
                               "missing field": 1, "duplicate": 2, "not UTF-8": 1}

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from bench.config import ModelSpec
 from bench.records import load_records
 from methods import METHODS
 
@@ -26,7 +27,7 @@ def test_smoke_suite_records_one_successful_sane_record_per_run(smoke_results):
         assert 0 <= m["exact_match"] <= 1 and 0 <= m["token_f1"] <= 1
         assert m["peak_memory_bytes"] > m["load_memory_bytes"] * 0.5 > 0
         assert r.environment["packages"]["torch"] and r.environment["dtype"] == "float32"
-        assert r.data["fingerprint"] == records["baseline"].data["fingerprint"]
+        assert r.data.fingerprint == records["baseline"].data.fingerprint
         if run == "baseline":
             assert m["trainable_params"] == 0 and not r.curve
             continue
@@ -43,13 +44,13 @@ def test_smoke_suite_records_one_successful_sane_record_per_run(smoke_results):
     assert records["lora"].metrics["real_token_fraction"] == 1.0
     assert records["prompt_tuning"].metrics["real_token_fraction"] < 1.0
     # Merges behave as each method declares.
-    assert records["lora"].merge["status"] == "merged" and records["lora"].merge["greedy_identical"]
-    assert records["lora"].merge["max_abs_logit_diff"] < 1e-4
-    assert records["ia3"].merge["max_abs_logit_diff"] < 1e-4
-    assert records["qlora"].merge["kind"] == "lossy"
+    assert records["lora"].merge.status == "merged" and records["lora"].merge.greedy_identical
+    assert records["lora"].merge.max_abs_logit_diff < 1e-4
+    assert records["ia3"].merge.max_abs_logit_diff < 1e-4
+    assert records["qlora"].merge.kind == "lossy"
     for run in ("prefix_tuning", "prompt_tuning", "p_tuning"):
-        assert records[run].merge["status"] == "not mergeable"
-    assert records["full"].merge["status"] == "nothing to merge" and records["full"].metrics["checkpoint_bytes"] > 0
+        assert records[run].merge.status == "not mergeable"
+    assert records["full"].merge.status == "nothing to merge" and records["full"].metrics["checkpoint_bytes"] > 0
     assert "smoke (suite version 1)" in stdout
 
 
@@ -90,11 +91,11 @@ def test_exported_merged_model_reloads_in_a_fresh_process_with_the_same_answers(
     folder = tmp_path / "merged"
     merge_to_folder(record, run_dir, folder)
     assert (folder / "model.safetensors").is_file() and "lora" in (folder / "README.md").read_text()
-    prompts = [p["prompt"] for p in record.predictions[:3]]
+    prompts = [p.prompt for p in record.predictions[:3]]
 
     # The adapter model as plain peft loads it, outside the harness.
-    tok = M.load_tokenizer({"tokenizer": str(run_dir / "adapter")}, None)
-    base = M.load_model(record.config["model"], None, dtype=torch.float32, load_in_4bit=False, seed=0)
+    tok = M.load_tokenizer(ModelSpec(path=str(run_dir / "adapter")), str(run_dir / "adapter"))
+    base = M.load_model(record.config.model, None, dtype=torch.float32, load_in_4bit=False, seed=0)
     adapter_model = PeftModel.from_pretrained(base, run_dir / "adapter")
     expected = []
     for p in prompts:

@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from bench.baseline import load_side, parse_baseline, save_baseline
 from bench.cli import main
-from bench.compare import (
-    Comparison, Regression, Row, Tolerance, compare, load_side, parse_baseline, render_markdown, save_baseline,
-    settings_from, verdict,
-)
+from bench.compare import Comparison, Row, compare, settings_from, verdict
 from bench.records import RecordError, RunRecord, load_records, write_record
+from bench.regression import Regression, Tolerance
+from bench.report.gate import render_markdown
 from bench.suite import load_suite
 from bench.yamlio import SuiteError
+from tests.conftest import with_config
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = ROOT / "baselines" / "smoke.json"
@@ -27,8 +28,7 @@ BASELINE = ROOT / "baselines" / "smoke.json"
 @pytest.fixture(scope="module")
 def committed() -> list[RunRecord]:
     # The suite's own regression section (peak memory at +30%) is tested on its own; start from the defaults.
-    plain = Regression().model_dump()
-    return [r.model_copy(update={"config": {**r.config, "regression": plain}}) for r in load_side(BASELINE)]
+    return [with_config(r, regression=Regression()) for r in load_side(BASELINE)]
 
 
 def as_folder(records: list[RunRecord], folder: Path) -> Path:
@@ -61,7 +61,7 @@ def gate(capsys, *argv) -> tuple[int, str, str]:
 
 def test_committed_baseline_covers_every_smoke_run_and_all_succeeded(committed):
     suite = load_suite(ROOT / "suites" / "smoke.yaml")
-    assert sorted(r.run for r in committed) == sorted(c["run"] for c in suite.resolved_runs())
+    assert sorted(r.run for r in committed) == sorted(c.run for c in suite.resolved_runs())
     assert all(r.status == "success" for r in committed)
 
 
@@ -72,15 +72,15 @@ def test_committed_baseline_matches_the_smoke_suite_config(committed, monkeypatc
 
     def comparable(config):
         # Data paths are absolute, so they name the checkout; the data fingerprint is what the gate checks.
-        out = {k: v for k, v in config.items() if k not in skip}
+        out = {k: v for k, v in config.model_dump(mode="json").items() if k not in skip}
         out["dataset"] = {k: v for k, v in out["dataset"].items() if k not in ("path", "eval_path")}
         return json.loads(json.dumps(out))
 
     by_run = {r.run: r for r in committed}
     for cfg in load_suite("suites/smoke.yaml").resolved_runs():
-        assert comparable(by_run[cfg["run"]].config) == comparable(cfg), (
-            f"baselines/smoke.json is stale for run {cfg['run']}: rerun the smoke suite and "
-            "python -m bench.compare save-baseline")
+        assert comparable(by_run[cfg.run].config) == comparable(cfg), (
+            f"baselines/smoke.json is stale for run {cfg.run}: rerun the smoke suite and "
+            "python -m bench save-baseline")
 
 
 def test_gate_passes_on_the_baseline_itself(committed, tmp_path, capsys):
@@ -176,12 +176,13 @@ def test_time_is_reported_but_not_gated_unless_a_suite_asks(committed):
 
 
 def test_different_dataset_is_refused_unless_forced(committed, tmp_path, capsys):
-    current = [r.model_copy(update={"data": {**r.data, "fingerprint": "0000000000000000"}}) for r in committed]
+    current = [r.model_copy(update={"data": r.data.model_copy(update={"fingerprint": "0000000000000000"})})
+               for r in committed]
     folder = as_folder(current, tmp_path / "current")
     code, out, err = gate(capsys, BASELINE, folder, "--markdown", tmp_path / "refused.md")
     assert code == 2
     assert out == ""
-    fp = committed[0].data["fingerprint"]
+    fp = committed[0].data.fingerprint
     assert err.splitlines() == [
         f'not comparable: data.fingerprint differs: baseline "{fp}", current "0000000000000000" '
         f'(all {len(committed)} runs)',
@@ -195,7 +196,7 @@ def test_different_dataset_is_refused_unless_forced(committed, tmp_path, capsys)
 
 
 def test_suite_version_and_model_differences_each_get_one_line(committed):
-    current = [r.model_copy(update={"config": {**r.config, "suite_version": 2}}) for r in committed]
+    current = [with_config(r, suite_version=2) for r in committed]
     current = edited(current, "lora", model_info={"source": "preset", "preset": "tinyllama-1.1b"})
     refusals = compare(committed, current, Regression()).refusals
     assert refusals == [
@@ -275,8 +276,8 @@ def test_tolerance_needs_exactly_one_kind():
 
 def test_settings_come_from_the_current_records(committed):
     assert settings_from(committed) == Regression()
-    loose = {"tolerances": {"eval_loss": {"absolute": 1.0}}}
-    stored = [r.model_copy(update={"config": {**r.config, "regression": loose}}) for r in committed]
+    loose = Regression(tolerances={"eval_loss": {"absolute": 1.0}})
+    stored = [with_config(r, regression=loose) for r in committed]
     assert settings_from(stored).tolerance("eval_loss") == Tolerance(absolute=1.0)
 
 
@@ -326,7 +327,7 @@ Environment differs (numbers may move for reasons outside the code):
 
 def test_save_baseline_command_refuses_failed_runs(committed, tmp_path):
     folder = as_folder(edited(committed, "ia3", status="failed"), tmp_path / "res")
-    cmd = [sys.executable, "-m", "bench.compare", "save-baseline", str(folder), str(tmp_path / "b.json")]
+    cmd = [sys.executable, "-m", "bench", "save-baseline", str(folder), str(tmp_path / "b.json")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and "not every run succeeded (ia3)" in p.stderr
     folder = as_folder(committed, tmp_path / "ok")

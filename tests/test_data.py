@@ -10,7 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from bench import data as D
+from bench.config import DatasetSpec, ModelSpec
 from bench.models import build_config, byte_tokenizer
+from bench.records import DataNotes
+
+SPEC = DatasetSpec(path="t.jsonl")  # what tokenize reads of a dataset spec: the bad-row policy
 
 ROWS = [
     {"prompt": f"What is {i} plus {i}?", "response": str(2 * i)} for i in range(1, 11)
@@ -38,7 +42,7 @@ def texts(examples):
 def test_json_array_jsonl_and_csv_load_the_same_examples(tmp_path):
     loaded = {}
     for fmt in ("json", "jsonl", "csv"):
-        spec = {"path": write(tmp_path / f"d.{fmt}", ROWS), "eval_size": 3, "seed": 1}
+        spec = DatasetSpec(path=write(tmp_path / f"d.{fmt}", ROWS), eval_size=3, seed=1)
         train, evals, report = D.load_examples(spec)
         loaded[fmt] = (texts(train), texts(evals))
         assert (report.train_rows, report.eval_rows, report.skipped) == (8, 3, {})
@@ -52,14 +56,14 @@ def test_json_array_jsonl_and_csv_load_the_same_examples(tmp_path):
 def test_csv_cells_stay_text_even_when_every_answer_is_a_number(tmp_path):
     p = tmp_path / "d.csv"
     p.write_text("prompt,response\n" + "".join(f"Pad {i} to three digits,{i:03d}\n" for i in range(6)))
-    train, evals, _ = D.load_examples({"path": str(p), "eval_size": 1})
+    train, evals, _ = D.load_examples(DatasetSpec(**{"path": str(p), "eval_size": 1}))
     assert sorted(e.response for e in train + evals) == [f"{i:03d}" for i in range(6)]
 
 
 def test_tsv_is_tab_separated(tmp_path):
     p = tmp_path / "d.tsv"
     p.write_text("prompt\tresponse\n" + "".join(f"q{i}, with a comma\ta{i}\n" for i in range(5)))
-    train, evals, _ = D.load_examples({"path": str(p), "eval_size": 1})
+    train, evals, _ = D.load_examples(DatasetSpec(**{"path": str(p), "eval_size": 1}))
     assert sorted(texts(train + evals)) == [(f"q{i}, with a comma", f"a{i}") for i in range(5)]
 
 
@@ -67,7 +71,7 @@ def test_columns_are_mapped_by_name_and_a_system_message_is_prepended(tmp_path):
     rows = [{"question": f"q{i}", "answer": f"a{i}", "id": i} for i in range(6)]
     spec = {"path": write(tmp_path / "d.jsonl", rows), "prompt": "question", "response": "answer", "eval_size": 2,
             "system": "Answer briefly."}
-    train, evals, _ = D.load_examples(spec)
+    train, evals, _ = D.load_examples(DatasetSpec(**spec))
     assert sorted(texts(train + evals)) == [(f"q{i}", f"a{i}") for i in range(6)]
     assert all(e.messages[0] == {"role": "system", "content": "Answer briefly."} for e in train + evals)
     assert all([m["role"] for m in e.messages] == ["system", "user", "assistant"] for e in train + evals)
@@ -77,7 +81,7 @@ def test_a_chat_messages_column_keeps_every_turn(tmp_path):
     rows = [{"conv": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"},
                       {"role": "user", "content": f"name {i}?"}, {"role": "assistant", "content": f"bot {i}"}]}
             for i in range(5)]
-    train, evals, _ = D.load_examples({"path": write(tmp_path / "d.json", rows), "messages": "conv", "eval_size": 1})
+    train, evals, _ = D.load_examples(DatasetSpec(**{"path": write(tmp_path / "d.json", rows), "messages": "conv", "eval_size": 1}))
     by_response = {e.response: e for e in train + evals}
     assert set(by_response) == {f"bot {i}" for i in range(5)}
     e = by_response["bot 3"]
@@ -90,7 +94,7 @@ def test_the_split_is_fixed_by_the_seed(tmp_path):
     path = write(tmp_path / "d.jsonl", rows)
 
     def split(seed):
-        train, evals, report = D.load_examples({"path": path, "eval_size": 0.25, "seed": seed})
+        train, evals, report = D.load_examples(DatasetSpec(**{"path": path, "eval_size": 0.25, "seed": seed}))
         return texts(train), texts(evals), report.fingerprint
 
     a, b, c = split(7), split(7), split(8)
@@ -105,11 +109,11 @@ def test_the_split_is_fixed_by_the_seed(tmp_path):
 def test_eval_path_keeps_the_train_file_whole_and_max_examples_cuts_train_only(tmp_path):
     train_rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(12)]
     eval_rows = [{"prompt": f"e{i}", "response": f"s{i}"} for i in range(4)]
-    spec = {"path": write(tmp_path / "t.jsonl", train_rows), "eval_path": write(tmp_path / "e.csv", eval_rows)}
+    spec = DatasetSpec(path=write(tmp_path / "t.jsonl", train_rows), eval_path=write(tmp_path / "e.csv", eval_rows))
     train, evals, report = D.load_examples(spec)
     assert sorted(texts(evals)) == sorted((r["prompt"], r["response"]) for r in eval_rows)
     assert len(train) == 12
-    cut, cut_evals, cut_report = D.load_examples(spec | {"max_examples": 5})
+    cut, cut_evals, cut_report = D.load_examples(spec.model_copy(update={"max_examples": 5}))
     assert texts(cut) == texts(train)[:5]
     assert texts(cut_evals) == texts(evals)
     assert (cut_report.train_rows, cut_report.eval_rows) == (5, 4)
@@ -122,9 +126,9 @@ def test_rows_report_where_they_are_line_for_jsonl_row_for_json(tmp_path):
     jsonl = tmp_path / "d.jsonl"
     jsonl.write_text("\n" + "\n".join(json.dumps(r) for r in rows) + "\n")  # the blank first line counts
     with pytest.raises(D.DataError, match=r"d\.jsonl, line 3: field 'response' is empty"):
-        D.load_examples({"path": str(jsonl)})
+        D.load_examples(DatasetSpec(**{"path": str(jsonl)}))
     with pytest.raises(D.DataError, match=r"d\.json, row 2: field 'response' is empty"):
-        D.load_examples({"path": write(tmp_path / "d.json", rows)})
+        D.load_examples(DatasetSpec(**{"path": write(tmp_path / "d.json", rows)}))
 
 
 def _example(prompt, response):
@@ -134,8 +138,8 @@ def _example(prompt, response):
 def test_tokenize_masks_the_prompt_and_ends_with_the_end_of_turn():
     tok = byte_tokenizer()
     e = _example("Name a colour.", "Blue")
-    report = D.DataReport(source="t")
-    (f,) = D.tokenize([e], tok, 512, {}, report, "t")
+    report = DataNotes(source="t")
+    (f,) = D.tokenize([e], tok, 512, SPEC, report, "t")
     prompt_ids = tok(D.prompt_text(tok, e.messages[:-1]), add_special_tokens=False).input_ids
     n = len(prompt_ids)
     assert f.input_ids[:n] == prompt_ids
@@ -149,8 +153,8 @@ def test_tokenize_masks_the_prompt_and_ends_with_the_end_of_turn():
 def test_tokenize_truncates_long_responses_and_counts_them():
     tok = byte_tokenizer()
     e = _example("Q", "x" * 100)
-    report = D.DataReport(source="t")
-    (f,) = D.tokenize([e], tok, 40, {}, report, "t")
+    report = DataNotes(source="t")
+    (f,) = D.tokenize([e], tok, 40, SPEC, report, "t")
     assert len(f.input_ids) == len(f.labels) == 40
     assert report.truncated == 1
 
@@ -160,16 +164,16 @@ def test_a_too_long_prompt_is_an_error_or_a_counted_skip():
     examples = [_example("short", "ok"), D.Example(_example("y" * 80, "ok").messages, 2, "d.jsonl, line 2")]
     with pytest.raises(D.DataError, match=r"^d\.jsonl, line 2: the prompt alone is \d+ tokens, leaving no room for "
                                           r"the response in max_seq_len 50"):
-        D.tokenize(examples, tok, 50, {}, D.DataReport(source="t"), "t")
-    report = D.DataReport(source="t")
-    kept = D.tokenize(examples, tok, 50, {"on_bad_row": "skip"}, report, "t")
+        D.tokenize(examples, tok, 50, SPEC, DataNotes(source="t"), "t")
+    report = DataNotes(source="t")
+    kept = D.tokenize(examples, tok, 50, SPEC.model_copy(update={"on_bad_row": "skip"}), report, "t")
     assert len(kept) == 1 and report.skipped == {"prompt longer than max_seq_len": 1}
 
 
 @pytest.fixture(scope="module")
 def tiny_model():
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(build_config({"preset": "tiny-llama"})).eval()
+    return AutoModelForCausalLM.from_config(build_config(ModelSpec(preset="tiny-llama"))).eval()
 
 
 def _loss(model, batch):
@@ -182,7 +186,7 @@ def test_packed_loss_equals_the_token_weighted_mean_of_single_example_losses(tin
     tok = byte_tokenizer()
     examples = [_example("Say hi.", "hi"), _example("Count to five, please.", "1 2 3 4 5"),
                 _example("What colour is the sky on a clear day?", "Blue, mostly.")]
-    feats = D.tokenize(examples, tok, 256, {}, D.DataReport(source="t"), "t")
+    feats = D.tokenize(examples, tok, 256, SPEC, DataNotes(source="t"), "t")
     pad = tok.pad_token_id
     singles = [_loss(tiny_model, D.collate([f], pad, packed=False)) for f in feats]
     # Hugging Face shifts labels by one: an example with n labelled tokens has n predictions in its loss.

@@ -78,7 +78,7 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
         diffs = [abs(a["loss"] - b["loss"]) for a, b in zip(single.curve, dist.curve)]
         assert len(diffs) == 6 and max(diffs) <= LOSS_TOLERANCE, diffs
         assert abs(dist.metrics["eval_loss"] - single.metrics["eval_loss"]) <= LOSS_TOLERANCE
-        assert [p["prediction"] for p in dist.predictions] == [p["prediction"] for p in single.predictions]
+        assert [p.prediction for p in dist.predictions] == [p.prediction for p in single.predictions]
         # Memory per process and in total; throughput in total and per process.
         peaks = env["peak_memory_bytes_per_process"]
         assert len(peaks) == 2 and all(p > 100e6 for p in peaks)
@@ -87,7 +87,7 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
         m = dist.metrics
         assert m["train_tokens_per_second_per_process"] == pytest.approx(m["train_tokens_per_second"] / 2)
         assert m["train_tokens_per_second"] == pytest.approx(m["train_tokens"] / m["train_seconds"])
-        assert dist.merge["status"] == "merged" and dist.merge["greedy_identical"]
+        assert dist.merge.status == "merged" and dist.merge.greedy_identical
         assert (out / two / "adapter" / "adapter_model.safetensors").is_file()
         assert "distributed_type: MULTI_GPU" in (out / two / "accelerate.yaml").read_text()
     # The accumulating pair really is another computation, not the first pair again.
@@ -165,14 +165,17 @@ def test_devices_cpu_cpu_gives_the_sequential_records_using_both_slots(tmp_path,
         assert r.metrics["eval_loss"] == pytest.approx(b.metrics["eval_loss"], rel=1e-5), run
         for name in ("exact_match", "token_f1", "rouge_l", "train_tokens", "trainable_params"):
             assert r.metrics.get(name) == b.metrics.get(name), (run, name)
-        assert [p["prediction"] for p in r.predictions] == [p["prediction"] for p in b.predictions], run
+        assert [p.prediction for p in r.predictions] == [p.prediction for p in b.predictions], run
         # The merge check subtracts two nearly equal sets of logits: what is left is rounding itself (CI saw DoRA's
         # 2.7e-07 become 2.4e-07). Same verdict, same scale.
-        for key in ("status", "kind", "greedy_identical"):
-            assert r.merge.get(key) == b.merge.get(key), (run, key)
-        if b.merge.get("max_abs_logit_diff") is not None:
-            assert r.merge["max_abs_logit_diff"] == pytest.approx(b.merge["max_abs_logit_diff"], abs=1e-5), run
         assert r.environment["threads"] == threads and "slot" not in b.environment
+        assert (r.merge is None) == (b.merge is None), run  # the baseline merges nothing
+        if b.merge is None:
+            continue
+        for key in ("status", "kind", "greedy_identical"):
+            assert getattr(r.merge, key) == getattr(b.merge, key), (run, key)
+        if b.merge.max_abs_logit_diff is not None:
+            assert r.merge.max_abs_logit_diff == pytest.approx(b.merge.max_abs_logit_diff, abs=1e-5), run
     assert {r.environment["slot"] for r in after.values()} == {"cpu#0", "cpu#1"}
     # The report says where each ran.
     assert "slot" in (out / "report.md").read_text()
@@ -248,11 +251,11 @@ def test_distributed_config_resolves_hashes_its_file_and_a_missing_file_is_repor
         load_suite(suite)
     assert f"runs[0].training.distributed.config: no such file '{tmp_path / 'a.yaml'}'" in e.value.render()
     (tmp_path / "a.yaml").write_text("distributed_type: FSDP\n")
-    dist = load_suite(suite).resolved_runs()[0]["training"]["distributed"]
-    assert dist["config"] == str(tmp_path / "a.yaml") and dist["num_processes"] == 2
-    first = load_suite(suite).resolved_runs()[0]["config_hash"]
+    dist = load_suite(suite).resolved_runs()[0].training.distributed
+    assert dist.config == str(tmp_path / "a.yaml") and dist.num_processes == 2
+    first = load_suite(suite).resolved_runs()[0].config_hash
     (tmp_path / "a.yaml").write_text("distributed_type: MULTI_GPU\n")
-    assert load_suite(suite).resolved_runs()[0]["config_hash"] != first  # an edited config reruns the run
+    assert load_suite(suite).resolved_runs()[0].config_hash != first  # an edited config reruns the run
     # Without `distributed` nothing is added to a run's config, so stored records keep their hashes.
     plain = load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs()
-    assert all("distributed" not in c["training"] for c in plain)
+    assert all("distributed" not in c.model_dump()["training"] for c in plain)

@@ -7,6 +7,7 @@ import torch
 
 from bench import evaluation as E
 from bench import models as M
+from bench.config import ModelSpec
 from bench.records import load_records
 from bench.suite import load_suite
 from bench.yamlio import SuiteError
@@ -31,7 +32,7 @@ def test_every_trained_run_records_general_loss_before_after_and_the_rise(smoke_
 
 def test_text_loss_is_the_mean_token_loss_of_the_plain_text():
     tok = M.byte_tokenizer()
-    model = M.load_model({"preset": "tiny-llama"}, None, dtype=torch.float32, load_in_4bit=False, seed=0)
+    model = M.load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=0)
     texts = E.paragraphs(E.GENERAL_TEXT)[:3]
     assert len(E.paragraphs(E.GENERAL_TEXT)) >= 20
     by_hand = []

@@ -7,12 +7,14 @@ import pytest
 import torch
 
 from bench import data as D
+from bench.config import Budget
 from bench.evaluation import end_token_ids, generate
+from bench.load import build
 from bench.models import byte_tokenizer
+from bench.records import DataNotes
 from bench.train import train
-from bench.worker import build
 from methods import METHODS
-from tests.conftest import tiny_config
+from tests.conftest import CPU32, tiny_config, training
 
 CPU = torch.device("cpu")
 
@@ -37,12 +39,12 @@ def test_harness_generation_is_the_models_own_greedy_answer(method_id, smoke_exa
     method = METHODS[method_id]
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
-    model = build(cfg, method, None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, method)
     train_ex, eval_ex = smoke_examples
-    feats = D.tokenize(train_ex, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], D.DataReport(source="test"), "train")
+    feats = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, DataNotes(source="test"), "train")
     batches = D.batches(feats, 4, 0, tokenizer.pad_token_id, method.packable, 1000.0)
     # Trained hard enough that virtual tokens, prefixes and adapters move the answers away from the base model's.
-    train(model, batches, cfg["training"] | {"learning_rate": 3e-2}, {"max_steps": 4}, 4, CPU)
+    train(model, batches, training(cfg, learning_rate=3e-2), Budget(max_steps=4), 4, CPU)
     model.eval()
     examples = sorted(eval_ex, key=lambda e: len(e.prompt))[:: max(1, len(eval_ex) // 4)][:4]
     got = generate(model, tokenizer, examples, batch_size=4, max_new_tokens=8, device=CPU,
@@ -60,14 +62,14 @@ def test_cached_virtual_token_decoding_batches_prompts_of_one_length(method_id, 
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
     torch.manual_seed(0)
-    model = build(cfg, method, None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, method)
     train_ex, eval_ex = smoke_examples
     # A learning rate at which the tiny random model's answers depend on the prompt for all three methods (at 1e-2
     # and 3e-2 some give every prompt the same answer), so a row mixed up with another would show.
     lr = 1e-1
-    feats = D.tokenize(train_ex, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], D.DataReport(source="test"), "train")
+    feats = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, DataNotes(source="test"), "train")
     train(model, D.batches(feats, 4, 0, tokenizer.pad_token_id, False, 1000.0),
-          cfg["training"] | {"learning_rate": lr}, {"max_steps": 4}, 4, CPU)
+          training(cfg, learning_rate=lr), Budget(max_steps=4), 4, CPU)
     model.eval()
     # Different prompts cut to one length (the byte tokenizer gives one token per character): one batch, no padding.
     n = min(len(e.prompt) for e in eval_ex)

@@ -13,19 +13,21 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from bench import data as D
+from bench.config import Budget, ModelSpec
 from bench.evaluation import generate, logit_diff, prompt_logits
+from bench.load import build, count_params
 from bench.models import PRESETS, byte_tokenizer
+from bench.records import DataNotes
 from bench.train import train
-from bench.worker import build, count_params
 from methods import METHODS
-from tests.conftest import ROOT, tiny_config
+from tests.conftest import CPU32, ROOT, tiny_config, training
 
 CPU = torch.device("cpu")
 
 
 def _batches(cfg, examples, tokenizer, packed):
-    report = D.DataReport(source="test")
-    feats = D.tokenize(examples, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], report, "test")
+    report = DataNotes(source="test")
+    feats = D.tokenize(examples, tokenizer, cfg.training.max_seq_len, cfg.dataset, report, "test")
     return D.batches(feats, 4, 0, tokenizer.pad_token_id, packed, epochs=10)
 
 
@@ -39,14 +41,14 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id,
     method = METHODS[method_id]
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
-    model = build(cfg, method, None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, method)
     before = _snapshot(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable, "a method must train something"
     train_ex, _ = smoke_examples
     batches = list(itertools.islice(_batches(cfg, train_ex, tokenizer, packed=method.packable), 2))
     # Two steps: LoRA's B starts at zero, so A only receives gradient from the second step on.
-    train(model, iter(batches), cfg["training"] | {"learning_rate": 1e-2}, {"max_steps": 2}, 2, CPU)
+    train(model, iter(batches), training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU)
     for name, p in model.named_parameters():
         changed = p.detach() != before[name]
         if name in trainable:
@@ -60,16 +62,16 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id,
 @pytest.mark.parametrize("method_id", [m for m in METHODS if m != "full"])
 def test_trainable_counts_equal_peft_count(method_id):
     cfg = tiny_config(method_id)
-    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, METHODS[method_id])
     assert count_params(model) == model.get_nb_trainable_parameters()
     trainable, total = count_params(model)
     assert 0 < trainable < total
 
 
 def test_qlora_counts_four_bit_weights_at_their_real_size():
-    base = build(tiny_config("baseline"), None, None, CPU, torch.float32)
-    q = build(tiny_config("qlora"), METHODS["qlora"], None, CPU, torch.float32)
-    lora = build(tiny_config("lora"), METHODS["lora"], None, CPU, torch.float32)
+    base = build(tiny_config("baseline"), None, CPU32, None)
+    q = build(tiny_config("qlora"), None, CPU32, METHODS["qlora"])
+    lora = build(tiny_config("lora"), None, CPU32, METHODS["lora"])
     assert count_params(q) == count_params(lora)
     assert count_params(q)[1] - count_params(q)[0] == count_params(base)[1]
 
@@ -78,10 +80,10 @@ def test_qlora_counts_four_bit_weights_at_their_real_size():
 def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
-    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, METHODS[method_id])
     train_ex, eval_ex = smoke_examples
-    train(model, _batches(cfg, train_ex, tokenizer, True), cfg["training"] | {"learning_rate": 1e-2},
-          {"max_steps": 3}, 3, CPU)
+    train(model, _batches(cfg, train_ex, tokenizer, True), training(cfg, learning_rate=1e-2),
+          Budget(max_steps=3), 3, CPU)
     before = prompt_logits(model, tokenizer, eval_ex, CPU)
     merged = model.merge_and_unload()
     after = prompt_logits(merged, tokenizer, eval_ex, CPU)
@@ -95,11 +97,11 @@ def test_batched_generation_equals_one_at_a_time(method_id, smoke_examples):
     """Left padding must not change any answer, virtual tokens and prefixes included."""
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
-    model = build(cfg, METHODS[method_id], None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, METHODS[method_id])
     train_ex, eval_ex = smoke_examples
     # Train a little so the adapter is not the identity (LoRA B = 0 and IA3 = 1 at initialisation).
     train(model, _batches(cfg, train_ex, tokenizer, METHODS[method_id].packable),
-          cfg["training"] | {"learning_rate": 1e-2}, {"max_steps": 2}, 2, CPU)
+          training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU)
     # Prompts of different lengths, so the batch really pads.
     examples = sorted(eval_ex, key=lambda e: len(e.prompt))[:: max(1, len(eval_ex) // 4)][:4]
     assert len({len(e.prompt) for e in examples}) > 1
@@ -115,8 +117,8 @@ def test_packed_and_padded_training_give_the_same_losses(smoke_examples):
     curves = []
     for packed in (True, False):
         cfg = tiny_config("lora")
-        model = build(cfg, METHODS["lora"], None, CPU, torch.float32)
-        result = train(model, _batches(cfg, train_ex, tokenizer, packed), cfg["training"], {"max_steps": 3}, 3, CPU)
+        model = build(cfg, None, CPU32, METHODS["lora"])
+        result = train(model, _batches(cfg, train_ex, tokenizer, packed), cfg.training, Budget(max_steps=3), 3, CPU)
         curves.append([p["loss"] for p in result.curve])
     assert curves[0] == pytest.approx(curves[1], abs=1e-5)
 
@@ -139,8 +141,8 @@ def test_method_defaults_build_valid_peft_configs():
 def test_dora_adds_one_trainable_magnitude_per_output_feature():
     """DoRA is LoRA plus a magnitude vector per targeted layer: use_dora must really reach PEFT."""
     dora_cfg = tiny_config("dora")
-    dora = build(dora_cfg, METHODS["dora"], None, CPU, torch.float32)
-    lora = build(tiny_config("lora", dora_cfg["params"]), METHODS["lora"], None, CPU, torch.float32)
+    dora = build(dora_cfg, None, CPU32, METHODS["dora"])
+    lora = build(tiny_config("lora", dora_cfg.params), None, CPU32, METHODS["lora"])
     targeted = [m for m in lora.modules() if isinstance(m, LoraLayer)]
     assert len(targeted) == 2 * 7  # all-linear on two Llama layers: q, k, v, o, gate, up, down
     extra = count_params(dora)[0] - count_params(lora)[0]
@@ -151,7 +153,7 @@ HEAD = "base_model.model.lm_head.modules_to_save.default.weight"
 
 
 def test_head_only_trains_and_saves_only_the_head(tmp_path):
-    model = build(tiny_config("head_only"), METHODS["head_only"], None, CPU, torch.float32)
+    model = build(tiny_config("head_only"), None, CPU32, METHODS["head_only"])
     shape = PRESETS["tiny-llama"]
     trainable = {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {HEAD: shape["vocab_size"] * shape["hidden_size"]}
@@ -166,14 +168,14 @@ def test_head_only_on_tied_embeddings(ensure_weight_tying, smoke_examples, tmp_p
     leaves the input embeddings as they were; ensure_weight_tying=True trains both as one tensor. Either way the
     merged model, saved and reloaded with plain transformers, gives the adapter model's logits."""
     cfg = tiny_config("head_only", {"ensure_weight_tying": ensure_weight_tying})
-    cfg["model"] = {"config": PRESETS["tiny-llama"] | {"tie_word_embeddings": True}}
-    base = build(cfg, None, None, CPU, torch.float32)
+    cfg = cfg.model_copy(update={"model": ModelSpec(config=PRESETS["tiny-llama"] | {"tie_word_embeddings": True})})
+    base = build(cfg, None, CPU32, None)
     assert base.lm_head.weight is base.model.embed_tokens.weight  # the precondition: this model really ties them
-    model = build(cfg, METHODS["head_only"], None, CPU, torch.float32)
+    model = build(cfg, None, CPU32, METHODS["head_only"])
     tokenizer = byte_tokenizer()
     train_ex, eval_ex = smoke_examples
-    train(model, _batches(cfg, train_ex, tokenizer, True), cfg["training"] | {"learning_rate": 1e-2},
-          {"max_steps": 3}, 3, CPU)
+    train(model, _batches(cfg, train_ex, tokenizer, True), training(cfg, learning_rate=1e-2),
+          Budget(max_steps=3), 3, CPU)
 
     inner = model.get_base_model()
     ids, eye = torch.arange(PRESETS["tiny-llama"]["vocab_size"]), torch.eye(PRESETS["tiny-llama"]["hidden_size"])

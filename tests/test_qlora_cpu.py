@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench import models as M
+from bench.config import ModelSpec
 
 pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import has_avx512bf16  # noqa: E402
@@ -22,7 +23,7 @@ def losses(model, ids):
 
 @pytest.mark.skipif(not has_avx512bf16(), reason="bitsandbytes repacks only on CPUs with AVX512-BF16")
 def test_an_eval_forward_leaves_4bit_training_and_inference_equal_to_the_dequantised_weights():
-    spec = {"preset": "tiny-llama"}
+    spec = ModelSpec(preset="tiny-llama")
     ids = torch.tensor([list(range(40, 104))])
     model = M.load_model(spec, None, dtype=torch.float32, load_in_4bit=True, seed=0)
     reference = float(M.load_model(spec, None, dtype=torch.float32, load_in_4bit=True, seed=0)

@@ -7,7 +7,13 @@ import pytest
 
 from bench.cli import main
 from bench.recommend import (
-    Constraints, explain, parse_duration, parse_min_score, parse_size, recommend, render_text,
+    Constraints,
+    explain,
+    parse_duration,
+    parse_min_score,
+    parse_size,
+    recommend,
+    render_text,
 )
 from bench.records import write_record
 from tests.handmade import GB, KB, MB, record, seeded_records

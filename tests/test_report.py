@@ -9,9 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.records import load_records
-from bench.report import pareto_front, render_markdown, write_csv, write_reports
+from bench.records import Prediction, load_records
 from bench.report.content import config_sections, data_notes, labels, summary_table, warnings
+from bench.report.markdown import render_markdown
+from bench.report.write import write_csv, write_reports
+from bench.stats import pareto_front
+from tests.conftest import with_config
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "records"
@@ -110,8 +113,8 @@ def test_warnings_name_what_differs_and_where(records):
     def on_a_gpu(r):
         env = {**r.environment, "device": "NVIDIA H100 80GB HBM3",
                "packages": {**r.environment["packages"], "peft": "0.18.0"}}
-        return r.model_copy(update={"environment": env, "data": {**r.data, "fingerprint": "0000"},
-                                    "config": {**r.config, "suite_version": 2}})
+        return with_config(r, suite_version=2).model_copy(update={
+            "environment": env, "data": r.data.model_copy(update={"fingerprint": "0000"})})
 
     changed = [on_a_gpu(r) if r.run == "qlora" else r for r in records]
     got = warnings(changed)
@@ -152,7 +155,8 @@ def test_config_shows_shared_settings_once_and_differences_per_run(records):
 
 def test_data_notes_count_skipped_and_truncated_rows(records):
     lora = next(r for r in records if r.run == "lora")
-    odd = lora.model_copy(update={"data": {**lora.data, "skipped": {"empty response": 2}, "truncated": 3}})
+    odd = lora.model_copy(update={"data": lora.data.model_copy(update={"skipped": {"empty response": 2},
+                                                                      "truncated": 3})})
     notes = data_notes([odd])
     assert notes == [("suites/../data/smoke.jsonl: 40 train rows, 8 eval rows; skipped 2 (empty response); "
                       "3 truncated to max_seq_len 384 (fingerprint 7bf018eb30ef635b)")]
@@ -172,7 +176,7 @@ def test_csv_has_raw_numbers_and_error_headlines(folder):
 def test_markdown_escapes_free_text(records):
     full = next(r for r in records if r.run == "full")
     tricky = full.model_copy(update={"predictions": [
-        {"prompt": "# heading?\nline two", "reference": "a | b", "prediction": "*x* <b>y</b>\nz `q`"}]})
+        Prediction(prompt="# heading?\nline two", reference="a | b", prediction="*x* <b>y</b>\nz `q`")]})
     md = render_markdown([tricky])
     assert "| full | \\*x\\* \\<b\\>y\\</b\\>↵z \\`q\\` |" in md
     assert "| *reference* | a \\| b |" in md

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from bench.records import load_records
-from bench.report import render_html, write_reports
+from bench.report.html import render_html
+from bench.report.write import write_reports
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "records"
 

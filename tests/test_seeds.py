@@ -6,11 +6,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from bench.compare import Regression, compare
-from bench.compare import render_markdown as compare_markdown
+from bench.compare import compare
 from bench.records import load_records
-from bench.report import render_csv, render_html, render_markdown
+from bench.regression import Regression
 from bench.report.content import doubts, summary_table
+from bench.report.gate import render_markdown as compare_markdown
+from bench.report.html import render_html
+from bench.report.markdown import render_markdown
+from bench.report.write import render_csv
 from bench.rows import multi_seed, seed_groups
 from tests.conftest import ROOT
 from tests.handmade import record, seeded_records
@@ -49,8 +52,8 @@ def test_doubts_list_the_pairs_the_seeds_do_not_support():
     # within each method and differ between them: no spread, so every difference is supported.
     assert doubts(seeded_records()) == ["exact match: full vs lora; lora vs ia3"]
     # One better method level with several worse ones is listed once.
-    records = [r.model_copy(update={"metrics": {**r.metrics, "exact_match": [0.5, 0.0, 1.0][r.config["seed"]]}})
-               if r.config.get("group") == "prompt_tuning" else r for r in seeded_records()]
+    records = [r.model_copy(update={"metrics": {**r.metrics, "exact_match": [0.5, 0.0, 1.0][r.config.seed]}})
+               if r.config.group == "prompt_tuning" else r for r in seeded_records()]
     assert doubts(records) == ["exact match: full vs lora, prompt_tuning; lora vs ia3, prompt_tuning; "
                                "ia3 vs prompt_tuning"]
 
@@ -87,7 +90,7 @@ def test_a_failed_seed_marks_its_row_and_the_rest_still_count():
 def test_compare_uses_group_means_and_shows_their_intervals():
     base = seeded_records()
     worse = [r.model_copy(update={"metrics": {**r.metrics, "exact_match": r.metrics["exact_match"] - 0.1}})
-             if r.config.get("group") == "lora" else r for r in base]
+             if r.config.group == "lora" else r for r in base]
     c = compare(base, worse, Regression())
     row = next(r for r in c.rows if r.run == "lora" and r.metric == "exact_match")
     assert (row.baseline, row.current, row.verdict) == (0.95, 0.85, "regression")

@@ -16,8 +16,8 @@ SUITES = sorted((ROOT / "suites").glob("*.yaml"))
 def test_every_shipped_suite_validates(path):
     suite = load_suite(path)
     runs = suite.resolved_runs()
-    assert runs[0]["method"] == "baseline"
-    assert {r["method"] for r in runs} >= {"full", "lora", "qlora", "prefix_tuning", "prompt_tuning", "p_tuning",
+    assert runs[0].method == "baseline"
+    assert {r.method for r in runs} >= {"full", "lora", "qlora", "prefix_tuning", "prompt_tuning", "p_tuning",
                                            "ia3"}
 
 
@@ -55,13 +55,13 @@ def test_floats_in_exponent_form_and_duplicate_keys(tmp_path):
 
 def test_run_overrides_merge_over_defaults_key_by_key():
     suite = load_suite(ROOT / "suites" / "smoke.yaml")
-    runs = {r["run"]: r for r in suite.resolved_runs()}
-    assert runs["ia3"]["training"]["learning_rate"] == 1e-2
-    assert runs["ia3"]["training"]["batch_size"] == suite.training.batch_size
-    assert runs["lora"]["params"] == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+    runs = {r.run: r for r in suite.resolved_runs()}
+    assert runs["ia3"].training.learning_rate == 1e-2
+    assert runs["ia3"].training.batch_size == suite.training.batch_size
+    assert runs["lora"].params == {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
                                       "use_dora": False}
     assert deep_merge({"a": {"x": 1, "y": 2}, "b": 1}, {"a": {"y": 3}}) == {"a": {"x": 1, "y": 3}, "b": 1}
-    assert len({r["config_hash"] for r in runs.values()}) == len(runs)
+    assert len({r.config_hash for r in runs.values()}) == len(runs)
 
 
 SEEDED = """\
@@ -87,10 +87,10 @@ def seeded_suite(tmp_path, text: str = SEEDED):
 
 def test_seeds_expand_every_run_with_its_group_and_seed(tmp_path):
     runs = load_suite(seeded_suite(tmp_path)).resolved_runs()
-    assert [(r["run"], r["group"], r["seed"], r["training"]["seed"]) for r in runs] == [
+    assert [(r.run, r.group, r.seed, r.training.seed) for r in runs] == [
         (f"{name}@seed{s}", name, s, s) for name in ("baseline", "lora", "ia3-fast") for s in (0, 1, 2)]
-    assert {r["training"]["learning_rate"] for r in runs if r["group"] == "ia3-fast"} == {1e-2}
-    assert len({r["config_hash"] for r in runs}) == 9
+    assert {r.training.learning_rate for r in runs if r.group == "ia3-fast"} == {1e-2}
+    assert len({r.config_hash for r in runs}) == 9
 
 
 def test_a_pretrained_model_gets_one_baseline_under_seeds(tmp_path):
@@ -101,7 +101,7 @@ def test_a_pretrained_model_gets_one_baseline_under_seeds(tmp_path):
     seeded.write_text(text.replace("runs:\n", "seeds: [0, 1]\nruns:\n", 1))
     before, after = load_suite(plain).resolved_runs(), load_suite(seeded).resolved_runs()
     # The untrained model answers greedily: the same under any seed, so one baseline, and the same record as before.
-    assert [r["run"] for r in after][:3] == ["baseline", "full@seed0", "full@seed1"]
+    assert [r.run for r in after][:3] == ["baseline", "full@seed0", "full@seed1"]
     assert after[0] == before[0]
     assert len(after) == 1 + 2 * (len(before) - 1)
 
@@ -109,7 +109,8 @@ def test_a_pretrained_model_gets_one_baseline_under_seeds(tmp_path):
 def test_without_seeds_configs_and_hashes_do_not_change():
     """Stored records and baselines/smoke.json match by config hash: a suite without seeds gains no keys."""
     for cfg in load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs():
-        assert "group" not in cfg and "seed" not in cfg and "@" not in cfg["run"]
+        dumped = cfg.model_dump()
+        assert "group" not in dumped and "seed" not in dumped and "@" not in cfg.run
 
 
 def test_bad_seeds_are_reported_with_their_lines(tmp_path):
@@ -134,6 +135,7 @@ def test_only_a_method_selects_all_its_seeds(tmp_path):
     from bench.runner import plan
 
     suite = load_suite(seeded_suite(tmp_path))
-    assert [p.config["run"] for p in plan(suite, tmp_path / "out", only=["lora"])] == [
+    assert [p.config.run for p in plan(suite.resolved_runs(), tmp_path / "out", only=["lora"])] == [
         "lora@seed0", "lora@seed1", "lora@seed2"]
-    assert [p.config["run"] for p in plan(suite, tmp_path / "out", only=["ia3-fast@seed1"])] == ["ia3-fast@seed1"]
+    assert [p.config.run for p in plan(suite.resolved_runs(), tmp_path / "out", only=["ia3-fast@seed1"])] == [
+        "ia3-fast@seed1"]

@@ -7,13 +7,11 @@ import sys
 
 from bench.records import RunRecord, load_records
 from bench.sweeps import selected, sweeps
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_config
 
 
 def rec(run, group, sweep, val, status="success", seed=None, started="") -> RunRecord:
-    cfg = {"run": run, "group": group, "sweep": sweep} if sweep else {"run": run}
-    if seed is not None:
-        cfg["seed"] = seed
+    cfg = make_config(run, group, **({"group": group, "sweep": sweep} if sweep else {}), seed=seed)
     metrics = {"validation_loss": val, "exact_match": 1 - val} if status == "success" else {}
     return RunRecord(suite="s", run=run, method=group, status=status, config=cfg, config_hash="x", metrics=metrics,
                      started_at=started)
@@ -65,7 +63,7 @@ runs:
     records = {r.run: r for r in load_records(tmp_path / "out")}
     assert sorted(records) == ["ia3", "lora@lr=0.0001", "lora@lr=0.01"]
     # The same held-out rows for every run, swept or not; eval untouched.
-    assert {(r.data["train_rows"], r.data["validation_rows"], r.data["eval_rows"]) for r in records.values()} == \
+    assert {(r.data.train_rows, r.data.validation_rows, r.data.eval_rows) for r in records.values()} == \
         {(36, 4, 4)}
     (s,) = sweeps(list(records.values()))
     losses = {p.values["learning_rate"]: p.validation_loss for p in s.points}

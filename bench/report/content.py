@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
+from bench.metrics import format_value, metric
 from bench.recommend import Explanation, explain, recommend
-from bench.records import RunRecord, error_headline, format_value, metric
+from bench.records import ENVIRONMENT_KEYS, RunRecord, environment_signature, error_headline
 from bench.report.plots import MARKERS, PALETTE, pareto_front
 from bench.rows import (
-    Group, baseline, best, cell, columns, group_cell, group_columns, group_rows, interval_text, labels,
-    multi_seed, ordered, score_names, seed_groups, summary_rows, unsupported,
+    Group,
+    baseline,
+    best,
+    cell,
+    columns,
+    group_cell,
+    group_columns,
+    group_rows,
+    interval_text,
+    labels,
+    multi_seed,
+    ordered,
+    score_names,
+    seed_groups,
+    summary_rows,
+    unsupported,
 )
+from bench.util import flatten
 
 TEXT_COLUMNS = ("run", "method", "merge", "status")
 EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
@@ -129,16 +145,6 @@ def plain(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def groups(values: list[tuple[str, str]]) -> dict[str, list[str]]:
     """(run, value) pairs to value -> runs, in first-seen order."""
     out: dict[str, list[str]] = {}
@@ -169,79 +175,75 @@ def base_group(groups: list[Group]) -> Group | None:
     return next((g for g in groups if g.method == "baseline" and g.status == "success"), None)
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """One row of the summary table, whether a run or a suite entry over seeds."""
+
+    label: str
+    method: str
+    text: Callable[[str], str]  # a column's text
+    base_note: Callable[[str], str | None]  # the baseline's value beside a score, where there is one
+    tried_merge: bool  # a run that never finished never tried to merge: "-", not its missing status
+
+
 def summary_table(records: list[RunRecord]) -> Table:
     if multi_seed(records):
-        return group_table(records)
-    rows = summary_rows(records)
-    recs = ordered(records)
-    names = labels(records)
-    base = baseline(records)
+        groups = seed_groups(records)
+        rows, cols = group_rows(groups, records), group_columns(records)
+        base = base_group(groups)
+
+        def entry(g: Group, row: dict[str, Any]) -> _Entry:
+            def note(name: str) -> str | None:
+                if base is None or g is base or base.summary(name) is None:
+                    return None
+                return f"base {interval_text(name, base.summary(name))}"
+            return _Entry(g.name, g.method, lambda name: group_cell(name, row), note, bool(g.ok))
+
+        return _table(rows, cols, [entry(g, row) for g, row in zip(groups, rows)])
+    rows, names, base = summary_rows(records), labels(records), baseline(records)
+
+    def run_entry(rec: RunRecord, row: dict[str, Any]) -> _Entry:
+        def note(name: str) -> str | None:
+            if base is None or rec is base or base.metrics.get(name) is None:
+                return None
+            return f"base {format_value(name, base.metrics[name])}"
+        return _Entry(names[id(rec)], rec.method, lambda name: cell(name, row.get(name)), note,
+                      rec.ok or rec.merge is not None)
+
+    return _table(rows, columns(records), [run_entry(r, row) for r, row in zip(ordered(records), rows)])
+
+
+def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: list[_Entry]) -> Table:
     # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
-    cols = [(n, h) for n, h in columns(records) if n not in ("method", "trainable_pct")]
+    cols = [(n, h) for n, h in columns if n not in ("method", "trainable_pct")]
     renamed = {"run": "run / method", "trainable_params": "trainable params"}
-    headers = [renamed.get(n, h) for n, h in cols]
     marks = _marks(rows, cols)
     out = []
-    for rec, row in zip(recs, rows):
+    for e, row in zip(entries, rows):
         ok = row["status"] == "success"
-        trained_ok = ok and row["method"] != "baseline"
         cells = []
         for name, _ in cols:
             value = row.get(name)
-            text = names[id(rec)] if name == "run" else cell(name, value)
-            if name == "merge" and not ok and not rec.merge:
-                text = "-"  # a run that never finished never tried to merge; "?" would suggest a lost result
-            note = None
-            if name == "run" and rec.method != rec.run:
-                note = rec.method
-            elif name == "trainable_params" and row.get("trainable_pct") is not None:
-                note = f"{cell('trainable_pct', row['trainable_pct'])}%"
-            elif (metric(name).kind == "score" and base is not None and rec is not base and value is not None
-                    and name not in TEXT_COLUMNS and base.metrics.get(name) is not None):
-                note = f"base {format_value(name, base.metrics[name])}"
-            is_best = trained_ok and name in marks and marks[name] is not None and value == marks[name]
-            cells.append(Cell(text, is_best, note))
-        out.append(Row(cells, ok))
-    return Table(headers, [n not in TEXT_COLUMNS for n, _ in cols], out)
-
-
-def group_table(records: list[RunRecord]) -> Table:
-    """With seeds: one row per suite entry, means of costs and mean ± interval half-width of scores."""
-    groups = seed_groups(records)
-    rows = group_rows(groups, records)
-    base = base_group(groups)
-    cols = [(n, h) for n, h in group_columns(records) if n not in ("method", "trainable_pct")]
-    renamed = {"run": "run / method", "trainable_params": "trainable params"}
-    headers = [renamed.get(n, h) for n, h in cols]
-    marks = _marks(rows, cols)
-    out = []
-    for g, row in zip(groups, rows):
-        ok = row["status"] == "success"
-        trained_ok = ok and g.method != "baseline"
-        cells = []
-        for name, _ in cols:
-            value = row.get(name)
-            text = g.name if name == "run" else group_cell(name, row)
-            if name == "merge" and not g.ok:
+            text = e.label if name == "run" else e.text(name)
+            if name == "merge" and not e.tried_merge:
                 text = "-"
             note = None
-            if name == "run" and g.method != g.name:
-                note = g.method
+            if name == "run" and e.method != e.label:
+                note = e.method
             elif name == "trainable_params" and row.get("trainable_pct") is not None:
                 note = f"{cell('trainable_pct', row['trainable_pct'])}%"
-            elif (metric(name).kind == "score" and base is not None and g is not base and value is not None
-                    and base.summary(name) is not None):
-                note = f"base {interval_text(name, base.summary(name))}"
-            is_best = trained_ok and marks.get(name) is not None and value == marks[name]
+            elif metric(name).kind == "score" and value is not None and name not in TEXT_COLUMNS:
+                note = e.base_note(name)
+            is_best = ok and e.method != "baseline" and marks.get(name) is not None and value == marks[name]
             cells.append(Cell(text, is_best, note))
         out.append(Row(cells, ok))
-    return Table(headers, [n not in TEXT_COLUMNS for n, _ in cols], out)
+    return Table([renamed.get(n, h) for n, h in cols], [n not in TEXT_COLUMNS for n, _ in cols], out)
 
 
 def doubts(records: list[RunRecord]) -> list[str]:
     """Per score, the pairs of methods whose difference in mean the seeds do not support (Welch's t-test), each
     better mean first with every worse one it is level with: "full vs lora, ia3; lora vs ia3" (the values are in
-    the table; seven methods make up to 21 pairs)."""
+    the table; twelve methods make up to 66 pairs)."""
     groups = seed_groups(records)
     out = []
     for name in [n for n, _ in group_columns(records) if metric(n).kind == "score"]:
@@ -316,15 +318,11 @@ def examples(records: list[RunRecord], n: int = EXAMPLES) -> list[Example]:
     for first in with_preds[0].predictions[:n]:
         answers = []
         for r in with_preds:
-            hit = next((p for p in r.predictions if p.get("prompt") == first.get("prompt")), None)
+            hit = next((p for p in r.predictions if p.prompt == first.prompt), None)
             if hit is not None:
-                answers.append((names[id(r)], str(hit.get("prediction", ""))))
-        out.append(Example(str(first.get("prompt", "")), str(first.get("reference", "")), answers))
+                answers.append((names[id(r)], hit.prediction))
+        out.append(Example(first.prompt, first.reference, answers))
     return out
-
-
-# Environment fields that make costs or scores incomparable when they differ between records.
-COMPARABLE_ENV = ("device", "python", "git.commit")
 
 
 def _env(r: RunRecord) -> dict[str, str]:
@@ -356,23 +354,22 @@ def warnings(records: list[RunRecord]) -> list[str]:
     recs = ordered(records)
     check("suite", [(names[id(r)], str(r.suite)) for r in recs],
           "Runs of different suites are side by side.")
-    check("suite version", [(names[id(r)], plain(r.config.get("suite_version"))) for r in recs],
+    check("suite version", [(names[id(r)], plain(r.config.suite_version)) for r in recs],
           "The suite changed between these runs.")
-    check("model", [(names[id(r)], plain(flatten(r.config.get("model", {})))) for r in recs],
+    check("model", [(names[id(r)], plain(flatten(r.stored_config.get("model", {})))) for r in recs],
           "Scores of different base models do not compare.")
-    check("dataset fingerprint", [(names[id(r)], r.data["fingerprint"]) for r in recs
-                                  if r.data.get("fingerprint")], "The runs saw different data.")
-    with_env = [r for r in recs if r.environment]
-    env_keys = list(COMPARABLE_ENV) + sorted({k for r in with_env for k in _env(r) if k.startswith("packages.")})
-    for key in env_keys:
-        check(key.removeprefix("packages.") if key.startswith("packages.") else key,
-              [(names[id(r)], _env(r).get(key, "-")) for r in with_env],
+    check("dataset fingerprint", [(names[id(r)], r.data.fingerprint) for r in recs
+                                  if r.data and r.data.fingerprint], "The runs saw different data.")
+    signatures = [(r, environment_signature(r)) for r in recs if r.environment]
+    keys = {k for _, sig in signatures for k in sig}
+    for key in [k for k in ENVIRONMENT_KEYS if k in keys] + sorted(k for k in keys if k.startswith("packages.")):
+        check(key.removeprefix("packages."), [(names[id(r)], sig.get(key, "absent")) for r, sig in signatures],
               "Costs and scores may not compare like with like.")
     if records and baseline(records) is None:
         out.append("No successful baseline run: scores have no untrained reference beside them.")
     for suite in dict.fromkeys(r.suite for r in recs):
         trained = [r for r in recs if r.suite == suite and r.method != "baseline"]
-        single = [names[id(r)] for r in trained if "group" not in r.config]
+        single = [names[id(r)] for r in trained if r.config.group is None]
         if single and len(single) < len(trained):
             out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "
                        "before the suite had seeds stay in the folder until removed; each shows as a row of its own.")
@@ -383,7 +380,8 @@ def config_sections(records: list[RunRecord]) -> tuple[list[tuple[str, str]], li
     """The settings every run shares, then per run its params and whatever else differs from the rest."""
     names = labels(records)
     recs = ordered(records)
-    flat = [{k: v for k, v in flatten(r.config).items() if k not in ("run", "method", "config_hash")} for r in recs]
+    flat = [{k: v for k, v in flatten(r.stored_config).items() if k not in ("run", "method", "config_hash")}
+            for r in recs]
     keys: list[str] = []
     for f in flat:
         keys += [k for k in f if k not in keys]
@@ -404,14 +402,12 @@ def data_notes(records: list[RunRecord]) -> list[str]:
 
     def describe(r: RunRecord) -> str:
         d = r.data
-        skipped = d.get("skipped") or {}
-        text = f"{d.get('source', '?')}: {d.get('train_rows', '?')} train rows, {d.get('eval_rows', '?')} eval rows"
-        text += ("; skipped " + ", ".join(f"{n} ({why})" for why, n in skipped.items())) if skipped \
+        text = f"{d.source}: {d.train_rows} train rows, {d.eval_rows} eval rows"
+        text += ("; skipped " + ", ".join(f"{n} ({why})" for why, n in d.skipped.items())) if d.skipped \
             else "; none skipped"
-        max_len = r.config.get("training", {}).get("max_seq_len")
-        text += f"; {d.get('truncated', 0)} truncated to max_seq_len {max_len}" if d.get("truncated") \
-            else "; none truncated"
-        return text + (f" (fingerprint {d['fingerprint']})" if d.get("fingerprint") else "")
+        max_len = r.config.training.max_seq_len
+        text += f"; {d.truncated} truncated to max_seq_len {max_len}" if d.truncated else "; none truncated"
+        return text + (f" (fingerprint {d.fingerprint})" if d.fingerprint else "")
 
     g = groups([(names[id(r)], describe(r)) for r in recs if r.data])
     for text, runs in g.items():

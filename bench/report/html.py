@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from bench.records import RunRecord, format_value
+from bench.metrics import format_value
+from bench.records import RunRecord
 from bench.report import plots
 from bench.report.content import RECOMMEND_HINT, Report, Tradeoff, build
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 
-from bench.records import RunRecord, format_value
-from bench.report.content import RECOMMEND_HINT, Table, build
+from bench.metrics import format_value
+from bench.records import RunRecord
+from bench.report.content import RECOMMEND_HINT, Report, Table, build
 
 # What Markdown would read as formatting, a link, a tag or a table border inside free text. Underscores inside
 # words (prompt_tuning) and brackets that start no link stay as they are, so the raw file reads cleanly too.
@@ -52,7 +53,15 @@ def render_markdown(records: list[RunRecord]) -> str:
              "Plots are in report.html beside this file."), ""]
     if rep.warnings:
         out += ["## Warnings", ""] + [f"- {escape(w)}" for w in rep.warnings] + [""]
-    out += ["## Summary", ""] + summary(rep.summary) + [""]
+    for section in (_summary, _tradeoffs, _sweeps, _recommendation, _failures, _examples, _environment, _config):
+        out += section(rep)
+    if rep.data_notes:
+        out += ["## Data", ""] + [f"- {escape(n)}" for n in rep.data_notes] + [""]
+    return "\n".join(out)
+
+
+def _summary(rep: Report) -> list[str]:
+    out = ["## Summary", ""] + summary(rep.summary) + [""]
     out += ["**Bold**: " + " ".join(rep.summary_notes), ""]
     if rep.intervals:
         out += [escape(" ".join(rep.intervals)), ""]
@@ -61,63 +70,82 @@ def render_markdown(records: list[RunRecord]) -> str:
         else:
             out.append("The seeds support every difference in mean score between the finished methods.")
         out.append("")
+    return out
 
-    if rep.tradeoffs:
-        out += [f"## Cost against {escape(rep.score or '')}", "",
-                "The Pareto front holds the runs no other run beats on both cost and score.", ""]
-        for t in rep.tradeoffs:
-            front = ", ".join(f"{escape(p.run)} ({format_value(t.name, p.x)}, {format_value(t.score, p.y)})"
-                              for p in t.front)
-            out.append(f"- {escape(t.y_label)} vs {escape(t.x_label)}: {front}")
-        out.append("")
 
-    if rep.sweeps:
-        out += ["## Sweeps", "", ("Each swept run trained once per value; the value with the lowest loss on rows held "
-                                  "out of train (validation) is the one the summary shows. Eval scores are shown, "
-                                  "never used to choose."), ""]
-        for head, rows in rep.sweeps:
-            out += [f"**{escape(head)}**", ""]
-            out += table(["value", "seeds", "validation loss", escape(rep.score or "score"), ""],
-                         [[escape(v), n, loss, sc, "chosen" if c else ""] for v, n, loss, sc, c in rows]) + [""]
+def _tradeoffs(rep: Report) -> list[str]:
+    if not rep.tradeoffs:
+        return []
+    out = [f"## Cost against {escape(rep.score or '')}", "",
+           "The Pareto front holds the runs no other run beats on both cost and score.", ""]
+    for t in rep.tradeoffs:
+        front = ", ".join(f"{escape(p.run)} ({format_value(t.name, p.x)}, {format_value(t.score, p.y)})"
+                          for p in t.front)
+        out.append(f"- {escape(t.y_label)} vs {escape(t.x_label)}: {front}")
+    return out + [""]
 
-    if rep.recommendation:
-        r = rep.recommendation
-        out += ["## Recommendation", "", f"**{escape(r.headline)}**", ""]
-        if r.reason:
-            out += [escape(r.reason), ""]
-        if r.details:
-            out += [f"- {escape(d)}" for d in r.details] + [""]
-        out += [RECOMMEND_HINT, ""]
 
-    if rep.failures:
-        out += ["## Runs that did not finish", ""]
-        for f in rep.failures:
-            out += [f"### {escape(f.run)} ({escape(f.method)}): {f.status} at step {f.last_step}", "",
-                    escape(f.headline), ""]
-            out += fenced(f.detail) + [""]
+def _sweeps(rep: Report) -> list[str]:
+    if not rep.sweeps:
+        return []
+    out = ["## Sweeps", "", ("Each swept run trained once per value; the value with the lowest loss on rows held "
+                             "out of train (validation) is the one the summary shows. Eval scores are shown, "
+                             "never used to choose."), ""]
+    for head, rows in rep.sweeps:
+        out += [f"**{escape(head)}**", ""]
+        out += table(["value", "seeds", "validation loss", escape(rep.score or "score"), ""],
+                     [[escape(v), n, loss, sc, "chosen" if c else ""] for v, n, loss, sc, c in rows]) + [""]
+    return out
 
-    if rep.examples:
-        out += ["## Example predictions", "",
-                (f"The first {len(rep.examples)} evaluation examples, answers exactly as generated "
-                 "(↵ marks a newline)."),
-                ""]
-        for i, ex in enumerate(rep.examples, 1):
-            out += [f"**Example {i}.**", ""] + [f"> {escape(line)}" if line else ">"
-                                                 for line in ex.prompt.splitlines()] + [""]
-            rows = [["*reference*", escape(ex.reference)]] + [[escape(run), escape(p)] for run, p in ex.answers]
-            out += table(["run", "answer"], rows) + [""]
 
-    if rep.environment:
-        env = [[escape(k), escape(v)] for k, v in rep.environment]
-        out += ["## Environment", ""] + table(["field", "value"], env) + [""]
+def _recommendation(rep: Report) -> list[str]:
+    r = rep.recommendation
+    if not r:
+        return []
+    out = ["## Recommendation", "", f"**{escape(r.headline)}**", ""]
+    if r.reason:
+        out += [escape(r.reason), ""]
+    if r.details:
+        out += [f"- {escape(d)}" for d in r.details] + [""]
+    return out + [RECOMMEND_HINT, ""]
 
-    if rep.config_runs:
-        out += ["## Suite config", "", "Settings every run shares:", ""]
-        out += table(["setting", "value"], [[escape(k), escape(v)] for k, v in rep.config_common]) + [""]
-        out += ["What each run sets on top:", ""]
-        out += table(["run", "params", "other settings"], [[escape(a), escape(b), escape(c)]
+
+def _failures(rep: Report) -> list[str]:
+    if not rep.failures:
+        return []
+    out = ["## Runs that did not finish", ""]
+    for f in rep.failures:
+        out += [f"### {escape(f.run)} ({escape(f.method)}): {f.status} at step {f.last_step}", "",
+                escape(f.headline), ""]
+        out += fenced(f.detail) + [""]
+    return out
+
+
+def _examples(rep: Report) -> list[str]:
+    if not rep.examples:
+        return []
+    out = ["## Example predictions", "",
+           f"The first {len(rep.examples)} evaluation examples, answers exactly as generated (↵ marks a newline).", ""]
+    for i, ex in enumerate(rep.examples, 1):
+        out += [f"**Example {i}.**", ""] + [f"> {escape(line)}" if line else ">"
+                                             for line in ex.prompt.splitlines()] + [""]
+        rows = [["*reference*", escape(ex.reference)]] + [[escape(run), escape(p)] for run, p in ex.answers]
+        out += table(["run", "answer"], rows) + [""]
+    return out
+
+
+def _environment(rep: Report) -> list[str]:
+    if not rep.environment:
+        return []
+    env = [[escape(k), escape(v)] for k, v in rep.environment]
+    return ["## Environment", ""] + table(["field", "value"], env) + [""]
+
+
+def _config(rep: Report) -> list[str]:
+    if not rep.config_runs:
+        return []
+    out = ["## Suite config", "", "Settings every run shares:", ""]
+    out += table(["setting", "value"], [[escape(k), escape(v)] for k, v in rep.config_common]) + [""]
+    out += ["What each run sets on top:", ""]
+    return out + table(["run", "params", "other settings"], [[escape(a), escape(b), escape(c)]
                                                              for a, b, c in rep.config_runs]) + [""]
-
-    if rep.data_notes:
-        out += ["## Data", ""] + [f"- {escape(n)}" for n in rep.data_notes] + [""]
-    return "\n".join(out)

@@ -34,11 +34,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")
-def smoke_runs() -> dict[str, dict]:
+def smoke_runs() -> dict:
     """The smoke suite's resolved run configs by run name (tiny-llama preset, the smoke data)."""
     from bench.suite import load_suite
 
-    return {c["run"]: c for c in load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs()}
+    return {c.run: c for c in load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs()}
 
 
 @pytest.fixture(scope="session")
@@ -48,9 +48,9 @@ def tokenized(smoke_runs):
     from bench import models as M
 
     cfg = smoke_runs["baseline"]
-    tokenizer = M.load_tokenizer(cfg["model"], None)
-    train_ex, eval_ex, report = D.load_examples(cfg["dataset"], max_eval=cfg["eval"]["max_examples"])
-    features = D.tokenize(train_ex, tokenizer, cfg["training"]["max_seq_len"], cfg["dataset"], report, report.source)
+    tokenizer = M.load_tokenizer(cfg.model, None)
+    train_ex, eval_ex, report = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
+    features = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, report, report.source)
     return features, eval_ex, tokenizer
 
 

@@ -6,22 +6,23 @@ import pytest
 import torch
 
 from bench import evaluation as E
-from bench.worker import build
+from bench.device import Place
+from bench.load import build
 from methods import METHODS
 
 
 @pytest.mark.parametrize("run", ["baseline", "lora", "prompt_tuning"])
 def test_generate(benchmark, run, smoke_runs, tokenized, cpu):
     cfg = smoke_runs[run]
-    method = METHODS.get(cfg["method"])
+    method = METHODS.get(cfg.method)
     _, eval_ex, tokenizer = tokenized
-    model = build(cfg, method, None, cpu, torch.float32)
-    ev = cfg["eval"]
+    model = build(cfg, None, Place(cpu, torch.float32), method)
+    ev = cfg.eval
     pad_free = method is not None and not method.left_pad_safe
     cached = method is None or method.kv_cache_generate
 
     def generate():
-        return E.generate(model, tokenizer, eval_ex, ev["batch_size"], 16, cpu, pad_free, cached)
+        return E.generate(model, tokenizer, eval_ex, ev.batch_size, 16, cpu, pad_free, cached)
 
     gens = benchmark.pedantic(generate, rounds=10, warmup_rounds=1, iterations=1)
     assert gens.new_tokens > 0 and len(gens.predictions) == len(eval_ex)

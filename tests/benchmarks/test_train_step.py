@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from bench import data as D
+from bench.config import Budget
+from bench.device import Place
+from bench.load import build
 from bench.train import train
-from bench.worker import build
 from methods import METHODS
 
 STEPS = 5  # steps per timed call: enough to amortise the optimiser's creation, few enough for many rounds
@@ -18,18 +20,18 @@ STEPS = 5  # steps per timed call: enough to amortise the optimiser's creation, 
 @pytest.mark.parametrize("run", list(METHODS))
 def test_train_steps(benchmark, run, smoke_runs, tokenized, cpu):
     cfg = smoke_runs[run]
-    method = METHODS[cfg["method"]]
+    method = METHODS[cfg.method]
     features, _, tokenizer = tokenized
-    tr = cfg["training"]
-    torch.manual_seed(tr["seed"])
-    model = build(cfg, method, None, cpu, torch.float32)
-    packed = tr["packing"] and method.packable
+    tr = cfg.training
+    torch.manual_seed(tr.seed)
+    model = build(cfg, None, Place(cpu, torch.float32), method)
+    packed = tr.packing and method.packable
     # The same few batches every round: the timing then depends on the code, not on which batches came up.
-    batches = list(islice(D.batches(features, tr["batch_size"], tr["seed"], tokenizer.pad_token_id, packed,
-                                     tr["epochs"]), STEPS))
+    batches = list(islice(D.batches(features, tr.batch_size, tr.seed, tokenizer.pad_token_id, packed, tr.epochs),
+                          STEPS))
 
     def steps():
-        return train(model, iter(batches), tr, {"max_steps": STEPS}, STEPS, cpu)
+        return train(model, iter(batches), tr, Budget(max_steps=STEPS), STEPS, cpu)
 
     result = benchmark.pedantic(steps, rounds=10, warmup_rounds=2, iterations=1)
     assert result.steps == STEPS and all(torch.isfinite(torch.tensor(p["loss"])) for p in result.curve)

@@ -1,0 +1,243 @@
+"""The typed settings of a run: the pieces a suite is written in, and `RunConfig`, one run fully resolved.
+
+A `RunConfig` goes from the suite to the run's `config.json`, into the worker, and back into the run's record
+unchanged; its JSON form (and so its hash) keeps only what a run sets, so a suite gains a field without every
+stored record going stale. Schema only: no torch, no PEFT, nothing that loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    create_model,
+    model_serializer,
+    model_validator,
+)
+
+from bench.regression import Regression
+
+BASELINE = "baseline"  # the run name and method of the untrained base model
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _WithoutNones(Strict):
+    """Serialises without its unset (None) fields: the record holds what was given, nothing more."""
+
+    @model_serializer(mode="wrap")
+    def _drop_nones(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ModelSpec(_WithoutNones):
+    """Where the base model comes from: exactly one of hub, path, gguf, preset or config."""
+
+    hub: str | None = None
+    revision: str | None = None
+    path: str | None = None
+    gguf: str | None = None
+    package: str | None = Field(None, description="installed Python distribution that holds the gguf file")
+    preset: str | None = None
+    config: dict[str, Any] | None = None
+    tokenizer: str | None = Field(None, description="tokenizer folder or Hub id; presets default to a byte tokenizer")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("hub", "path", "gguf", "preset", "config") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of hub, path, gguf, preset, config (got {given or 'none'})")
+        if self.revision is not None and self.hub is None:
+            raise ValueError("revision only applies to a hub model")
+        if self.package is not None and self.gguf is None:
+            raise ValueError("package only applies to a gguf model")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("hub", "path", "gguf", "preset", "config") if getattr(self, k) is not None)
+
+
+class DatasetSpec(_WithoutNones):
+    """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response or chat messages."""
+
+    path: str | None = None
+    hub: str | None = None
+    subset: str | None = Field(None, description="Hub dataset configuration name")
+    split: str = "train"
+    eval_path: str | None = None
+    eval_split: str | None = None
+    eval_size: PositiveFloat = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
+    prompt: str = "prompt"
+    response: str = "response"
+    messages: str | None = None
+    system: str | None = None
+    max_examples: PositiveInt | None = None
+    validation_size: PositiveFloat | None = Field(
+        None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
+        "run has a sweep")
+    seed: int = 0
+    on_bad_row: Literal["error", "skip"] = "error"
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of path or hub")
+        if self.eval_path is not None and self.eval_split is not None:
+            raise ValueError("give at most one of eval_path or eval_split")
+        return self
+
+
+class Budget(_WithoutNones):
+    """The one budget that binds every method alike."""
+
+    max_steps: PositiveInt | None = None
+    max_tokens: PositiveInt | None = None
+    max_seconds: PositiveFloat | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        given = [k for k in ("max_steps", "max_tokens", "max_seconds") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of max_steps, max_tokens, max_seconds (got {given or 'none'})")
+        return self
+
+
+Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+class Distributed(Strict):
+    """One run across several processes, started by `accelerate launch`: DDP without a config file; with one,
+    whatever it sets up (FSDP, several machines)."""
+
+    num_processes: PositiveInt = Field(description="processes in all, across machines (accelerate's num_processes)")
+    config: str | None = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
+                               "to the suite file")
+
+
+class Training(Strict):
+    learning_rate: PositiveFloat = 2e-4
+    batch_size: PositiveInt = 4
+    grad_accum: PositiveInt = 1
+    max_seq_len: PositiveInt = 512
+    epochs: PositiveFloat = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
+    seed: int = 0
+    scheduler: Scheduler = "linear"
+    warmup_ratio: NonNegativeFloat = 0.0
+    weight_decay: NonNegativeFloat = 0.0
+    max_grad_norm: PositiveFloat | None = 1.0
+    precision: Precision = "auto"
+    packing: bool = Field(True, description="pack examples padding-free where the method allows it")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, about a third more compute")
+    save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
+    timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
+    distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
+
+    @model_serializer(mode="wrap")
+    def _without_distributed(self, handler):
+        # Without `distributed` nothing is added to the config, so its hash (and every stored record) stays valid.
+        out = handler(self)
+        if out.get("distributed") is None:
+            out.pop("distributed", None)
+        return out
+
+
+def overrides_of(model: type[Strict], name: str) -> type[Strict]:
+    """The same fields, each optional with no default: a run's overrides of the suite's settings, where whatever a
+    run leaves unset falls back to the suite's."""
+    fields: dict[str, Any] = {}
+    for key, f in model.model_fields.items():
+        annotation = Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+        fields[key] = (Optional[annotation], Field(None, description=f.description))
+    return create_model(name, __base__=Strict, __doc__=f"Per-run overrides of {model.__name__}.", **fields)
+
+
+TrainingOverrides = overrides_of(Training, "TrainingOverrides")
+
+
+class ResolvedDistributed(Distributed):
+    # The accelerate config file's content is part of the run: editing it reruns the run.
+    config_sha256: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_hash(self, handler):
+        return {k: v for k, v in handler(self).items() if k != "config_sha256" or v is not None}
+
+
+class ResolvedTraining(Training):
+    """A run's training settings once resolved: the accelerate config file's path is absolute and its hash known."""
+
+    distributed: ResolvedDistributed | None = None
+
+
+class Eval(Strict):
+    enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
+    forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
+                                   "the bundled corpus, a path a text file of paragraphs, false skips it")
+    max_examples: PositiveInt = 50
+    batch_size: PositiveInt = 16
+    max_new_tokens: PositiveInt = 32
+    metrics: list[str] = ["exact_match", "token_f1", "rouge_l"]
+    extract: str | None = Field(None, description="regex whose first group is the answer to score")
+    keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
+
+
+class RunConfig(Strict):
+    """One run, fully resolved: what the worker runs and what its record stores. Paths are absolute; the method's
+    defaults are merged into `params`; `config_hash` identifies what the run computes (tolerances excluded)."""
+
+    suite: str
+    suite_version: int | str
+    run: str
+    group: str | None = None  # the suite entry of a seed or sweep point
+    seed: int | None = None  # with the suite's `seeds`
+    sweep: dict[str, Any] | None = None  # the values this sweep point sets
+    method: str
+    method_version: int = 0
+    params: dict[str, Any] = {}
+    model: ModelSpec
+    dataset: DatasetSpec
+    budget: Budget
+    training: ResolvedTraining
+    eval: Eval
+    regression: Regression = Regression()
+    config_hash: str = ""
+
+    @model_serializer(mode="wrap")
+    def _without_unused(self, handler):
+        # Without seeds or sweeps nothing is added, so config hashes (and every stored record) stay valid.
+        return {k: v for k, v in handler(self).items() if v is not None or k not in ("group", "seed", "sweep")}
+
+    @property
+    def trains(self) -> bool:
+        return self.method != BASELINE
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the run goes through `accelerate launch`; the baseline trains nothing and runs in one process."""
+        return self.training.distributed is not None and self.trains
+
+    def hashed(self) -> RunConfig:
+        """This config with its config_hash set."""
+        return self.model_copy(update={"config_hash": config_hash(self)})
+
+
+# Not part of what a run computes: changing a regression tolerance must not rerun anything.
+_NOT_HASHED = ("config_hash", "regression")
+
+
+def config_hash(config: RunConfig) -> str:
+    body = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_HASHED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

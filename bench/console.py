@@ -1,0 +1,15 @@
+"""The terminal: one rich console for output and one for errors, and the exit codes every command uses."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+# Wide enough for the summary table when output goes to a file or CI log (rich assumes 80 columns there).
+_width = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, width=_width)
+err = Console(stderr=True, highlight=False, width=_width)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED = 130

@@ -1,0 +1,64 @@
+"""Where a run computes: its device and precision, chosen once per process, and the autocast every stage uses."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from bench.config import Precision
+
+if TYPE_CHECKING:
+    from bench.distributed import Ranks
+
+
+def pick_device() -> torch.device:
+    wanted = os.environ.get("BENCH_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(precision: Precision, device: torch.device) -> torch.dtype:
+    """bf16 where the device computes it natively (CUDA with bf16 tensor cores), else fp32: emulated bf16 (a CPU
+    without it, or a pre-Ampere GPU, where torch emulates it) is many times slower, not faster."""
+    if precision == "auto":
+        native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
+    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+
+
+@dataclass(frozen=True)
+class Place:
+    """The device and compute dtype of this process; `ranks` when it is one of a distributed run's processes."""
+
+    device: torch.device
+    dtype: torch.dtype
+    ranks: Ranks | None = None
+
+    @classmethod
+    def create(cls, precision: Precision, ranks: Ranks | None = None) -> Place:
+        device = ranks.device if ranks else pick_device()
+        return cls(device, pick_dtype(precision, device), ranks)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes progress, checkpoints and the record."""
+        return self.ranks is None or self.ranks.main
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        """Compute in the run's dtype; fp32 needs no autocast."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def synchronize(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)

@@ -1,0 +1,61 @@
+"""Model FLOPs of a training step, counted per layer, and device peaks: what model FLOPs utilisation (MFU) divides."""
+
+from __future__ import annotations
+
+import torch
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), in FLOP/s.
+BF16_PEAK = {
+    "H100": 989e12,  # SXM; the PCIe card is 756e12
+    "H200": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10G": 70e12,
+    "L4": 121e12,
+}
+
+# PEFT's own modules: their matrices are adapters or frozen copies, not the base model's.
+_NOT_BASE = {"original_module", "prompt_encoder"}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    if "H100" in name and "PCIe" in name:
+        return 756e12
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+def matmul_flops_per_token(model: torch.nn.Module) -> int:
+    """FLOPs of every linear layer for one token of one training step: 2·in·out forward, 2·in·out for the input
+    gradient, and 2·in·out more for the weight gradient only where the weight trains (so LoRA's frozen base costs
+    4·in·out, full fine-tuning 6·in·out: the usual 6N). Embedding lookups are not matrix multiplies; a tied
+    output head is an nn.Linear and is counted. 4-bit layers count at their logical shape."""
+    total = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or _NOT_BASE & set(name.split(".")):
+            continue
+        trains = module.weight.requires_grad
+        total += (6 if trains else 4) * module.in_features * module.out_features
+    return total
+
+
+def attention_flops(model: torch.nn.Module, attention_pairs: int) -> int:
+    """Causal attention scores and weighted sum: per layer, QKᵀ and AV each cost d·s² forward (half of 2·d·s², the
+    causal half), twice that backward: 6·d·s² for a sequence of s tokens, with d = heads x head size. Packed
+    examples count separately (they do not attend to each other). Virtual tokens of prompt-learning methods are
+    left out."""
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    heads = getattr(config, "num_attention_heads", None)
+    if not layers or not heads:
+        return 0
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 6 * layers * heads * head_dim * attention_pairs
+
+
+def train_flops(model: torch.nn.Module, real_tokens: int, attention_pairs: int) -> float:
+    """Model FLOPs of training on `real_tokens` tokens (padding is waste, not work; recomputation under gradient
+    checkpointing is not counted, as in PaLM's MFU)."""
+    return float(matmul_flops_per_token(model) * real_tokens + attention_flops(model, attention_pairs))

@@ -1,0 +1,142 @@
+"""One `bench run` of a suite: check the data once, plan what to run, run it over the slots with progress on the
+terminal, then the summary table and the reports. `bench perf` runs its suite through the same call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import runner
+from bench.config import RunConfig
+from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
+from bench.records import RunRecord, error_headline, load_records
+from bench.suite import Suite
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to run a suite, as `bench run`'s flags say."""
+
+    output: Path | None = None  # default: the suite's output folder
+    force: bool = False
+    only: tuple[str, ...] = ()
+    devices: str | None = None  # --devices as given; None runs one at a time
+    report: bool = True
+
+    @property
+    def slots(self) -> list[runner.Slot | None]:
+        return runner.parse_devices(self.devices) if self.devices else [None]
+
+
+def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
+    """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not a failed
+    record per run. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
+    from bench import models as M
+    from bench.data import DataError, load_examples, tokenize
+
+    cfg = configs[0]
+    tightest = min(configs, key=lambda r: r.training.max_seq_len)
+    max_seq_len = tightest.training.max_seq_len
+    # A per-run override is the one to change; name the run that has it.
+    who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest.run}: "
+    try:
+        train, evals, report = load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
+        # Resolving a GGUF converts it here, once, instead of in the first run.
+        folder, _ = M.resolve(cfg.model)
+        tokenizer = M.load_tokenizer(cfg.model, folder)
+    except (DataError, M.ModelSourceError) as e:
+        return str(e)
+    for part, examples in (("train", train), ("eval", evals)):
+        try:
+            kept = tokenize(examples, tokenizer, max_seq_len, cfg.dataset, report, report.source)
+        except DataError as e:
+            return f"{who}{e}"
+        if not kept:
+            return (f"{who}{report.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so none "
+                    "is left to run on (raise training.max_seq_len)")
+    return None
+
+
+def run_suite(suite: Suite, options: Options) -> int:
+    """Run what is missing or changed; the exit code: 0 all succeeded, 1 some run did not, 2 bad input, 130
+    interrupted."""
+    configs = suite.resolved_runs()
+    out_dir = options.output or suite.output_dir
+    problem = preflight(suite, configs)
+    if problem:
+        err.print(f"{suite.source}: {problem}", markup=False)
+        return EXIT_USAGE
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        err.print(f"{suite.source}: output folder {str(out_dir)!r} cannot be created: {e.strerror}", markup=False)
+        return EXIT_USAGE
+    plans = runner.plan(configs, out_dir, force=options.force, only=list(options.only))
+    if options.only and not plans:
+        err.print(f"--only {' '.join(options.only)}: no run of {suite.source} has that name or method", markup=False)
+        return EXIT_USAGE
+    todo = [p.config for p in plans if p.action == "run"]
+    slots = [s for s in options.slots if s is not None]
+    problems = runner.slot_problems(todo, slots)
+    if problems:
+        err.print("\n".join(f"--devices {options.devices}: {p}" for p in problems), markup=False)
+        return EXIT_USAGE
+    for p in plans:
+        if p.action == "skip":
+            console.print(f"[dim]skip {p.config.run}: {p.why} (--force reruns it)[/]")
+    where = f" on {len(slots)} slots ({', '.join(s.name for s in slots)})" if slots else ""
+    console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do{where}, results in {out_dir}/")
+    interrupted = run_with_progress(todo, out_dir, options.slots)
+    records = [r for r in load_records(out_dir) if r.suite == suite.name]
+    summarise(records, out_dir, f"{suite.name} (suite version {suite.version})", options.report)
+    if interrupted:
+        console.print("[yellow]Interrupted.[/] Rerun the same command to resume; finished runs are kept.")
+        return EXIT_INTERRUPTED
+    return EXIT_OK if all(r.ok for r in records) else EXIT_FAIL
+
+
+def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None]) -> bool:
+    """runner.run_all with a progress bar per run; True when interrupted."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        # Called from one thread per slot: rich's Progress takes a lock on every update.
+        def start(cfg: RunConfig, slot: runner.Slot | None) -> None:
+            name = f"{cfg.run} on {slot.name}" if slot else cfg.run
+            steps = cfg.budget.max_steps if cfg.trains else 1
+            tasks[cfg.run] = progress.add_task(name, total=steps, info="starting")
+
+        def poll(cfg: RunConfig, points: list[dict]) -> None:
+            if points:
+                last = points[-1]
+                progress.update(tasks[cfg.run], completed=last["step"] if cfg.budget.max_steps else None,
+                                info=f"step {last['step']} loss {last['loss']:.3f}")
+
+        def done(cfg: RunConfig, record: RunRecord | None) -> None:
+            if record is None:
+                progress.update(tasks[cfg.run], info="[yellow]interrupted[/]")
+                return
+            steps = cfg.budget.max_steps or 1
+            colour = "green" if record.ok else "red"
+            score = next((f"{k} {record.metrics[k]:.3f}" for k in cfg.eval.metrics if k in record.metrics), "")
+            progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
+
+        return runner.run_all(todo, out_dir, slots, start, poll, done)
+
+
+def summarise(records: list[RunRecord], out_dir: Path, title: str | None = None, report: bool = True) -> None:
+    """The summary table (a sweep as its chosen point), every failure in a line, and the reports."""
+    from bench.sweeps import selected
+    from bench.terminal import summary_table
+
+    console.print(summary_table(selected(records), title=title))
+    for r in records:
+        if not r.ok:
+            console.print(f"[red]{r.run}: {r.status}[/] - {error_headline(r.error)}", markup=True)
+    if report:
+        from bench.report.write import write_reports
+
+        for path in write_reports(out_dir):
+            console.print(f"wrote {path}")

@@ -1,0 +1,148 @@
+"""The shape of the code: imports in bench/ flow one way (no cycle, module-level or inside functions), the runner
+and `bench run --help` load no model library, and no function grows past a screenful."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+BENCH = ROOT / "bench"
+MAX_LINES = 60
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(BENCH.rglob("*.py"))}
+
+
+def resolve(name: str) -> list[str]:
+    """The bench modules that importing `name` runs: the module and the package __init__s above it."""
+    parts = name.split(".")
+    return [m for m in (".".join(parts[:i]) for i in range(2, len(parts) + 1)) if m in MODULES]
+
+
+def imports_of(module: str) -> set[str]:
+    """Every bench module `module` imports anywhere in its file: at the top, inside functions, under
+    TYPE_CHECKING, and by name through `_lazy("bench.x", ...)` (the CLI's commands)."""
+    tree = ast.parse(MODULES[module].read_text())
+    package = module if MODULES[module].name == "__init__.py" else module.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                found.update(resolve(alias.name))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            found.update(resolve(base))
+            for alias in node.names:  # `from bench import data`: the submodule itself
+                found.update(m for m in resolve(f"{base}.{alias.name}") if m == f"{base}.{alias.name}")
+        elif isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_lazy" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                found.update(resolve(arg.value))
+    found.discard(module)
+    return found
+
+
+GRAPH = {m: imports_of(m) for m in MODULES}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles: strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_import_graph_of_bench_has_no_cycle():
+    assert cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    planted = {k: set(v) for k, v in GRAPH.items()}
+    planted["bench.util"].add("bench.cli")  # a leaf importing the top closes a loop through everything on the way
+    found = cycles(planted)
+    assert found and "bench.util" in found[0] and "bench.cli" in found[0]
+
+
+@pytest.mark.parametrize("leaf", ["bench.util", "bench.layout", "bench.stats", "bench.metrics", "bench.yamlio",
+                                  "bench.flops", "bench.console"])
+def test_leaf_modules_know_nothing_above_them(leaf):
+    assert GRAPH[leaf] <= {"bench", "bench.metrics"}, GRAPH[leaf]
+
+
+def test_the_schema_and_the_runner_stay_below_what_they_configure_and_start():
+    assert "bench.compare" not in GRAPH["bench.suite"] and "bench.compare" not in GRAPH["bench.config"]
+    for module in ("bench.runner", "bench.config", "bench.records", "bench.regression"):
+        assert not GRAPH[module] & {"bench.worker", "bench.suite", "bench.distributed", "bench.train",
+                                    "bench.load"}, module
+
+
+def loaded_by(code: list[str]) -> str:
+    """What `python -X importtime ...` reports importing: every module, one per line."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", *code], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return "\n".join(line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line)
+
+
+def test_importing_the_runner_loads_no_model_library():
+    imported = loaded_by(["-c", "import bench.runner"]).splitlines()
+    assert "bench.runner" in imported
+    assert not {"torch", "transformers", "peft"} & set(imported)
+
+
+def test_bench_run_help_loads_no_model_library():
+    imported = loaded_by(["-m", "bench", "run", "--help"]).splitlines()
+    assert "bench.cli" in imported
+    assert not {"torch", "transformers", "peft"} & set(imported)
+
+
+def long_functions(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    return [f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_LINES]
+
+
+def test_no_function_in_bench_is_longer_than_a_screenful():
+    assert [f for p in MODULES.values() for f in long_functions(p)] == []
