@@ -176,12 +176,17 @@ def _run_parsers(sub) -> None:
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks everything but the device")
-    p.add_argument("--steps", type=int, help="optimiser steps per run (default 30; 3 with --dry-run)")
+    p.add_argument("--steps", type=int, help="optimiser steps per run (default 20; 3 with --dry-run)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default 8; 1 with --dry-run)")
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
     p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
+    p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, a bf16 "
+                       "merge, packed attention, a 128k-vocabulary eval (one line per check; --dry-run: CPU)")
+    p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
+    p.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks")
+    p.set_defaults(func=_lazy("bench.gpucheck", "cmd_gpu_check"))
 
 
 def _result_parsers(sub) -> None:

@@ -39,6 +39,15 @@ class Row:
     # Seeded runs compare by their mean over seeds; these are the half-widths of the means' 95% intervals.
     baseline_half_width: float | None = None
     current_half_width: float | None = None
+    # A score's 95% interval over the current run's eval examples, and how many: whether the change is within it.
+    current_interval: tuple[float, float, int] | None = None
+
+    @property
+    def within_noise(self) -> bool | None:
+        """Whether the baseline's value lies inside the current score's interval over its eval examples."""
+        if self.current_interval is None or not isinstance(self.baseline, float):
+            return None
+        return self.current_interval[0] <= self.baseline <= self.current_interval[1]
 
 
 @dataclass(frozen=True)
@@ -96,7 +105,8 @@ def by_group(records: list[RunRecord]) -> tuple[list[RunRecord], dict[tuple[str,
         summaries = {k: g.summary(k) for r in g.ok for k in r.metrics}
         out.append(first.model_copy(update={
             "run": first.config.group, "status": g.status, "error": failed.error if failed else None,
-            "metrics": {k: v.mean for k, v in summaries.items() if v is not None}}))
+            "metrics": {k: v.mean for k, v in summaries.items() if v is not None},
+            "intervals": {}}))  # one seed's interval over the eval examples is not the mean's
         spread[(first.suite, first.config.group)] = summaries
     return out, spread
 
@@ -136,6 +146,9 @@ def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regre
                      "of the mean's 95% confidence interval (Student's t)")
     if any(environment_differences([p]) for p in pairs) and settings.same_environment_only:
         notes.append(f"{', '.join(settings.same_environment_only)}: not gated where the environment differs")
+    if any(b.schema_version != c.schema_version for b, c in pairs):
+        notes.append("records of different schema versions: before version 2, peak memory was the whole process's "
+                     "peak, evaluation and merge check included; memory and time are not gated across versions")
     refusals = mismatches(pairs)
     if not pairs and baseline:
         refusals.append(f"no run matches: baseline has {', '.join(sorted({r.suite for r in baseline}))} runs, "
@@ -157,7 +170,8 @@ def _status_row(name: str, b: RunRecord, c: RunRecord) -> tuple[Row, str | None]
 def _metric_rows(name: str, b: RunRecord, c: RunRecord, settings: Regression,
                  spread: tuple[dict[str, Summary], dict[str, Summary]]) -> list[Row]:
     device_type = c.environment.get("device_type")
-    same_env = not environment_differences([(b, c)])
+    # Before schema 2 a record's peak memory was the whole process's: not the same measurement.
+    same_env = not environment_differences([(b, c)]) and b.schema_version == c.schema_version
     rows = []
     for m in compared_metrics(b, settings):
         if m not in b.metrics:
@@ -172,9 +186,11 @@ def _metric_rows(name: str, b: RunRecord, c: RunRecord, settings: Regression,
         cur = float(c.metrics[m])
         delta = cur - base
         bs, cs = spread[0].get(m), spread[1].get(m)
+        ci = c.intervals.get(m)
         rows.append(Row(name, m, base, cur, verdict(better, base, cur, tol.allowed(base)), gated, better,
                         tol.label(), delta, delta / abs(base) if base else None,
-                        bs.half_width if bs else None, cs.half_width if cs else None))
+                        bs.half_width if bs else None, cs.half_width if cs else None,
+                        (ci.low, ci.high, ci.n) if ci else None))
     return rows
 
 

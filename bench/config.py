@@ -115,6 +115,7 @@ class Budget(_WithoutNones):
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Attention = Literal["sdpa", "eager", "flash_attention_2"]
 
 
 class Distributed(Strict):
@@ -144,14 +145,17 @@ class Training(Strict):
     save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
     timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
     distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
+    attn_implementation: Attention | None = Field(
+        None, description="attention kernel; unset: flash_attention_2 for packed runs on CUDA where flash-attn is "
+        "installed (its variable-length path keeps packed examples apart without a mask), else sdpa")
 
     @model_serializer(mode="wrap")
-    def _without_distributed(self, handler):
-        # Without `distributed` nothing is added to the config, so its hash (and every stored record) stays valid.
-        out = handler(self)
-        if out.get("distributed") is None:
-            out.pop("distributed", None)
-        return out
+    def _without_unset_options(self, handler):
+        # Options added after records were first stored are left out while unset, so those records' hashes stay valid.
+        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_OPTIONS}
+
+
+_LATER_OPTIONS = ("distributed", "attn_implementation")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:

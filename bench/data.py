@@ -247,6 +247,30 @@ def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[
     return train, evals, report
 
 
+def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpec,
+                     report: DataNotes) -> list[Example]:
+    """With eval.extract, every eval reference must hold an answer to extract: one without is a data problem (an
+    unmatched reference would otherwise score against an unmatched prediction as if both were right)."""
+    from bench.scoring import extract
+
+    if pattern is None:
+        return evals
+    kept = []
+    for e in evals:
+        if extract(e.response, pattern) is not None:
+            kept.append(e)
+        elif spec.on_bad_row == "error":
+            raise DataError(f"{e.place}: the reference {e.response!r:.80} has no match for eval.extract {pattern!r}, "
+                            "so no answer can be scored against it (fix the row or the regex, or set "
+                            "dataset.on_bad_row: skip)")
+        else:
+            report.skip("reference without an answer for eval.extract")
+    if not kept:
+        raise DataError(f"{report.source}: no eval reference has a match for eval.extract {pattern!r}")
+    report.eval_rows = len(kept)
+    return kept
+
+
 def split_validation(train: list[Example], spec: DatasetSpec) -> tuple[list[Example], list[Example]]:
     """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen."""
     size = spec.validation_size

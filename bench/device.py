@@ -23,12 +23,16 @@ def pick_device() -> torch.device:
 
 
 def pick_dtype(precision: Precision, device: torch.device) -> torch.dtype:
-    """bf16 where the device computes it natively (CUDA with bf16 tensor cores), else fp32: emulated bf16 (a CPU
-    without it, or a pre-Ampere GPU, where torch emulates it) is many times slower, not faster."""
+    """The dtype the run computes in. `auto`: bf16 where the device computes it natively (CUDA with bf16 tensor
+    cores), else fp32: emulated bf16 (a CPU without it, or a pre-Ampere GPU, where torch emulates it) is many times
+    slower, not faster. fp16 needs CUDA (its loss scaling is there; `bench validate` refuses it on a machine
+    without CUDA)."""
     if precision == "auto":
         native = device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
         return torch.bfloat16 if native else torch.float32
-    return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"training.precision fp16 needs a CUDA device; this run is on {device}: use bf16 or fp32")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,10 @@ class Place:
     @classmethod
     def create(cls, precision: Precision, ranks: Ranks | None = None) -> Place:
         device = ranks.device if ranks else pick_device()
+        if device.type == "cuda" and device.index is not None:
+            # Once, for every later call that takes the current device (kernels, caches, bitsandbytes): without it,
+            # BENCH_DEVICE=cuda:1 alone would run half the work on GPU 0.
+            torch.cuda.set_device(device)
         return cls(device, pick_dtype(precision, device), ranks)
 
     @property
@@ -54,10 +62,12 @@ class Place:
         return self.device.type == "cuda"
 
     def autocast(self):
-        """Compute in the run's dtype; fp32 needs no autocast."""
+        """Compute in the run's dtype; fp32 needs no autocast. Autocast's weight cache stays off: it keeps the first
+        bf16 copy of every trainable weight for as long as the region lasts, so weights updated inside one region
+        (a merge, or training steps) would be computed with their stale copies."""
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device.type, dtype=self.dtype, cache_enabled=False)
 
     def synchronize(self) -> None:
         if self.cuda:

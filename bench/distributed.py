@@ -22,10 +22,17 @@ class DistributedError(Exception):
 class Ranks:
     """This process's place among the run's processes, and the collectives the training loop needs."""
 
-    def __init__(self, device: torch.device):
-        """`device`: the one this process would use alone; accelerate picks each process's own from it."""
+    def __init__(self, device: torch.device, requested: str | None = None):
+        """`device`: the one this process would use alone; accelerate picks each process's own from it.
+        `requested`: the distributed_type the run's accelerate config names, to refuse what accelerate would
+        quietly replace."""
         from accelerate import Accelerator
 
+        if requested == "FSDP" and device.type == "cpu":
+            # accelerate 1.15 builds its FSDP plugin for GPU launches only; on a CPU it would run plain DDP under a
+            # record that asked for FSDP.
+            raise DistributedError("the accelerate config asks for FSDP, which accelerate runs on CUDA devices only; "
+                                   "on a CPU use DDP (training.distributed without a config file)")
         # Precision stays the suite's (the worker's autocast); accelerate would otherwise wrap forward in its own.
         self.accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
         kind = self.accelerator.distributed_type.value
@@ -45,6 +52,12 @@ class Ranks:
         """Wrap model and optimizer for the set-up (DDP, FSDP); FSDP replaces the parameters the optimizer holds."""
         self.model, optimizer = self.accelerator.prepare(model, optimizer)
         return self.model, optimizer
+
+    def release(self) -> None:
+        """Drop accelerate's references to the prepared model and optimizer (their shards, their state), so
+        evaluation does not run beside them."""
+        self.accelerator.free_memory()
+        self.model = None
 
     def gather(self, values: list[float]) -> list[list[float]]:
         """Every process's values, by rank (float64: token counts stay exact)."""

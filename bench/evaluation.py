@@ -15,7 +15,8 @@ import torch
 from bench.config import RunConfig
 from bench.data import IGNORE, Example, Features, collate, prompt_text
 from bench.device import Place
-from bench.records import Prediction
+from bench.metrics import VIA_GENERATE
+from bench.records import Prediction, ScoreInterval
 
 if TYPE_CHECKING:
     from bench.load import Loaded
@@ -34,19 +35,43 @@ class Generations:
         return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
+# What the logits of one eval batch may take: [rows, length, vocabulary] in the compute dtype, their fp32 copy for
+# the loss and its log-softmax, up to 10 bytes per entry. At Llama-3's 128k vocabulary one 2000-token row is 2.6 GB.
+LOGIT_BUDGET_BYTES = 4 * 1024 ** 3
+BYTES_PER_LOGIT = 10
+
+
+def budget_batches(features: list[Features], batch_size: int, vocab: int,
+                   budget: int = LOGIT_BUDGET_BYTES) -> list[list[Features]]:
+    """Rows in order of length, in batches of at most `batch_size` rows whose logits fit `budget` (at least one row
+    each): a batch pads little, and no batch's logits outgrow the budget whatever the vocabulary."""
+    rows = sorted(features, key=lambda f: len(f.input_ids))
+    out: list[list[Features]] = []
+    for f in rows:
+        if out:
+            longest = len(f.input_ids)  # rows come in order of length: this one is the batch's longest
+            if len(out[-1]) < batch_size and (len(out[-1]) + 1) * longest * vocab * BYTES_PER_LOGIT <= budget:
+                out[-1].append(f)
+                continue
+        out.append([f])
+    return out
+
+
 @torch.no_grad()
-def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, device) -> float:
-    """Mean loss per response token over the eval split (padded batches: valid for every method). Rows go in order
-    of length, so a batch pads little; the mean over tokens does not depend on the order."""
+def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, device,
+              budget: int = LOGIT_BUDGET_BYTES) -> float:
+    """Mean loss per response token over the eval split (padded batches: valid for every method), in batches whose
+    logits fit the budget; the mean over tokens depends neither on the order nor on the batching."""
     model.eval()
-    features = sorted(features, key=lambda f: len(f.input_ids))
+    vocab = model.config.vocab_size
     total, count = 0.0, 0
-    for i in range(0, len(features), batch_size):
-        batch = {k: v.to(device) for k, v in collate(features[i:i + batch_size], pad_id, packed=False).items()}
+    for rows in budget_batches(features, batch_size, vocab, budget):
+        batch = {k: v.to(device) for k, v in collate(rows, pad_id, packed=False).items()}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
         out = model(**batch, num_items_in_batch=torch.tensor(n, device=device), use_cache=False)
         total += out.loss.item() * n
         count += n
+        del out
     return total / max(count, 1)
 
 
@@ -108,7 +133,7 @@ def generate(model, tokenizer, examples: list[Example], batch_size: int, max_new
             ids_out[i] = kept
             predictions[i] = tokenizer.decode(kept, skip_special_tokens=True).strip()
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
     return Generations(predictions, new_tokens, time.perf_counter() - start, ids_out)
 
 
@@ -148,12 +173,13 @@ def greedy_virtual(model, prompts: list[list[int]], max_new_tokens: int, stops: 
     # transformers 5.24 renamed the cache argument and output from past_key_values to cache.
     cache = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     ids = torch.tensor(prompts, device=device)
+    # Only the last position's logits are needed: a long prompt's [rows, length, vocabulary] never exists.
     if config.peft_type == PeftType.PREFIX_TUNING:
-        out = base(input_ids=ids, **{cache: model.get_prompt(len(prompts))}, use_cache=True)
+        out = base(input_ids=ids, **{cache: model.get_prompt(len(prompts))}, use_cache=True, logits_to_keep=1)
     else:
         embeds = model.word_embeddings(ids)
         virtual = model.get_prompt(batch_size=len(prompts)).to(embeds.dtype)
-        out = base(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=True)
+        out = base(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=True, logits_to_keep=1)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in range(max_new_tokens):
@@ -169,30 +195,18 @@ def greedy_virtual(model, prompts: list[list[int]], max_new_tokens: int, stops: 
 
 
 @torch.no_grad()
-def prompt_logits(model, tokenizer, examples: list[Example], device, limit: int = 8) -> list[torch.Tensor]:
-    """Next-token logits over each prompt (unpadded, one at a time), for comparing a merged model to its adapter."""
+def prompt_logits(model, tokenizer, examples: list[Example], device, limit: int = 8,
+                  positions: int = 16) -> list[torch.Tensor]:
+    """Next-token logits at the last `positions` positions of each prompt (unpadded, one at a time), in fp32 on the
+    CPU, for comparing a merged model to its adapter: bounded at limit x positions x vocabulary whatever the
+    prompts' length."""
     model.eval()
     out = []
     for e in examples[:limit]:
         ids = tokenizer(prompt_text(tokenizer, e.messages[:-1]), return_tensors="pt", add_special_tokens=False)
-        out.append(model(input_ids=ids["input_ids"].to(device)).logits[0].float().cpu())
+        logits = model(input_ids=ids["input_ids"].to(device), logits_to_keep=positions).logits
+        out.append(logits[0].float().cpu())
     return out
-
-
-@torch.no_grad()
-def prompt_logits_fp64(model, tokenizer, examples: list[Example], device, limit: int = 8) -> list[torch.Tensor]:
-    """prompt_logits with the model temporarily in float64: comparing a merged model with its adapter this way
-    isolates the merge's own error from float32 accumulation noise, which grows with depth."""
-    tensors = list(model.parameters()) + list(model.buffers())
-    dtypes = [t.dtype for t in tensors]
-    for t in tensors:
-        if t.is_floating_point():
-            t.data = t.data.double()
-    try:
-        return prompt_logits(model, tokenizer, examples, device, limit)
-    finally:
-        for t, dtype in zip(tensors, dtypes):
-            t.data = t.data.to(dtype)
 
 
 def logit_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> dict[str, float]:
@@ -204,15 +218,18 @@ def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else float("inf")
 
 
-def summary(gens: Generations, examples: list[Example], metric_names: list[str], pattern: str | None,
-            keep: int) -> tuple[dict[str, float], list[Prediction]]:
-    from bench.scoring import score
+def scores(gens: Generations, examples: list[Example], metric_names: list[str],
+           pattern: str | None) -> tuple[dict[str, float], dict[str, ScoreInterval]]:
+    """Each score's mean over the examples, and its 95% interval over them."""
+    from bench.scoring import interval, per_example, score
 
     refs = [e.response for e in examples]
-    scores = score(metric_names, gens.predictions, refs, pattern)
-    kept = [Prediction(prompt=e.prompt, reference=e.response, prediction=p)
-            for e, p in zip(examples[:keep], gens.predictions[:keep])]
-    return scores, kept
+    means = score(metric_names, gens.predictions, refs, pattern)
+    intervals = {}
+    for name, values in per_example(metric_names, gens.predictions, refs, pattern).items():
+        low, high, how = interval(values)
+        intervals[name] = ScoreInterval(low=low, high=high, method=how, n=len(values))
+    return means, intervals
 
 
 # ---- the evaluate stage ------------------------------------------------------------------------------------------
@@ -221,28 +238,39 @@ def summary(gens: Generations, examples: list[Example], metric_names: list[str],
 @dataclass
 class Evaluated:
     metrics: dict[str, float]
+    intervals: dict[str, ScoreInterval]
     predictions: list[Prediction]
     generations: Generations
     decoding: str  # how the answers were decoded: the record's environment.generation
 
 
+
+
 def evaluate(cfg: RunConfig, method: Method | None, model, loaded: Loaded, place: Place) -> Evaluated:
-    """Held-out loss (and validation loss when rows were held out for sweeps), greedy answers and their scores."""
-    ev = cfg.eval
+    """Held-out loss (and validation loss when rows were held out for sweeps), greedy answers and their scores.
+    Methods the harness decodes with its own loop are scored through generate() too, under VIA_GENERATE names."""
+    ev, examples = cfg.eval, loaded.eval_examples
+    pad_free = method is not None and not method.left_pad_safe
+    cached = method is None or method.kv_cache_generate
     with place.autocast():
         loss = eval_loss(model, loaded.eval, ev.batch_size, loaded.pad_id, place.device)
         metrics = {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
         if loaded.validation:
             metrics["validation_loss"] = eval_loss(model, loaded.validation, ev.batch_size, loaded.pad_id,
                                                    place.device)
-        pad_free = method is not None and not method.left_pad_safe
-        cached = method is None or method.kv_cache_generate
-        gens = generate(model, loaded.tokenizer, loaded.eval_examples, ev.batch_size, ev.max_new_tokens,
-                        place.device, pad_free, cached)
-    scores, predictions = summary(gens, loaded.eval_examples, ev.metrics, ev.extract, ev.keep_predictions)
-    metrics |= scores | {"generate_tokens_per_second": gens.tokens_per_second}
+        gens = generate(model, loaded.tokenizer, examples, ev.batch_size, ev.max_new_tokens, place.device, pad_free,
+                        cached)
+        outside = None if cached else generate(model, loaded.tokenizer, examples, ev.batch_size, ev.max_new_tokens,
+                                               place.device, pad_free=True, cached=True)
+    means, intervals = scores(gens, examples, ev.metrics, ev.extract)
+    metrics |= means | {"generate_tokens_per_second": gens.tokens_per_second}
+    if outside is not None:
+        metrics |= {VIA_GENERATE + k: v for k, v in scores(outside, examples, ev.metrics, ev.extract)[0].items()}
+    predictions = [Prediction(prompt=e.prompt, reference=e.response, prediction=p,
+                              generate_prediction=outside.predictions[i] if outside else None)
+                   for i, (e, p) in enumerate(zip(examples[:ev.keep_predictions], gens.predictions))]
     decoding = "generate() with KV cache" if cached else "greedy_virtual with KV cache"
-    return Evaluated(metrics, predictions, gens, decoding)
+    return Evaluated(metrics, intervals, predictions, gens, decoding)
 
 
 def general_texts(cfg: RunConfig) -> list[str] | None:

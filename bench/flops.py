@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import torch
 
-# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), in FLOP/s.
-BF16_PEAK = {
-    "H100": 989e12,  # SXM; the PCIe card is 756e12
-    "H200": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "A10G": 70e12,
-    "L4": 121e12,
-}
+# Dense bf16 tensor-core peaks from NVIDIA's data sheets (no sparsity), in FLOP/s, by the name CUDA reports
+# (torch.cuda.get_device_name), most specific first. A card not listed has no MFU rather than a guessed one.
+BF16_PEAK = [
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # "NVIDIA H100 80GB HBM3": the SXM card
+    ("H200 NVL", 835e12),
+    ("H200", 989e12),
+    ("A100", 312e12),  # SXM and PCIe alike
+    ("L40S", 362e12),
+    ("L4", 121e12),
+]
 
 # PEFT's own modules: their matrices are adapters or frozen copies, not the base model's.
 _NOT_BASE = {"original_module", "prompt_encoder"}
 
 
-def peak_flops(device: torch.device) -> float | None:
+def peak_for(name: str) -> tuple[float | None, str]:
+    """The dense bf16 peak of a card by its CUDA name, and where the figure comes from (or why there is none)."""
+    if "MIG" in name:
+        return None, f"{name} is a MIG slice: its share of the card's peak is not known here"
+    for key, peak in BF16_PEAK:
+        if key in name:
+            return peak, f"{key} data sheet, dense bf16"
+    return None, f"no peak known for {name!r} (bench.flops.BF16_PEAK)"
+
+
+def peak_flops(device: torch.device) -> tuple[float | None, str]:
+    """The device's dense bf16 peak and its source; None on a CPU or a card not in the table."""
     if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    if "H100" in name and "PCIe" in name:
-        return 756e12
-    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+        return None, "no peak for a CPU"
+    return peak_for(torch.cuda.get_device_name(device))
 
 
 def matmul_flops_per_token(model: torch.nn.Module) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,7 @@ def load(cfg: RunConfig) -> Loaded:
     folder, model_info = M.resolve(cfg.model)
     tokenizer = M.load_tokenizer(cfg.model, folder)
     train_ex, eval_ex, notes = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
+    eval_ex = D.check_references(eval_ex, cfg.eval.extract, cfg.dataset, notes)
     train_ex, val_ex = D.split_validation(train_ex, cfg.dataset)
 
     def tokenize(examples: list[D.Example]) -> list[D.Features]:
@@ -55,33 +57,72 @@ def method_of(cfg: RunConfig) -> Method | None:
     return METHODS[cfg.method] if cfg.trains else None
 
 
+def attention(cfg: RunConfig, method: Method | None, place: Place) -> str:
+    """The attention kernel: the suite's, or flash-attention's variable-length path for packed runs on CUDA where
+    flash-attn is installed (packed rows then need no block-diagonal mask, which keeps SDPA off its flash kernel),
+    else SDPA."""
+    if cfg.training.attn_implementation is not None:
+        return cfg.training.attn_implementation
+    packed = method is not None and cfg.training.packing and method.packable
+    if packed and place.cuda and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None) -> torch.nn.Module:
-    """The model as this run trains it: base (4-bit when the method says so), then the method's PEFT wrapping;
-    with no method, the frozen base."""
+    """The model as this run trains it: the base in the run's dtype (4-bit NF4 when the method says so), frozen,
+    then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`); with no method,
+    the frozen base."""
     four_bit = bool(method and method.load_in_4bit)
+    sharded = cfg.distributed and cfg.training.distributed.config is not None
     model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=four_bit, seed=cfg.training.seed,
-                         device=place.device if place.cuda else None)
+                         device=place.device if place.cuda else None, attention=attention(cfg, method, place),
+                         shardable_4bit=four_bit and sharded)
     if not four_bit:
         model.to(place.device)
+    model.requires_grad_(False)
     if method is None:
-        model.requires_grad_(False)
         return model
-    checkpointing = cfg.training.gradient_checkpointing
-    # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings (every PEFT method) work.
-    gc_kwargs = {"use_reentrant": False}
-    if checkpointing and not four_bit:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if cfg.training.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so frozen embeddings (every PEFT method)
+        # and 4-bit bases work without PEFT's prepare_model_for_kbit_training, whose fp32 upcast of every other
+        # weight (embeddings, norms, lm_head) costs gigabytes at 8B and puts the residual stream in fp32.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_config = method.config(**cfg.params)
     if peft_config is None:
         model.requires_grad_(True)
-        return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    else:
+        from peft import get_peft_model
 
-    if four_bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing,
-                                                gradient_checkpointing_kwargs=gc_kwargs)
-    torch.manual_seed(cfg.training.seed)  # adapter initialisation is seeded too
-    return get_peft_model(model, peft_config)
+        if cfg.model.hub is not None:
+            # Saved in adapter_config.json beside the Hub id, so a client loads the very base it trained on.
+            peft_config.revision = cfg.model.revision
+        torch.manual_seed(cfg.training.seed)  # adapter initialisation is seeded too
+        model = get_peft_model(model, peft_config)
+    trainable_in_fp32(model)
+    return model
+
+
+def trainable_in_fp32(model: torch.nn.Module) -> None:
+    """Weights that train are kept in fp32 and computed under autocast: AdamW's update to a bf16 weight rounds away
+    whenever it is below half a bf16 step (a 2e-5 step on weights of size 0.02 left 30% of them unchanged; weights
+    near 1.0, the norms, never move). PEFT upcasts its adapter layers itself, but not modules_to_save copies and not
+    a fully fine-tuned model."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def weight_dtypes(model: torch.nn.Module) -> dict[str, str]:
+    """What the record says of the weights: the dtype of those that train and of those that do not."""
+    def names(params) -> str:
+        kinds = sorted({"nf4" if p.__class__.__name__ == "Params4bit" else str(p.dtype).removeprefix("torch.")
+                        for p in params})
+        return "+".join(kinds) or "-"
+
+    params = list(model.parameters())
+    return {"trainable": names(p for p in params if p.requires_grad),
+            "frozen": names(p for p in params if not p.requires_grad)}
 
 
 def count_params(model: torch.nn.Module) -> tuple[int, int]:

@@ -20,12 +20,21 @@ METRICS: dict[str, Metric] = {
     "trainable_params": Metric("trainable params", "lower", "", ",.0f", "cost"),
     "total_params": Metric("total params", "none", "", ",.0f"),
     "trainable_pct": Metric("trainable %", "lower", "%", ".4f", "cost"),
-    "peak_memory_bytes": Metric("peak memory", "lower", "B", "bytes", "cost"),
+    # Memory by phase (bench.memory): CUDA's max allocated bytes, or on a CPU the process's resident high-water
+    # mark, each reset when its phase starts. peak_memory_bytes is training's, first to last optimiser step.
+    "peak_memory_bytes": Metric("peak memory (training)", "lower", "B", "bytes", "cost"),
     "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
-    "cuda_max_allocated_bytes": Metric("CUDA max allocated", "lower", "B", "bytes", "cost"),
-    "cuda_max_reserved_bytes": Metric("CUDA max reserved", "lower", "B", "bytes"),
+    "load_peak_memory_bytes": Metric("peak memory (load)", "lower", "B", "bytes"),
+    "eval_peak_memory_bytes": Metric("peak memory (eval)", "lower", "B", "bytes"),
+    "merge_peak_memory_bytes": Metric("peak memory (merge check)", "lower", "B", "bytes"),
+    "cuda_max_allocated_bytes": Metric("CUDA max allocated (training)", "lower", "B", "bytes", "cost"),
+    "cuda_max_reserved_bytes": Metric("CUDA max reserved (training)", "lower", "B", "bytes"),
+    "eval_peak_reserved_bytes": Metric("CUDA max reserved (eval)", "lower", "B", "bytes"),
+    "merge_peak_reserved_bytes": Metric("CUDA max reserved (merge check)", "lower", "B", "bytes"),
     "load_seconds": Metric("load time", "lower", "s", ".1f"),
     "train_seconds": Metric("train time", "lower", "s", ".1f", "cost"),
+    # Writing progress and saving checkpoints during training: left out of train time, throughput and max_seconds.
+    "checkpoint_seconds": Metric("checkpoint time", "lower", "s", ".1f"),
     "eval_seconds": Metric("eval time", "lower", "s", ".1f"),
     "train_steps": Metric("optimiser steps", "none", "", ".0f"),
     "train_epochs": Metric("epochs", "none", "", ".2f"),
@@ -63,15 +72,26 @@ METRICS: dict[str, Metric] = {
     "checkpoint_bytes": Metric("checkpoint size", "lower", "B", "bytes"),
     "merge_max_abs_logit_diff": Metric("merge max |Δlogit|", "lower", "", ".2e"),
     "merge_mean_abs_logit_diff": Metric("merge mean |Δlogit|", "lower", "", ".2e"),
-    # Both models evaluated in float64: the merge's own error, without float32 accumulation noise.
+    # Records before the layer check: both whole models evaluated in float64.
     "merge_max_abs_logit_diff_fp64": Metric("merge max |Δlogit| (fp64)", "lower", "", ".2e"),
+    # Layer by layer in float64: the merge's own relative error, and the rounding of the merged weights to storage.
+    "merge_layer_rel_error_fp64": Metric("merge error per layer (fp64, relative)", "lower", "", ".2e"),
+    "merge_storage_rel_error": Metric("merged weights' storage rounding (relative)", "lower", "", ".2e"),
     # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
     "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
 }
 
 
+# A prompt-learning run's scores as transformers' generate() gives them, beside the harness's own decoding's.
+VIA_GENERATE = "via_generate_"
+
+
 def metric(name: str) -> Metric:
-    """Known metrics, or a score from a Hub metric (higher is better unless told otherwise)."""
+    """Known metrics, a score through generate(), or a score from a Hub metric (higher is better unless told
+    otherwise)."""
+    if name.startswith(VIA_GENERATE):
+        m = metric(name.removeprefix(VIA_GENERATE))
+        return Metric(f"{m.label} via generate()", m.better, m.unit, m.fmt, "info")
     return METRICS.get(name) or Metric(name, "higher", "", ".3f", "score")
 
 

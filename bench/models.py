@@ -45,7 +45,9 @@ class ModelSourceError(Exception):
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "peft-bench"))
+    """Where converted models are kept: $BENCH_CACHE, or ~/.cache/peft-bench. Absolute, because a converted model's
+    folder is what its adapters name as their base (adapter_config.json's base_model_name_or_path)."""
+    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "peft-bench").expanduser().resolve()
 
 
 def byte_tokenizer():
@@ -179,20 +181,24 @@ def build_config(model: ModelSpec):
 
 
 def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
-               device: torch.device | None = None):
+               device: torch.device | None = None, attention: str | None = None, shardable_4bit: bool = False):
     """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA.
 
     A config-built model is initialised directly on `device` when given (a 1.1B model's random init takes seconds
-    on a GPU and a minute on a CPU); its weights then depend on the device's random generator as well as the seed."""
+    on a GPU and a minute on a CPU); its weights then depend on the device's random generator as well as the seed.
+    `attention`: transformers' attn_implementation (None: its default). `shardable_4bit`: store the 4-bit weights
+    in `dtype` (bitsandbytes' quant_storage), which FSDP needs to shard them beside the other weights."""
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": dtype}
+    if attention is not None:
+        kwargs["attn_implementation"] = attention
     if load_in_4bit:
         from transformers import BitsAndBytesConfig
 
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_compute_dtype=dtype, **({"bnb_4bit_quant_storage": dtype} if shardable_4bit else {}),
         )
         if device is not None:
             kwargs["device_map"] = {"": device}  # bitsandbytes quantises as the weights land on the GPU
@@ -201,7 +207,8 @@ def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load
         config = build_config(model)
         # Built on the same device for every method, so QLoRA quantises the very weights the others train.
         with torch.device(device or "cpu"):
-            built = AutoModelForCausalLM.from_config(config, dtype=dtype)
+            built = AutoModelForCausalLM.from_config(config, dtype=dtype, **({"attn_implementation": attention}
+                                                                              if attention else {}))
         if not load_in_4bit:
             return built
         # bitsandbytes quantises at load time: save the seeded random weights, then load them quantised.

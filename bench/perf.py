@@ -75,7 +75,7 @@ def cmd_perf(args) -> int:
         err.print("bench perf: no CUDA device here; `bench perf --dry-run` checks everything but the device on the "
                   "CPU", markup=False)
         return EXIT_USAGE
-    steps = args.steps or (3 if args.dry_run else 30)
+    steps = args.steps or (3 if args.dry_run else 20)
     batch_size = args.batch_size or (1 if args.dry_run else 8)
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -89,12 +89,48 @@ def cmd_perf(args) -> int:
         return code
     ran = sorted((r for r in load_records(out) if r.suite == "perf"), key=lambda r: r.started_at)
     table, verdicts = perf_table({r.run: r for r in ran})
+    with_eval = eval_suite(suite)
+    if not args.only or {"lora", "qlora"} & set(args.only):
+        code = max(code, run_suite(with_eval, Options(force=True, report=False)))
+        table += "\n\n" + phase_table([r for r in load_records(Path(with_eval.output)) if r.suite == with_eval.name])
     console.print(table, markup=False)
     for line in verdicts:
         console.print(line, markup=False)
     (out / "perf.md").write_text(table + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
     console.print(f"wrote {out / 'perf.md'}")
     return code
+
+
+def eval_suite(perf: Suite) -> Suite:
+    """LoRA and QLoRA of the perf suite again, one sequence per step, with evaluation and the merge check on: what
+    each phase costs in memory at the model's real size."""
+    memory = TrainingOverrides(batch_size=1, gradient_checkpointing=True)
+    runs = [r.model_copy(update={"training": memory}) for r in perf.runs if r.run_name in ("lora", "qlora")]
+    return perf.model_copy(update={
+        "name": "perf-eval", "output": str(Path(perf.output) / "eval"), "baseline": False, "runs": runs,
+        "eval": Eval(max_examples=8, batch_size=8, max_new_tokens=16, forgetting=False)})
+
+
+PHASE_COLUMNS = [("load_memory_bytes", "after load"), ("peak_memory_bytes", "training"),
+                 ("eval_peak_memory_bytes", "eval"), ("merge_peak_memory_bytes", "merge check"),
+                 ("cuda_max_reserved_bytes", "training reserved"), ("eval_peak_reserved_bytes", "eval reserved"),
+                 ("merge_peak_reserved_bytes", "merge reserved")]
+
+
+def phase_table(records) -> str:
+    """Memory by phase of the runs with evaluation and the merge check, and the merge verdict."""
+    from bench.metrics import format_value
+
+    head = "| run | status | " + " | ".join(h for _, h in PHASE_COLUMNS) + " | merge |"
+    lines = [head, "|---|---|" + "---:|" * len(PHASE_COLUMNS) + "---|"]
+    for r in sorted(records, key=lambda r: r.started_at):
+        merge = r.merge.status if r.merge else "-"
+        if r.merge and r.merge.layer_rel_error_fp64 is not None:
+            merge += f" (per layer {r.merge.layer_rel_error_fp64:.0e}, {r.merge.greedy_identical_count}/" \
+                     f"{r.merge.compared} greedy equal)"
+        cells = [format_value(k, r.metrics.get(k)) for k, _ in PHASE_COLUMNS]
+        lines.append(f"| {r.run} (eval on) | {r.status} | " + " | ".join(cells) + f" | {merge} |")
+    return "\n".join(lines)
 
 
 def write_suite(suite: Suite, path: Path) -> None:

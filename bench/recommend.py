@@ -131,6 +131,7 @@ class Recommendation:
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # (method, status): some seed did not finish
     unscored: list[str] = field(default_factory=list)  # finished without the score (evaluation turned off)
     constrained: bool = False
+    baseline: Group | None = None  # the untrained model, with the score
 
     @property
     def choice(self) -> Group | None:
@@ -196,7 +197,36 @@ def recommend(records: list[RunRecord], constraints: Constraints = Constraints()
         pts = [(g.mean(cost), g.mean(score), g) for g in ranking if g.mean(cost) is not None]
         if pts:
             fronts.append((cost, [p[2] for p in metric_front(pts, cost, score)]))
-    return Recommendation(score, ranking, fronts, exclusions, unfinished, unscored, bool(_limits(constraints)))
+    base = next((g for g in seed_groups(records) if g.method == "baseline" and g.ok and g.mean(score) is not None),
+                None)
+    return Recommendation(score, ranking, fronts, exclusions, unfinished, unscored, bool(_limits(constraints)), base)
+
+
+def against_baseline(rec: Recommendation) -> tuple[bool, str] | None:
+    """Whether the choice scores above the untrained baseline, and a sentence saying so and whether the gap is more
+    than noise: over seeds by Welch's test, else by the choice's 95% interval over the eval examples; None without
+    a baseline."""
+    c, b, score = rec.choice, rec.baseline, rec.metric
+    if c is None or b is None:
+        return None
+    label, sign = metric(score).label, 1 if metric(score).better == "higher" else -1
+    vc, vb = c.mean(score), b.mean(score)
+    above = sign * (vc - vb) > 0
+    text = (f"{c.name} {'beats' if above else 'does not beat'} the untrained baseline on {label} "
+            f"({format_value(score, vc)} vs {format_value(score, vb)})")
+    if not above:
+        return False, text + "."
+    d = welch(c.values(score), b.values(score))
+    examples = c.ok[0].intervals.get(score) if len(c.ok) == 1 else None
+    if d.supported is not None:
+        text += ", a gap the seeds support" if d.supported else ", a gap the seeds do not support (Welch's t-test)"
+    elif examples is not None:
+        inside = examples.low <= vb <= examples.high
+        text += (f"; the baseline's score lies inside {c.name}'s 95% interval over the {examples.n} eval examples "
+                 f"({format_value(score, examples.low)}-{format_value(score, examples.high)}): the gap may be noise"
+                 if inside else f", by more than the noise of {examples.n} eval examples (95% interval "
+                 f"{format_value(score, examples.low)}-{format_value(score, examples.high)}, {examples.method})")
+    return True, text + "."
 
 
 # ---- in words -----------------------------------------------------------------------------------------------------
@@ -295,6 +325,13 @@ def explain(rec: Recommendation) -> Explanation:
         n = len(c.ok)
         seeds = f", {n} seeds" if n > 1 else ""
         headline = f"Recommended: {c.name} ({label} {interval_text(score, c.summary(score))}{seeds})"
+        verdict = against_baseline(rec)
+        if verdict is not None and not verdict[0]:
+            headline = (f"No trained method scores above the untrained baseline on {label} "
+                        f"({format_value(score, rec.baseline.mean(score))}). Best of them: {c.name} "
+                        f"({interval_text(score, c.summary(score))}{seeds})")
+        elif verdict is not None:
+            details.append(verdict[1])
         if len(rec.ranking) > 2:
             details.append("Ranking: " + ", ".join(f"{i}. {g.name} {interval_text(score, g.summary(score))}"
                                                    for i, g in enumerate(rec.ranking, 1)))

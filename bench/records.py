@@ -36,6 +36,15 @@ class MergeCheck(_Part):
     greedy_identical_count: int | None = None
     compared: int | None = None
     seconds: float | None = None
+    # Layer by layer in float64 (bench.merge.layer_errors): the merge's own error and, apart, the rounding of the
+    # merged weights to the dtype they are stored in; `exact` when the merge's own error is float64 noise.
+    layers_checked: int | None = None
+    layers_replaced: int | None = None
+    layer_rel_error_fp64: float | None = None
+    storage_dtype: str | None = None
+    storage_rel_error: float | None = None
+    exact: bool | None = None
+    logits_compared: str | None = None
 
 
 class DataNotes(_Part):
@@ -57,12 +66,27 @@ class Prediction(_Part):
     prompt: str
     reference: str
     prediction: str
+    # Prompt-learning runs only: the answer transformers' generate() gives, as every outside client decodes.
+    generate_prediction: str | None = None
+
+
+class ScoreInterval(_Part):
+    """A score's 95% interval over the eval examples: Wilson's for proportions, a bootstrap one otherwise."""
+
+    low: float
+    high: float
+    method: str  # wilson or bootstrap
+    n: int  # eval examples
+
+
+# 2: peak_memory_bytes is the training phase's peak (1: the whole process's, evaluation and merge check included).
+SCHEMA_VERSION = 2
 
 
 class RunRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = 1
+    schema_version: int = SCHEMA_VERSION
     suite: str
     run: str
     method: str
@@ -77,6 +101,7 @@ class RunRecord(BaseModel):
     merge: MergeCheck | None = None
     data: DataNotes | None = None
     predictions: list[Prediction] = []
+    intervals: dict[str, ScoreInterval] = {}  # per score, over the eval examples
     environment: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
     started_at: str = ""

@@ -62,7 +62,10 @@ def merge_cell(r: RunRecord) -> str:
     if m.status != "merged":
         return m.status
     same = "same greedy" if m.greedy_identical else f"{m.greedy_identical_count}/{m.compared} same"
-    return f"{m.kind} Δ{m.max_abs_logit_diff:.1e}, {same}"
+    text = f"{m.kind} Δ{m.max_abs_logit_diff:.1e}, {same}"
+    if m.layer_rel_error_fp64 is not None:  # records from before the per-layer check have none
+        text += f", per layer {m.layer_rel_error_fp64:.0e}" + ("" if m.exact or m.kind != "exact" else " NOT EXACT")
+    return text
 
 
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:

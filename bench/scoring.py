@@ -63,27 +63,58 @@ SCORERS: dict[str, Callable[[str, str], float]] = {
 }
 
 
-def extract(text: str, pattern: str | None) -> str:
-    """The suite's answer extraction: the first group of `pattern`, or the whole text stripped."""
+def extract(text: str, pattern: str | None) -> str | None:
+    """The suite's answer extraction: the first group of `pattern` (None when the text has no match), or the whole
+    text stripped."""
     if pattern is None:
         return text.strip()
     match = re.search(pattern, text, flags=re.DOTALL)
-    return match.group(1).strip() if match else ""
+    return match.group(1).strip() if match else None
+
+
+def per_example(names: list[str], predictions: list[str], references: list[str],
+                pattern: str | None) -> dict[str, list[float]]:
+    """Each offline metric per example, on extracted answers. A prediction with no match is wrong on every metric;
+    references must match (bench.data.check_references says so at load, with the row)."""
+    preds = [extract(p, pattern) for p in predictions]
+    refs = [extract(r, pattern) for r in references]
+    if None in refs:
+        raise ValueError(f"reference {references[refs.index(None)]!r} has no match for eval.extract {pattern!r}")
+    return {name: [0.0 if p is None else SCORERS[name](p, r) for p, r in zip(preds, refs)]
+            for name in names if not name.startswith("hub:")}
 
 
 def score(names: list[str], predictions: list[str], references: list[str], pattern: str | None) -> dict[str, float]:
     """Mean of each metric over the examples, on extracted answers."""
-    preds = [extract(p, pattern) for p in predictions]
-    refs = [extract(r, pattern) if pattern else r.strip() for r in references]
-    out = {}
+    out = {name: sum(values) / max(len(values), 1)
+           for name, values in per_example(names, predictions, references, pattern).items()}
     for name in names:
         if name.startswith("hub:"):
             import evaluate  # online only: evaluate.load fetches the metric script from the Hub
 
+            preds = [extract(p, pattern) or "" for p in predictions]
+            refs = [extract(r, pattern) for r in references]
             result = evaluate.load(name[4:]).compute(predictions=preds, references=refs)
             out.update({f"{name[4:]}_{k}" if k != name[4:] else k: float(v) for k, v in result.items()
                         if isinstance(v, (int, float))})
-        else:
-            fn = SCORERS[name]
-            out[name] = sum(fn(p, r) for p, r in zip(preds, refs)) / max(len(preds), 1)
     return out
+
+
+LEVEL = 0.95
+
+
+def interval(values: list[float], level: float = LEVEL) -> tuple[float, float, str]:
+    """The interval of a mean score over eval examples: Wilson's for a proportion (every value 0 or 1, as exact
+    match), a bootstrap percentile interval otherwise (token F1, ROUGE-L); both from SciPy."""
+    import numpy as np
+    import scipy.stats
+
+    if all(v in (0.0, 1.0) for v in values):
+        ci = scipy.stats.binomtest(int(sum(values)), len(values)).proportion_ci(level, method="wilson")
+        return float(ci.low), float(ci.high), "wilson"
+    data = np.asarray(values, dtype=float)
+    if np.all(data == data[0]):
+        return float(data[0]), float(data[0]), "bootstrap"
+    boot = scipy.stats.bootstrap((data,), np.mean, confidence_level=level, n_resamples=2000, method="percentile",
+                                 random_state=np.random.default_rng(0))
+    return float(boot.confidence_interval.low), float(boot.confidence_interval.high), "bootstrap"

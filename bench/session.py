@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import runner
+from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
 from bench.records import RunRecord, error_headline, load_records
@@ -32,7 +32,7 @@ def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
     """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not a failed
     record per run. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
     from bench import models as M
-    from bench.data import DataError, load_examples, tokenize
+    from bench.data import DataError, check_references, load_examples, tokenize
 
     cfg = configs[0]
     tightest = min(configs, key=lambda r: r.training.max_seq_len)
@@ -41,6 +41,7 @@ def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
     who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest.run}: "
     try:
         train, evals, report = load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
+        evals = check_references(evals, cfg.eval.extract, cfg.dataset, report)
         # Resolving a GGUF converts it here, once, instead of in the first run.
         folder, _ = M.resolve(cfg.model)
         tokenizer = M.load_tokenizer(cfg.model, folder)
@@ -71,6 +72,15 @@ def run_suite(suite: Suite, options: Options) -> int:
     except OSError as e:
         err.print(f"{suite.source}: output folder {str(out_dir)!r} cannot be created: {e.strerror}", markup=False)
         return EXIT_USAGE
+    try:
+        with lock.holding(out_dir, announce=lambda text: err.print(text, markup=False)):
+            return _run_locked(suite, configs, out_dir, options)
+    except lock.FolderInUse as e:
+        err.print(f"{suite.source}: {e}", markup=False)
+        return EXIT_USAGE
+
+
+def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: Options) -> int:
     plans = runner.plan(configs, out_dir, force=options.force, only=list(options.only))
     if options.only and not plans:
         err.print(f"--only {' '.join(options.only)}: no run of {suite.source} has that name or method", markup=False)

@@ -443,10 +443,34 @@ def _distributed_problems(doc: dict, suite_dir: Path) -> list[Problem]:
     problems = []
     for place in places:
         node = _at(doc, place)
-        if isinstance(node, str) and not _local(node, suite_dir).is_file():
-            problems.append((line_of(doc, place), f"{_place(place)}: no such file {str(_local(node, suite_dir))!r} "
-                             "(an accelerate config file, relative to the suite file; `accelerate config` writes one)"))
+        if not isinstance(node, str):
+            continue
+        path = _local(node, suite_dir)
+        if not path.is_file():
+            problems.append((line_of(doc, place), f"{_place(place)}: no such file {str(path)!r} (an accelerate "
+                             "config file, relative to the suite file; `accelerate config` writes one)"))
+        elif (why := _accelerate_config_problem(path)) is not None:
+            problems.append((line_of(doc, place), f"{_place(place)}: {str(path)!r} {why}"))
     return problems
+
+
+def _accelerate_config_problem(path: Path) -> str | None:
+    """FSDP must be FSDP2: FSDP1 flattens the frozen base (bf16) and the weights that train (fp32) of one unit into
+    one tensor and fails ("Must flatten tensors with uniform dtype")."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        doc = YAML(typ="safe").load(path.read_text())
+    except (YAMLError, UnicodeDecodeError) as e:
+        return f"is not a YAML accelerate config ({str(e).splitlines()[0]})"
+    if not isinstance(doc, dict) or doc.get("distributed_type") != "FSDP":
+        return None
+    version = (doc.get("fsdp_config") or {}).get("fsdp_version", 1)
+    if version != 2:
+        return (f"sets up FSDP version {version}, which flattens the frozen base and the fp32 weights that train "
+                "into one tensor and fails on their mixed dtypes; set fsdp_config.fsdp_version: 2")
+    return None
 
 
 def _at(doc: Any, place: tuple) -> Any:
@@ -471,6 +495,26 @@ def _output_problem(output: Path) -> str | None:
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"output: cannot write to {str(probe)!r} (permission denied); choose another output folder"
     return None
+
+
+def _device_problems(suite: Suite, doc: dict) -> list[Problem]:
+    """Settings this machine cannot run: fp16 without CUDA (its loss scaling is CUDA's), flash attention without
+    the flash-attn package."""
+    import torch
+
+    places = [(("training",), suite.training)] + [(("runs", i, "training"), run.training)
+                                                   for i, run in enumerate(suite.runs)]
+    problems = []
+    for place, training in places:
+        if training.precision == "fp16" and not torch.cuda.is_available():
+            problems.append((line_of(doc, (*place, "precision")), f"{_place(place)}.precision: fp16 needs a CUDA "
+                             "device and this machine has none; use bf16 or fp32 (or validate where the runs will "
+                             "run)"))
+        if training.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            problems.append((line_of(doc, (*place, "attn_implementation")), f"{_place(place)}.attn_implementation: "
+                             "flash_attention_2 needs the flash-attn package (pip install flash-attn, on a CUDA "
+                             "machine); sdpa and eager need nothing"))
+    return problems
 
 
 def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
@@ -515,7 +559,7 @@ def load_suite(path: str | Path) -> Suite:
     problems += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
     problems += _model_problems(doc, path.parent)
     if suite is not None:
-        problems += _suite_problems(suite, doc)
+        problems += _suite_problems(suite, doc) + _device_problems(suite, doc)
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])

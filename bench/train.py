@@ -39,7 +39,8 @@ class TrainResult:
     processed_tokens: int = 0  # every input position, padding included
     target_tokens: int = 0  # tokens the loss was computed on (the responses)
     attention_pairs: int = 0  # sum over examples of length squared: the causal attention work, in token pairs
-    seconds: float = 0.0
+    seconds: float = 0.0  # training alone: what the callbacks took (progress, checkpoint saves) is not in it
+    callback_seconds: float = 0.0  # time in on_step / on_epoch: writing progress and saving checkpoints
     # The same counts from the end of the first `warmup_steps` steps on (kernel selection, allocator growth and
     # first-touch costs excluded): what throughput and FLOPs utilisation are computed from.
     steady: dict[str, float] = field(default_factory=dict)
@@ -83,55 +84,67 @@ def train(
     on_epoch: Callable[[int, int], None] = lambda _e, _s: None,
     warmup_steps: int = 0,
     ranks: Ranks | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
 ) -> TrainResult:
     """Train until the budget binds. With `ranks` (several processes, bench.distributed), `batches` yields this
-    process's share of each micro-batch; losses and counts in the result and the curve are over all processes."""
+    process's share of each micro-batch; losses and counts in the result and the curve are over all processes.
+    `autocast` wraps each forward pass alone (backward runs outside it, as PyTorch advises); `scaler`: fp16's loss
+    scaling. Time spent in the callbacks is not training time: it is left out of the clock,
+    of throughput and of the max_seconds budget, and counted apart."""
     params = [p for p in model.parameters() if p.requires_grad]
-    # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
-    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
-                                  fused=device.type == "cuda")
-    if ranks is not None:
-        model, optimizer = ranks.prepare(model, optimizer)
-    from transformers import get_scheduler
-
-    scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
-                              num_warmup_steps=int(training.warmup_ratio * total_steps))
+    model, optimizer, scheduler = _optimizer(model, params, training, total_steps, device, ranks)
     result = TrainResult()
     mark = _counts(result)
     model.train()
-    start = time.perf_counter()
+    clock = _Clock(ranks)
     epoch_done = 0
     while True:
         micro = _take(batches, training.grad_accum)
         if micro is None:
             result.stopped_by = result.stopped_by or "epochs"
             break
-        step_loss = _accumulate(model, micro, result, device, ranks)
+        step_loss = _accumulate(model, micro, result, device, ranks, scaler, autocast)
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
-        _update(model, params, optimizer, scheduler, training, ranks)
+        _update(model, params, optimizer, scheduler, training, ranks, scaler)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
         result.steps += 1
-        result.seconds = _clock(start, ranks)
+        result.seconds = clock.seconds()
         if result.steps == warmup_steps:
             mark = _counts(result)
         point = {"step": result.steps, "loss": step_loss, "lr": scheduler.get_last_lr()[0],
                  "tokens": result.real_tokens, "seconds": result.seconds, "epoch": result.epochs}
         result.curve.append(point)
-        on_step(point)
-        if int(result.epochs) > epoch_done:
-            epoch_done = int(result.epochs)
-            on_epoch(epoch_done, result.steps)
+        with clock.paused():
+            on_step(point)
+            if int(result.epochs) > epoch_done:
+                epoch_done = int(result.epochs)
+                on_epoch(epoch_done, result.steps)
         result.stopped_by = budget_reached(budget, result)
         if result.stopped_by:
             break
-    result.seconds = time.perf_counter() - start
+    result.seconds, result.callback_seconds = clock.seconds(gather=False), clock.paused_seconds
     if result.steps <= warmup_steps:
         mark = _counts(TrainResult())  # too few steps to leave any out: the whole run is the window
     result.steady = {k: v - mark[k] for k, v in _counts(result).items()}
     return result
+
+
+def _optimizer(model, params, training: Training, total_steps: int, device: torch.device, ranks: Ranks | None):
+    """AdamW over the trainable parameters and the suite's schedule; under DDP/FSDP, prepared by accelerate."""
+    from transformers import get_scheduler
+
+    # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
+    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
+                                  fused=device.type == "cuda")
+    if ranks is not None:
+        model, optimizer = ranks.prepare(model, optimizer)
+    scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
+                              num_warmup_steps=int(training.warmup_ratio * total_steps))
+    return model, optimizer, scheduler
 
 
 def budget_reached(budget: Budget, result: TrainResult) -> str:
@@ -157,7 +170,7 @@ def _take(batches: Iterator[tuple[float, Batch]], n: int) -> list[tuple[float, B
 
 
 def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, device: torch.device,
-                ranks: Ranks | None) -> float:
+                ranks: Ranks | None, scaler: torch.amp.GradScaler | None, autocast) -> float:
     """Forward and backward over one step's micro-batches; the step's loss. The loss is a mean over every response
     token of the step, however they split into micro-batches (and, with several processes, over every process's
     share)."""
@@ -172,12 +185,16 @@ def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, de
         # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples would
         # attend to each other.
         with _no_sync(ranks, model, last=i == len(micro) - 1):
-            out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
+            with autocast():
+                out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
+            # DDP averages gradients over processes; each loss is already a share of the global mean.
+            loss = out.loss if ranks is None else out.loss * ranks.world
+            if scaler is not None:
+                loss = scaler.scale(loss)
             if ranks is None:
-                out.loss.backward()
+                loss.backward()
             else:
-                # DDP averages gradients over processes; each loss is already a share of the global mean.
-                ranks.accelerator.backward(out.loss * ranks.world)
+                ranks.accelerator.backward(loss)
         step_loss += out.loss.item()
         result.epochs = progress
         if not filler:
@@ -195,21 +212,44 @@ def _count(result: TrainResult, batch: Batch) -> None:
     result.attention_pairs += sum(n * n for n in example_lengths(batch))
 
 
-def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks | None) -> None:
+def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks | None,
+            scaler: torch.amp.GradScaler | None) -> None:
+    if scaler is not None:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if training.max_grad_norm and ranks is None:
         torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
     elif training.max_grad_norm:  # under FSDP the norm is over every process's shards
         ranks.accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed; the scale then drops
+        scaler.update()
+    else:
+        optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
 
 
-def _clock(start: float, ranks: Ranks | None) -> float:
-    seconds = time.perf_counter() - start
-    if ranks is not None:  # budgets must stop every process at the same step: the slowest clock decides
-        seconds = max(row[0] for row in ranks.gather([seconds]))
-    return seconds
+class _Clock:
+    """Training time: wall time since the start, less the time spent in callbacks."""
+
+    def __init__(self, ranks: Ranks | None):
+        self.ranks = ranks
+        self.start = time.perf_counter()
+        self.paused_seconds = 0.0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused_seconds += time.perf_counter() - t
+
+    def seconds(self, gather: bool = True) -> float:
+        seconds = time.perf_counter() - self.start - self.paused_seconds
+        if gather and self.ranks is not None:  # budgets must stop every process at one step: the slowest decides
+            seconds = max(row[0] for row in self.ranks.gather([seconds]))
+        return seconds
 
 
 def _no_sync(ranks: Ranks | None, model, last: bool):
@@ -265,10 +305,10 @@ def train_stage(cfg: RunConfig, method: Method, model: torch.nn.Module, loaded: 
 
     batches = D.batches(loaded.train, tr.batch_size, tr.seed, loaded.pad_id, packed, tr.epochs,
                         rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1)
+    scaler = torch.amp.GradScaler(place.device.type) if place.dtype == torch.float16 else None
     try:
-        with place.autocast():
-            return train(model, batches, tr, cfg.budget, total_steps, place.device, on_step, on_epoch,
-                         warmup_steps=steady_after(total_steps), ranks=ranks)
+        return train(model, batches, tr, cfg.budget, total_steps, place.device, on_step, on_epoch,
+                     warmup_steps=steady_after(total_steps), ranks=ranks, scaler=scaler, autocast=place.autocast)
     finally:
         if progress is not None:
             progress.close()
@@ -278,7 +318,8 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
     """What the record says of training: time, steps, tokens, throughput, and FLOPs utilisation where the device's
     peak is known."""
     m: dict[str, Any] = dict(
-        train_seconds=result.seconds, train_steps=result.steps, train_epochs=result.epochs,
+        train_seconds=result.seconds, checkpoint_seconds=result.callback_seconds, train_steps=result.steps,
+        train_epochs=result.epochs,
         train_tokens=result.real_tokens, processed_tokens=result.processed_tokens,
         real_token_fraction=result.real_tokens / max(result.processed_tokens, 1),
         train_tokens_per_second=result.real_tokens / result.seconds if result.seconds else 0.0,
@@ -291,7 +332,7 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
     m |= {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
-    peak = peak_flops(place.device)
+    peak, _ = peak_flops(place.device)
     if peak:
         m["mfu"] = flops / w["seconds"] / peak
     return m

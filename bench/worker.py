@@ -14,7 +14,6 @@ import time
 import traceback
 from pathlib import Path
 
-import psutil
 import torch
 
 from bench import data as D
@@ -23,9 +22,11 @@ from bench.config import RunConfig
 from bench.device import Place, pick_device
 from bench.distributed import Ranks
 from bench.env import environment
+from bench.flops import peak_flops
 from bench.evaluation import evaluate, general_loss, general_texts
 from bench.layout import RESULT, read_progress
-from bench.load import Loaded, build, count_params, load, method_of
+from bench.load import Loaded, build, count_params, load, method_of, weight_dtypes
+from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.records import RunRecord, write_record
 from bench.train import Diverged, train_metrics, train_stage
@@ -35,45 +36,52 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     """Fill `record` stage by stage; it keeps what was measured if a stage raises. With `ranks` (a distributed
     run), None on every process but the main one."""
     place = Place.create(cfg.training.precision, ranks)
-    record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch.")}
+    phases = Phases(record, place)
+    record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."),
+                                                      "memory": phases.meter.method,
+                                                      "peak_flops": peak_flops(place.device)[1]}
     if ranks:
         record.environment["distributed"] = ranks.describe()
     torch.manual_seed(cfg.training.seed)
     method = method_of(cfg)
     texts = general_texts(cfg)
 
-    with phase(record, "load"):
+    with phases("load"):
         loaded = load(cfg)
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method)
-        record.metrics |= params_metrics(model) | {"load_memory_bytes": memory_now(place)}
-    if place.cuda:
-        torch.cuda.reset_peak_memory_stats(place.device)
+        record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
+        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
     if texts is not None:
         record.metrics["general_loss_before"] = general_loss(cfg, model, loaded, texts, place, base=True)
     if method is not None:
         try:
-            model = train(cfg, model, loaded, place, run_dir, record)
+            with phases("train", timed=False):
+                model = train(cfg, model, loaded, place, run_dir, record)
         except Diverged as e:
             return record.model_copy(update={"status": "diverged", "error": str(e)})
-    peaks = gather_peaks(record, place)
+        record.metrics |= gather_peaks(record, place, phases)
     if not place.main:
         return None
     evaluated = None
     if cfg.eval.enabled:
-        with phase(record, "eval"):
+        with phases("eval"):
             evaluated = evaluate(cfg, method, model, loaded, place)
             record.metrics |= evaluated.metrics
-            record.predictions = evaluated.predictions
+            record.intervals, record.predictions = evaluated.intervals, evaluated.predictions
             record.environment["generation"] = evaluated.decoding
             if texts is not None:
                 record.metrics |= forgetting(cfg, model, loaded, texts, place, record.metrics["general_loss_before"])
     if method is not None:
         saved = save(cfg, method, model, loaded.tokenizer, run_dir)
-        merged = check_merge(cfg, method, model, loaded, evaluated and evaluated.generations, place, saved)
+        with phases("merge", timed=False):
+            merged = check_merge(cfg, method, model, loaded, evaluated and evaluated.generations, place, saved,
+                                 phases.peaks.get("train"))
+        if merged.check.status != "merged":
+            phases.peaks.pop("merge")  # nothing was merged: no merge peak to speak of
         record.metrics |= saved.metrics | merged.metrics
         record.merge = merged.check
-    record.metrics |= peak_metrics(place, peaks, record)
+    record.metrics |= phases.metrics()
     record.status = "success"
     return record
 
@@ -100,12 +108,42 @@ def forgetting(cfg: RunConfig, model, loaded: Loaded, texts: list[str], place: P
     return {"general_loss": after, "forgetting": after - before}
 
 
-@contextlib.contextmanager
-def phase(record: RunRecord, name: str):
-    """A stage of the run, timed into `{name}_seconds`."""
-    start = time.perf_counter()
-    yield
-    record.metrics[f"{name}_seconds"] = time.perf_counter() - start
+# Where each phase's peak goes in the record: training's is peak_memory_bytes, what tables, plots, compare,
+# recommend and the gate use.
+PEAK_METRICS = {"load": ("load_peak_memory_bytes", None),
+                "train": ("peak_memory_bytes", "cuda_max_reserved_bytes"),
+                "eval": ("eval_peak_memory_bytes", "eval_peak_reserved_bytes"),
+                "merge": ("merge_peak_memory_bytes", "merge_peak_reserved_bytes")}
+
+
+class Phases:
+    """The stages of a run as phases: each timed into `{name}_seconds` and its memory peak measured on its own."""
+
+    def __init__(self, record: RunRecord, place: Place):
+        self.record = record
+        self.meter = Meter(place.device)
+        self.cuda = place.cuda
+        self.peaks: dict[str, Peak | None] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str, timed: bool = True):
+        start = time.perf_counter()
+        with self.meter.phase(self.peaks, name):
+            yield
+        if timed:
+            self.record.metrics[f"{name}_seconds"] = time.perf_counter() - start
+
+    def metrics(self) -> dict[str, float]:
+        m: dict[str, float] = {}
+        for name, peak in self.peaks.items():
+            used, reserved = PEAK_METRICS[name]
+            if peak is not None and used not in self.record.metrics:  # a distributed run's training peak is set
+                m[used] = peak.used
+            if peak is not None and reserved and peak.reserved is not None:
+                m[reserved] = peak.reserved
+        if self.cuda and "peak_memory_bytes" in m:
+            m["cuda_max_allocated_bytes"] = m["peak_memory_bytes"]
+        return m
 
 
 def params_metrics(model) -> dict[str, float]:
@@ -113,46 +151,19 @@ def params_metrics(model) -> dict[str, float]:
     return {"trainable_params": trainable, "total_params": total, "trainable_pct": 100 * trainable / total}
 
 
-def memory_now(place: Place) -> int:
-    if place.cuda:
-        place.synchronize()
-        return torch.cuda.memory_allocated(place.device)
-    return psutil.Process().memory_info().rss
-
-
-def device_peak(place: Place) -> int:
-    if place.cuda:
-        return torch.cuda.max_memory_allocated(place.device)
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def gather_peaks(record: RunRecord, place: Place) -> list[int] | None:
-    """In a distributed run, every process's peak so far (by rank), and the per-process throughput metrics."""
+def gather_peaks(record: RunRecord, place: Place, phases: Phases) -> dict[str, float]:
+    """In a distributed run, every process's training peak (by rank): peak_memory_bytes is the largest, what one
+    device must hold, beside their total; and the per-process throughput metrics."""
     if place.ranks is None:
-        return None
-    peaks = [int(row[0]) for row in place.ranks.gather([device_peak(place)])]
-    m = record.metrics
-    m["world_size"] = place.ranks.world
-    for name in ("train_tokens_per_second", "steady_tokens_per_second"):
-        if name in m:
-            m[f"{name}_per_process"] = m[name] / place.ranks.world
-    return peaks
-
-
-def peak_metrics(place: Place, peaks: list[int] | None, record: RunRecord) -> dict[str, float]:
-    """Peak memory; in a distributed run `peaks` holds every process's (by rank) and peak_memory_bytes is the
-    largest, what one device must hold, beside their total. The main process's own is its final peak."""
-    m: dict[str, float] = {}
-    if place.cuda:
-        m["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated(place.device)
-        m["cuda_max_reserved_bytes"] = torch.cuda.max_memory_reserved(place.device)
-    m["peak_memory_bytes"] = device_peak(place)
-    if peaks is not None:
-        peaks = [int(m["peak_memory_bytes"])] + peaks[1:]
-        m.update(peak_memory_bytes=max(peaks), peak_memory_bytes_total=sum(peaks))
+        return {}
+    world = place.ranks.world
+    m = {"world_size": world} | {f"{name}_per_process": record.metrics[name] / world for name in (
+        "train_tokens_per_second", "steady_tokens_per_second") if name in record.metrics}
+    train = phases.peaks.get("train")
+    peaks = [int(row[0]) for row in place.ranks.gather([train.used if train else 0])]
+    if train is not None:
         record.environment["distributed"]["peak_memory_bytes_per_process"] = peaks
+        m |= {"peak_memory_bytes": max(peaks), "peak_memory_bytes_total": sum(peaks)}
     return m
 
 
@@ -161,8 +172,10 @@ def whole_model(cfg: RunConfig, place: Place, loaded: Loaded, model):
     the merge check. DDP keeps a whole copy in every process; FSDP's shards are gathered into a freshly built one."""
     ranks = place.ranks
     if not ranks.sharded:
+        ranks.release()
         return model
     state = ranks.state_dict()  # every process takes part
+    ranks.release()
     if not ranks.main:
         return model
     whole = build(cfg, loaded.folder, place, method_of(cfg))
@@ -188,7 +201,7 @@ def main() -> int:
     cfg = RunConfig.model_validate_json(cfg_path.read_text())
     record = RunRecord.start(cfg)
     try:
-        ranks = Ranks(pick_device()) if cfg.distributed else None
+        ranks = Ranks(pick_device(), requested_type(cfg)) if cfg.distributed else None
         out = run(cfg, run_dir, record, ranks)
     except Exception as e:
         out = failed(record, e)
@@ -204,6 +217,17 @@ def main() -> int:
     write_record(run_dir / RESULT, out)
     code = 0 if out.status == "success" else 1
     return leave(code) if cfg.distributed else code
+
+
+def requested_type(cfg: RunConfig) -> str | None:
+    """The distributed_type the run's accelerate config file names (None without a file: plain DDP)."""
+    path = cfg.training.distributed.config
+    if path is None:
+        return None
+    from ruamel.yaml import YAML
+
+    doc = YAML(typ="safe").load(Path(path).read_text())
+    return doc.get("distributed_type") if isinstance(doc, dict) else None
 
 
 def leave(code: int) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -200,6 +201,19 @@ CASES = [
          caught_by="run"),
     Case("eval-size-leaves-nothing", "{dir}/data.jsonl: eval_size 8 leaves no training rows (8 usable rows in all)",
          suite=edit("eval_size: 2", "eval_size: 8"), caught_by="run"),
+    Case("empty-sweep", "line 19, runs[0].sweep.learning_rate: no values to try; list at least one (or remove the key)",
+         suite=edit("    params: {r: 4}", "    params: {r: 4}\n    sweep: {learning_rate: []}")),
+    Case("fp16-without-cuda", "line 13, training.precision: fp16 needs a CUDA device and this machine has none; use "
+         "bf16 or fp32 (or validate where the runs will run)",
+         suite=edit("  max_seq_len: 256", "  max_seq_len: 256\n  precision: fp16")),
+    Case("reference-without-answer", "{dir}/eval.jsonl, line 2: the reference 'woc' has no match for eval.extract "
+         "'#### (.+)', so no answer can be scored against it (fix the row or the regex, or set dataset.on_bad_row: "
+         "skip)",
+         suite=lambda text: edit("  max_examples: 2", "  max_examples: 2\n  extract: '#### (.+)'")(
+             edit("  eval_size: 2", "  eval_path: eval.jsonl")(text)),
+         files={"eval.jsonl": jsonl([{"prompt": "Spell fox backwards.", "response": "#### xof"},
+                                     {"prompt": "Spell cow backwards.", "response": "woc"}])},
+         caught_by="run"),
 ]
 
 
@@ -242,6 +256,8 @@ def _setup(case: Case, tmp_path: Path, results: Path) -> Path:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case, tmp_path, results, capsys, monkeypatch):
+    if case.id == "fp16-without-cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is here: fp16 is allowed")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # a GGUF case must not leave anything in the real one
     suite = _setup(case, tmp_path, results)

@@ -106,7 +106,7 @@ def test_doubled_peak_memory_fails_the_gate(committed, tmp_path, capsys):
     code, out, _ = gate(capsys, BASELINE, as_folder(current, tmp_path))
     assert code == 1
     assert out.startswith("### Regression gate: FAIL\n")
-    row = next(line for line in out.splitlines() if line.startswith("| lora | peak memory |"))
+    row = next(line for line in out.splitlines() if line.startswith("| lora | peak memory (training) |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells[4].endswith("(+100.0%)") and cells[5:] == ["↓", "±10%", "**regression**"]
 
@@ -224,7 +224,7 @@ def test_memory_is_not_gated_across_environments(committed, tmp_path, capsys):
         **r.environment["packages"], "torch": "2.13.0"}}}) for r in current]
     code, out, _ = gate(capsys, BASELINE, as_folder(current, tmp_path))
     assert code == 0
-    assert "| lora | peak memory |" in out and "regression (not gated)" in out
+    assert "| lora | peak memory (training) |" in out and "regression (not gated)" in out
     assert "- peak_memory_bytes, cuda_max_allocated_bytes, train_seconds: not gated where the environment differs" in out
 
 
@@ -298,7 +298,7 @@ def test_markdown_golden():
     changed = """\
 | run | metric | baseline | current | Δ | better | tolerance | verdict |
 |---|---|---:|---:|---:|:---:|---:|---|
-| lora | peak memory | 500.0 MB | 1000.0 MB | +500.0 MB (+100.0%) | ↓ | ±10% | **regression** |
+| lora | peak memory (training) | 500.0 MB | 1000.0 MB | +500.0 MB (+100.0%) | ↓ | ±10% | **regression** |
 | lora | train time | 1.0 | 2.0 | +1.0 (+100.0%) | ↓ | ±25% | regression (not gated) |
 | full | status | success | failed | - |  |  | **regression** |"""
     assert render_markdown(c) == f"""\

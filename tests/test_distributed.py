@@ -250,7 +250,13 @@ def test_distributed_config_resolves_hashes_its_file_and_a_missing_file_is_repor
     with pytest.raises(SuiteError) as e:
         load_suite(suite)
     assert f"runs[0].training.distributed.config: no such file '{tmp_path / 'a.yaml'}'" in e.value.render()
-    (tmp_path / "a.yaml").write_text("distributed_type: FSDP\n")
+    (tmp_path / "a.yaml").write_text("distributed_type: FSDP\n")  # FSDP1, accelerate's default
+    with pytest.raises(SuiteError) as e:
+        load_suite(suite)
+    assert f"'{tmp_path / 'a.yaml'}' sets up FSDP version 1, which flattens the frozen base and the fp32 weights " \
+           "that train into one tensor and fails on their mixed dtypes; set fsdp_config.fsdp_version: 2" in \
+           e.value.render()
+    (tmp_path / "a.yaml").write_text("distributed_type: FSDP\nfsdp_config: {fsdp_version: 2}\n")
     dist = load_suite(suite).resolved_runs()[0].training.distributed
     assert dist.config == str(tmp_path / "a.yaml") and dist.num_processes == 2
     first = load_suite(suite).resolved_runs()[0].config_hash
@@ -259,3 +265,27 @@ def test_distributed_config_resolves_hashes_its_file_and_a_missing_file_is_repor
     # Without `distributed` nothing is added to a run's config, so stored records keep their hashes.
     plain = load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs()
     assert all("distributed" not in c.model_dump()["training"] for c in plain)
+
+
+FSDP2 = """\
+compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+num_machines: 1
+num_processes: 2
+main_process_port: 0
+fsdp_config: {fsdp_version: 2, fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP,
+              fsdp_transformer_layer_cls_to_wrap: LlamaDecoderLayer, fsdp_state_dict_type: FULL_STATE_DICT}
+"""
+
+
+def test_fsdp_on_a_cpu_is_a_failed_run_that_says_why_not_a_quiet_ddp_run(tmp_path):
+    """accelerate 1.15 builds FSDP for GPU launches only; on a CPU it ran plain DDP (MULTI_CPU) and the record would
+    have been DDP's under a run that asked for FSDP. FSDP itself has not run here: no GPU was lent."""
+    (tmp_path / "fsdp.yaml").write_text(FSDP2)
+    runs = "  - {method: lora, name: lora-fsdp, training: {distributed: {num_processes: 2, config: fsdp.yaml}}}\n"
+    suite, out = write_suite(tmp_path, runs, steps=2)
+    result = run_cli(suite)
+    assert result.returncode == 1
+    (record,) = load_records(out)
+    assert record.status == "failed"
+    assert "the accelerate config asks for FSDP, which accelerate runs on CUDA devices only" in record.error

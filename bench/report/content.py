@@ -129,6 +129,9 @@ class Report:
     recommendation: Explanation | None = None
     # Per swept run: (heading, [(value, seeds, validation loss, score, chosen)]); the summary shows chosen points only.
     sweeps: list[tuple[str, list[tuple[str, str, str, str, bool]]]] = field(default_factory=list)
+    # Run details: memory by phase (headers, rows) and each score with its interval over the eval examples.
+    memory: tuple[list[str], list[list[str]]] | None = None
+    score_intervals: tuple[list[str], list[list[str]]] | None = None
 
 
 def styles(records: list[RunRecord]) -> dict[int, tuple[str, str]]:
@@ -356,6 +359,9 @@ def warnings(records: list[RunRecord]) -> list[str]:
           "Runs of different suites are side by side.")
     check("suite version", [(names[id(r)], plain(r.config.suite_version)) for r in recs],
           "The suite changed between these runs.")
+    check("record schema", [(names[id(r)], str(r.schema_version)) for r in recs],
+          "Before schema 2, peak memory was the whole process's peak (evaluation and merge check included), not "
+          "training's.")
     check("model", [(names[id(r)], plain(flatten(r.stored_config.get("model", {})))) for r in recs],
           "Scores of different base models do not compare.")
     check("dataset fingerprint", [(names[id(r)], r.data.fingerprint) for r in recs
@@ -373,6 +379,61 @@ def warnings(records: list[RunRecord]) -> list[str]:
         if single and len(single) < len(trained):
             out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "
                        "before the suite had seeds stay in the folder until removed; each shows as a row of its own.")
+    return out
+
+
+# The memory figures of a run, phase by phase (bench.memory); the summary's column is training's.
+PHASES = [("load_memory_bytes", "after load"), ("load_peak_memory_bytes", "load peak"),
+          ("peak_memory_bytes", "training peak"), ("eval_peak_memory_bytes", "eval peak"),
+          ("merge_peak_memory_bytes", "merge check peak"), ("cuda_max_reserved_bytes", "training reserved"),
+          ("eval_peak_reserved_bytes", "eval reserved"), ("merge_peak_reserved_bytes", "merge reserved")]
+
+
+def memory_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]] | None:
+    """Memory by phase per run, the columns some run has; None for records from before phases were measured."""
+    recs = [r for r in ordered(records) if "load_peak_memory_bytes" in r.metrics]
+    cols = [(k, h) for k, h in PHASES if any(k in r.metrics for r in recs)]
+    if not recs:
+        return None
+    names = labels(records)
+    return (["run"] + [h for _, h in cols],
+            [[names[id(r)]] + [format_value(k, r.metrics.get(k)) for k, _ in cols] for r in recs])
+
+
+def interval_table(records: list[RunRecord]) -> tuple[list[str], list[list[str]]] | None:
+    """Each score with its 95% interval over the eval examples (Wilson for proportions, else bootstrap)."""
+    recs = [r for r in ordered(records) if r.intervals]
+    if not recs:
+        return None
+    names = labels(records)
+    scores = [s for s in score_names(records) if any(s in r.intervals for r in recs)]
+
+    def text(r: RunRecord, s: str) -> str:
+        i = r.intervals.get(s)
+        return "-" if i is None else (f"{format_value(s, r.metrics.get(s))} "
+                                      f"[{format_value(s, i.low)}, {format_value(s, i.high)}]")
+
+    n = sorted({i.n for r in recs for i in r.intervals.values()})
+    return (["run"] + [f"{metric(s).label} (n={'/'.join(map(str, n))})" for s in scores],
+            [[names[id(r)]] + [text(r, s) for s in scores] for r in recs])
+
+
+def decoding_warnings(records: list[RunRecord]) -> list[str]:
+    """Runs whose scores through transformers' generate() differ from the harness's own decoding of them."""
+    from bench.metrics import VIA_GENERATE
+
+    names, out = labels(records), []
+    for r in ordered(records):
+        differ = [(s, r.metrics[s], r.metrics[VIA_GENERATE + s]) for s in score_names(records)
+                  if s in r.metrics and VIA_GENERATE + s in r.metrics and r.metrics[s] != r.metrics[VIA_GENERATE + s]]
+        if differ:
+            s, own, outside = differ[0]
+            out.append(f"{names[id(r)]}: {metric(s).label} {format_value(s, own)} with the harness's decoding but "
+                       f"{format_value(s, outside)} through transformers' generate(), which lm-eval, vLLM and most "
+                       "serving stacks use: with transformers "
+                       f"{r.environment.get('packages', {}).get('transformers', '?')} / peft "
+                       f"{r.environment.get('packages', {}).get('peft', '?')}, generate() mis-decodes prompt-learning "
+                       "adapters. Do not choose it on a score your serving stack cannot reproduce.")
     return out
 
 
@@ -478,7 +539,7 @@ def build(records: list[RunRecord]) -> Report:
     return Report(
         title=f"{', '.join(suites) or 'No runs'}: PEFT benchmark report",
         intro=intro,
-        warnings=warnings(records),
+        warnings=warnings(records) + decoding_warnings(records),
         summary=summary_table(records),
         summary_notes=notes,
         score=metric(scores[0]).label if scores else None,
@@ -494,4 +555,6 @@ def build(records: list[RunRecord]) -> Report:
         doubts=doubts(records) if intervals else [],
         recommendation=explain(recommend(records)) if records else None,
         sweeps=sweep_rows(every, scores[0] if scores else None),
+        memory=memory_table(records),
+        score_intervals=interval_table(records),
     )

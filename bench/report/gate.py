@@ -28,7 +28,12 @@ def _verdict(row: Row) -> str:
     if row.verdict == "ok":
         return "ok"
     text = f"**{row.verdict}**" if row.gated and row.verdict in ("regression", "missing") else row.verdict
-    return text if row.gated or row.verdict == "improved" else f"{text} (not gated)"
+    text = text if row.gated or row.verdict == "improved" else f"{text} (not gated)"
+    if row.within_noise is not None:
+        n = row.current_interval[2]
+        text += (f"; within the 95% interval over {n} eval examples" if row.within_noise
+                 else f"; beyond the 95% interval over {n} eval examples")
+    return text
 
 
 BETTER = {"higher": "↑", "lower": "↓", "none": "="}

@@ -53,7 +53,8 @@ def render_markdown(records: list[RunRecord]) -> str:
              "Plots are in report.html beside this file."), ""]
     if rep.warnings:
         out += ["## Warnings", ""] + [f"- {escape(w)}" for w in rep.warnings] + [""]
-    for section in (_summary, _tradeoffs, _sweeps, _recommendation, _failures, _examples, _environment, _config):
+    for section in (_summary, _tradeoffs, _sweeps, _recommendation, _details, _failures, _examples, _environment,
+                    _config):
         out += section(rep)
     if rep.data_notes:
         out += ["## Data", ""] + [f"- {escape(n)}" for n in rep.data_notes] + [""]
@@ -108,6 +109,22 @@ def _recommendation(rep: Report) -> list[str]:
     if r.details:
         out += [f"- {escape(d)}" for d in r.details] + [""]
     return out + [RECOMMEND_HINT, ""]
+
+
+def _details(rep: Report) -> list[str]:
+    if not (rep.memory or rep.score_intervals):
+        return []
+    out = ["## Run details", ""]
+    if rep.memory:
+        out += ["Memory by phase (CUDA: max allocated, and reserved; CPU: the process's resident peak), each reset "
+                "when its phase starts; the summary's memory is the training peak.", ""]
+        out += table(rep.memory[0], [[escape(c) for c in row] for row in rep.memory[1]],
+                     [False] + [True] * (len(rep.memory[0]) - 1)) + [""]
+    if rep.score_intervals:
+        out += ["Scores with their 95% interval over the eval examples (Wilson for proportions, bootstrap otherwise).",
+                ""]
+        out += table(rep.score_intervals[0], [[escape(c) for c in row] for row in rep.score_intervals[1]]) + [""]
+    return out
 
 
 def _failures(rep: Report) -> list[str]:
