@@ -80,3 +80,31 @@ def test_cached_virtual_token_decoding_batches_prompts_of_one_length(method_id, 
     want = [reference_greedy(model, tokenizer, x, 8) for x in examples]
     assert got.token_ids == want
     assert len({tuple(w) for w in want}) > 1 or len(want[0]) < 8  # the rows are not all trivially alike
+
+
+@pytest.mark.parametrize("method_id", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_generate_on_the_pinned_transformers_decodes_prompt_learning_as_its_forward_pass_does(method_id):
+    """The guard on constraints.txt's transformers pin: transformers 5.24.0 passes generate()'s cache as `cache`
+    while PEFT 0.21.2 looks for `past_key_values`, and its logits drift from the model's own forward pass from the
+    second new token on (prefix tuning from the first); 5.0 to 5.23.0 agree to float rounding. Fails on a pin
+    where outside clients (lm-eval, a generate() call) would not reproduce the harness's scores."""
+    from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = {"prompt_tuning": PromptTuningConfig, "p_tuning": PromptEncoderConfig,
+              "prefix_tuning": PrefixTuningConfig}[method_id](task_type="CAUSAL_LM", num_virtual_tokens=8)
+    base = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+    torch.manual_seed(0)
+    model = get_peft_model(LlamaForCausalLM(base).eval(), config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)  # away from the initial prompt, as after training
+        ids = torch.randint(3, 200, (2, 12))
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                             output_scores=True, return_dict_in_generate=True, pad_token_id=0)
+        for step, scores in enumerate(out.scores):
+            seq = out.sequences[:, : ids.shape[1] + step]
+            own = model(input_ids=seq, attention_mask=torch.ones_like(seq)).logits[:, -1]
+            assert torch.allclose(scores, own, atol=1e-5), f"step {step}: max diff {(scores - own).abs().max():.2e}"

@@ -433,7 +433,8 @@ def decoding_warnings(records: list[RunRecord]) -> list[str]:
                        "serving stacks use: with transformers "
                        f"{r.environment.get('packages', {}).get('transformers', '?')} / peft "
                        f"{r.environment.get('packages', {}).get('peft', '?')}, generate() mis-decodes prompt-learning "
-                       "adapters. Do not choose it on a score your serving stack cannot reproduce.")
+                       "adapters (transformers 5.24.0 does; 5.0 to 5.23.0 with peft 0.21.2 decode them as their "
+                       "forward pass does). Do not choose it on a score your serving stack cannot reproduce.")
     return out
 
 
