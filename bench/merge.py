@@ -39,7 +39,7 @@ class Saved:
 
 def save(cfg: RunConfig, method: Method, model, tokenizer, run_dir: Path) -> Saved:
     """The adapter (a plain PEFT adapter folder), or the whole model where every weight trained."""
-    full = method.config(**cfg.params) is None
+    full = method.peft_type is None
     folder = run_dir / ("model" if full else "adapter")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
