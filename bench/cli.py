@@ -48,8 +48,9 @@ def cmd_fields(method_id: str) -> int:
         return EXIT_USAGE
     m = METHODS[method_id]
     for name, kind in m.parameters().items():
-        default = m.preset.get(name, "PEFT's default")
-        console.print(f"{name}: {str(kind).replace('typing.', '')} = {default!r}", markup=False, highlight=False)
+        default = repr(m.preset[name]) if name in m.preset else "PEFT's default"
+        kind = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+        console.print(f"{name}: {kind} = {default}", markup=False, highlight=False)
     return EXIT_OK
 
 

@@ -1,7 +1,7 @@
 """`python -m bench import-peft DIR... [--out SUITE.yaml]`: PEFT's own method_comparison experiments as runs of a
 suite. Each DIR is laid out as PEFT's `method_comparison/MetaMathQA/experiments/<method>/<name>/`: an
 adapter_config.json (absent for full fine-tuning) and an optional training_params.json whose `optimizer_type` and
-`optimizer_kwargs` (lr, weight_decay, the rest) override PEFT's `default_training_params.json`, found two folders up
+`optimizer_kwargs` (lr, weight_decay, the rest) override PEFT's `default_training_params.json`, found three folders up
 where the experiments sit in PEFT's tree."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def suite_of(folders: list[Path], out: Path | None, model: str, data: str) -> tu
         runs.append(run)
         notes += found
     training: dict[str, Any] = {"max_seq_len": 512}
-    defaults = folders[0].resolve().parent.parent / DEFAULTS
+    defaults = folders[0].resolve().parent.parent.parent / DEFAULTS  # MetaMathQA/experiments/METHOD/NAME
     if defaults.is_file():
         training |= {k: v for k, v in training_of(_json(defaults)).items() if k != "batch_size"}
     data_path = os.path.relpath(Path(data).resolve(), relative_to) if relative_to else str(Path(data).resolve())

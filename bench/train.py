@@ -103,8 +103,7 @@ def train(
     process's share of each micro-batch; losses and counts in the result and the curve are over all processes.
     `autocast` wraps each forward pass alone (backward runs outside it, as PyTorch advises); `scaler`: fp16's loss
     scaling. Time spent in the callbacks is not training time: it is left out of the clock,
-    of throughput and of the max_seconds budget, and counted apart. `method.on_step` runs after every optimiser
-    step, before the gradients are cleared (AdaLoRA's rank allocation reads them)."""
+    of throughput and of the max_seconds budget, and counted apart. `method.on_step`: after each optimiser step."""
     model, optimizer, scheduler = _optimizer(model, training, total_steps, device, ranks)
     params = [p for p in model.parameters() if p.requires_grad]  # after the optimiser: LoRA-FA freezes lora_A
     after_step = (lambda step: method.on_step(model, step)) if method is not None else None
