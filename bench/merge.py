@@ -77,7 +77,8 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
         if method.merge == "exact":
             try:
                 layers = layer_errors(model)
-            except ValueError as e:  # PEFT refuses this model's merge (BEFT: a bias adapter on a layer without bias)
+            except (ValueError, NotImplementedError) as e:  # PEFT refuses this model's merge (BEFT: a bias adapter
+                # on a layer without bias; Lily: merging not implemented)
                 return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
             merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
         else:
@@ -148,6 +149,9 @@ def layer_errors(model) -> LayerErrors:
             continue
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else None
         if base is None or base is module or not hasattr(base, "weight") or base.weight.dtype.itemsize < 2:
+            continue
+        if not isinstance(base, (torch.nn.Linear, torch.nn.Embedding)):
+            out.replaced += 1  # a norm layer (LN tuning): merging swaps in the trained copy whole
             continue
         storage = base.weight.dtype
         own, rounding = _one_layer(module, storage, generator)
