@@ -77,10 +77,10 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
         if method.merge == "exact":
             try:
                 layers = layer_errors(model)
+                merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
             except (ValueError, NotImplementedError) as e:  # PEFT refuses this model's merge (BEFT: a bias adapter
-                # on a layer without bias; Lily: merging not implemented)
+                # on a layer without bias; Lily, Shadow: not a static weight delta)
                 return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
-            merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
         else:
             with model.disable_adapter():
                 base_4bit = E.prompt_logits(model, tokenizer, examples, device)
