@@ -17,6 +17,8 @@ def test_every_shipped_suite_validates(path):
     suite = load_suite(path)
     runs = suite.resolved_runs()
     assert runs[0].method == "baseline"
+    if path.stem == "peft-all":
+        return  # the tuners the other suites do not run (tests/test_tuners.py checks it has one per tuner)
     assert {r.method for r in runs} >= {"full", "lora", "qlora", "prefix_tuning", "prompt_tuning", "p_tuning",
                                            "ia3"}
 
