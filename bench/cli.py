@@ -16,16 +16,41 @@ from bench.console import EXIT_OK, EXIT_USAGE, console, err
 def cmd_list(args) -> int:
     from rich.table import Table
 
+    if args.fields:
+        return cmd_fields(args.fields)
+
     from methods import METHODS
 
     table = Table(title="Methods", show_lines=True)
-    for col in ("id", "merge", "base", "parameters (defaults)", "what it does"):
+    for col in ("id", "merge", "base", "params: PEFT config (harness defaults; fixed)", "what it does"):
         table.add_column(col, overflow="fold")
     for m in METHODS.values():
-        params = ", ".join(f"{k}={v!r}" for k, v in m.defaults().items()) or "-"
-        table.add_row(m.id, m.merge, "4-bit NF4" if m.load_in_4bit else "as loaded", params, m.summary)
+        params = ", ".join([f"{k}={v!r}" for k, v in m.defaults().items()]
+                           + [f"{k}={v!r} (fixed)" for k, v in m.fixed.items()])
+        schema = f"{m.config_name}: {len(m.parameters())} fields" if m.peft_type else m.config_name
+        what = m.summary if m.refusal is None else f"{m.summary} Cannot run here: it {m.refusal}."
+        table.add_row(m.id, m.merge, "4-bit NF4" if m.load_in_4bit else "as loaded",
+                      f"{schema}" + (f" ({params})" if params else ""), what)
     console.print(table)
-    console.print("Every suite also evaluates the untrained base model as the [bold]baseline[/] row.")
+    console.print("A method's params are every field of its PEFT config (PEFT's docs explain them); `bench list "
+                  "--fields METHOD` lists them. Every suite also evaluates the untrained base model as the "
+                  "[bold]baseline[/] row.")
+    return EXIT_OK
+
+
+def cmd_fields(method_id: str) -> int:
+    from methods import METHODS
+
+    if method_id not in METHODS:
+        from bench.util import did_you_mean
+
+        err.print(f"unknown method '{method_id}'{did_you_mean(method_id, METHODS)}", markup=False)
+        return EXIT_USAGE
+    m = METHODS[method_id]
+    for name, kind in m.parameters().items():
+        default = repr(m.preset[name]) if name in m.preset else "PEFT's default"
+        kind = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
+        console.print(f"{name}: {kind} = {default}", markup=False, highlight=False)
     return EXIT_OK
 
 
@@ -159,8 +184,21 @@ def _lazy(module: str, name: str):
 
 
 def _run_parsers(sub) -> None:
-    p = sub.add_parser("list", help="methods, their parameters and defaults")
+    p = sub.add_parser("list", help="methods (every PEFT tuner), their merge kind, parameters and defaults")
+    p.add_argument("--fields", metavar="METHOD", help="every param of one method, with its type and default")
     p.set_defaults(func=cmd_list)
+    p = sub.add_parser("plan", help="per run, without training or weights: trainable and total parameters, adapter "
+                       "size, base weights at the run's precision and at 4-bit")
+    p.add_argument("suite")
+    p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
+    p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
+    p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
+                       "experiments (adapter_config.json, optional training_params.json)")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("--out", metavar="SUITE.yaml", help="write the suite here (default: print it)")
+    p.add_argument("--model", default="tiny-llama", help="the suite's model preset (default tiny-llama)")
+    p.add_argument("--data", default="data/smoke.jsonl", help="the suite's dataset path")
+    p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+")
     p.set_defaults(func=cmd_validate)

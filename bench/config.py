@@ -127,6 +127,15 @@ class Distributed(Strict):
                                "to the suite file")
 
 
+class Optimizer(Strict):
+    """The optimiser: a torch.optim class by name, or one of PEFT's (lora+, lora-fa, riemannian); lr and weight_decay
+    are the training fields."""
+
+    name: str = Field(description="a torch.optim class (AdamW, SGD, Adafactor, ...) or lora+, lora-fa, riemannian")
+    kwargs: dict[str, Any] = Field({}, description="its other arguments (betas, momentum; loraplus_lr_ratio; "
+                                   "optimizer_cls: the torch.optim class PEFT's optimisers wrap)")
+
+
 class Training(Strict):
     learning_rate: PositiveFloat = 2e-4
     batch_size: PositiveInt = 4
@@ -148,6 +157,7 @@ class Training(Strict):
     attn_implementation: Attention | None = Field(
         None, description="attention kernel; unset: flash_attention_2 for packed runs on CUDA where flash-attn is "
         "installed (its variable-length path keeps packed examples apart without a mask), else sdpa")
+    optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
 
     @model_serializer(mode="wrap")
     def _without_unset_options(self, handler):
@@ -155,7 +165,7 @@ class Training(Strict):
         return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_OPTIONS}
 
 
-_LATER_OPTIONS = ("distributed", "attn_implementation")
+_LATER_OPTIONS = ("distributed", "attn_implementation", "optimizer")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:

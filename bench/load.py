@@ -13,7 +13,7 @@ from bench import models as M
 from bench.config import RunConfig
 from bench.device import Place
 from bench.records import DataNotes
-from methods import METHODS, Method
+from methods import METHODS, Method, Plan
 
 
 @dataclass
@@ -69,10 +69,11 @@ def attention(cfg: RunConfig, method: Method | None, place: Place) -> str:
     return "sdpa"
 
 
-def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None) -> torch.nn.Module:
+def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None,
+          plan: Plan | None = None) -> torch.nn.Module:
     """The model as this run trains it: the base in the run's dtype (4-bit NF4 when the method says so), frozen,
     then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`); with no method,
-    the frozen base."""
+    the frozen base. `plan` (bench.train.plan_of; default: the step budget) is what the method's hooks read."""
     four_bit = bool(method and method.load_in_4bit)
     sharded = cfg.distributed and cfg.training.distributed.config is not None
     model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=four_bit, seed=cfg.training.seed,
@@ -88,7 +89,7 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
         # and 4-bit bases work without PEFT's prepare_model_for_kbit_training, whose fp32 upcast of every other
         # weight (embeddings, norms, lm_head) costs gigabytes at 8B and puts the residual stream in fp32.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    peft_config = method.config(**cfg.params)
+    peft_config = method.config(plan or Plan(total_steps=cfg.budget.max_steps or 1000), **cfg.params)
     if peft_config is None:
         model.requires_grad_(True)
     else:

@@ -39,7 +39,7 @@ class Saved:
 
 def save(cfg: RunConfig, method: Method, model, tokenizer, run_dir: Path) -> Saved:
     """The adapter (a plain PEFT adapter folder), or the whole model where every weight trained."""
-    full = method.config(**cfg.params) is None
+    full = method.peft_type is None
     folder = run_dir / ("model" if full else "adapter")
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -75,8 +75,12 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
     with place.autocast():
         before = E.prompt_logits(model, tokenizer, examples, device)
         if method.merge == "exact":
-            layers = layer_errors(model)
-            merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
+            try:
+                layers = layer_errors(model)
+                merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
+            except (ValueError, NotImplementedError) as e:  # PEFT refuses this model's merge (BEFT: a bias adapter
+                # on a layer without bias; Lily, Shadow: not a static weight delta)
+                return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
         else:
             with model.disable_adapter():
                 base_4bit = E.prompt_logits(model, tokenizer, examples, device)
@@ -145,6 +149,9 @@ def layer_errors(model) -> LayerErrors:
             continue
         base = module.get_base_layer() if isinstance(module, BaseTunerLayer) else None
         if base is None or base is module or not hasattr(base, "weight") or base.weight.dtype.itemsize < 2:
+            continue
+        if not isinstance(base, (torch.nn.Linear, torch.nn.Embedding)):
+            out.replaced += 1  # a norm layer (LN tuning): merging swaps in the trained copy whole
             continue
         storage = base.weight.dtype
         own, rounding = _one_layer(module, storage, generator)

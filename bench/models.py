@@ -32,6 +32,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=3, max_position_embeddings=8192, vocab_size=49152, rms_norm_eps=1e-5,
         rope_theta=100000.0, tie_word_embeddings=True,
     ),
+    # meta-llama/Llama-3.2-3B's shape (PEFT's method_comparison benchmark model), for `bench plan`.
+    "llama-3.2-3b": dict(
+        model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
+        num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, vocab_size=128256, rms_norm_eps=1e-5,
+        rope_theta=500000.0, tie_word_embeddings=True,
+    ),
+    # meta-llama/Meta-Llama-3-8B's shape, for `bench plan`.
+    "llama-3-8b": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256, rms_norm_eps=1e-5,
+        rope_theta=500000.0, tie_word_embeddings=False,
+    ),
 }
 
 CHATML = (

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, StrictInt, TypeAdapter, ValidationError, field_validator, model_validator
 
 from bench.config import (
     BASELINE,
@@ -33,13 +33,22 @@ from methods import METHODS, Method
 
 
 class RunSpec(Strict):
-    method: str
+    method: str | None = None
+    adapter_config: str | None = Field(None, description="a PEFT adapter_config.json (as save_pretrained and PEFT's "
+                                       "method_comparison experiments write it): the method is its peft_type, and "
+                                       "`params` override its fields")
     name: str | None = None
     params: dict[str, Any] = {}
     training: TrainingOverrides = TrainingOverrides()
     sweep: dict[str, list[Any] | Literal["default"]] | None = Field(
         None, description="values to try per training field or method param; each combination is a run, the one "
         "with the lowest validation loss is the method's result ('default': the method's learning-rate grid)")
+
+    @model_validator(mode="after")
+    def _method_or_file(self):
+        if self.method is None and self.adapter_config is None:
+            raise ValueError("give a method, or an adapter_config whose peft_type names it")
+        return self
 
     @property
     def run_name(self) -> str:
@@ -103,7 +112,8 @@ class Suite(Strict):
             runs += self._per_seed(base, seeded=self.model.kind in ("preset", "config"))
         for spec in self.runs:
             method = METHODS[spec.method]
-            params = deep_merge(method.defaults(), spec.params)
+            from_file = adapter_params(read_adapter_config(spec.adapter_config), method) if spec.adapter_config else {}
+            params = deep_merge(deep_merge(method.defaults(), from_file), spec.params)
             training = Training(**deep_merge(self.training.model_dump(),
                                              spec.training.model_dump(exclude_unset=True)))
             for point in sweep_points(spec, method):
@@ -275,7 +285,9 @@ def _value_problems(key: str, values: list[Any], accepted: dict) -> list[str]:
             if key in Training.model_fields:
                 TrainingOverrides(**{key: value})
             else:
-                TypeAdapter(accepted[key].annotation).validate_python(value, strict=True)
+                why = _type_problem(accepted[key], value)
+                if why:
+                    problems.append(f"{value!r} is not a valid {key} ({why})")
         except (ValidationError, TypeError) as e:
             msg = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
             problems.append(f"{value!r} is not a valid {key} ({msg})")
@@ -296,20 +308,81 @@ def _name_problems(doc: dict) -> list[Problem]:
     return problems
 
 
-def _method_problems(doc: dict) -> list[Problem]:
-    """Method ids and params, checked against each method's signature; then PEFT builds the config."""
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """A PEFT adapter_config.json as a dict; raises ValueError saying what is wrong with it."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"no such file {str(path)!r} (paths are relative to the suite file)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{str(path)!r} is not JSON ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("peft_type"), str):
+        raise ValueError(f"{str(path)!r} is not a PEFT adapter config (no peft_type)")
+    return doc
+
+
+def adapter_method(doc: dict[str, Any]) -> str:
+    return doc["peft_type"].lower()
+
+
+def adapter_params(doc: dict[str, Any], method: Method) -> dict[str, Any]:
+    """The fields of an adapter config a run sets: every field of the method's PEFT config but PEFT's bookkeeping and
+    the fields the method fixes (an unknown field is a problem `_adapter_problems` reports)."""
+    accepted = method.parameters()
+    return {k: v for k, v in doc.items() if k in accepted}
+
+
+def _run_method(doc: dict, i: int, run: dict, suite_dir: Path) -> tuple[str | None, dict, list[Problem]]:
+    """The run's method id and its params (an adapter_config's fields under the run's own), with the problems of
+    the adapter_config file."""
+    mid, params = run.get("method"), run.get("params") or {}
+    path = run.get("adapter_config")
+    if not isinstance(path, str):
+        return mid, params, []
+    line = line_of(doc, ("runs", i, "adapter_config"))
+    try:
+        file = read_adapter_config(_local(path, suite_dir))
+    except ValueError as e:
+        return None, params, [(line, f"runs[{i}].adapter_config: {e}")]
+    kind = adapter_method(file)
+    if mid is not None and mid in METHODS and METHODS[mid].peft_type != file["peft_type"]:
+        return None, params, [(line, f"runs[{i}].adapter_config: its peft_type {file['peft_type']} is not "
+                               f"{mid}'s ({METHODS[mid].peft_type}); drop `method` or use another file")]
+    mid = mid or kind
+    if mid not in METHODS:
+        return None, params, [(line, f"runs[{i}].adapter_config: peft_type {file['peft_type']} is not a PEFT type "
+                               f"this PEFT version knows{did_you_mean(kind, METHODS)}")]
+    from methods.base import BOOKKEEPING
+
+    method = METHODS[mid]
+    unknown = [k for k in file if k not in method.parameters() and k not in BOOKKEEPING and k not in method.fixed]
+    problems = [(line, f"runs[{i}].adapter_config: field '{k}' is not a {method.config_name} field in this PEFT "
+                 f"version{did_you_mean(k, method.parameters())}") for k in unknown]
+    return mid, adapter_params(file, method) | (params if isinstance(params, dict) else {}), problems
+
+
+def _method_problems(doc: dict, suite_dir: Path) -> list[Problem]:
+    """Method ids and params, checked against the fields of each method's PEFT config; then PEFT builds the config
+    and applies it to the model where the model's architecture is known without downloading anything."""
     problems = []
     training = doc.get("training") if isinstance(doc.get("training"), dict) else {}
     max_seq_len = training.get("max_seq_len", Training().max_seq_len)
     for i, run in _runs(doc):
-        mid = run.get("method")
-        if not isinstance(mid, str):
+        mid, params, found = _run_method(doc, i, run, suite_dir)
+        problems += found
+        if not isinstance(mid, str) or found:
             continue
         if mid not in METHODS:
             problems.append((line_of(doc, ("runs", i, "method")),
                              f"runs[{i}].method: unknown method '{mid}'{did_you_mean(mid, METHODS)}"))
             continue
-        method, params = METHODS[mid], run.get("params") or {}
+        method = METHODS[mid]
+        if method.refusal:
+            problems.append((line_of(doc, ("runs", i, "method")), f"runs[{i}].method: {mid} cannot run here: it "
+                             f"{method.refusal}"))
+            continue
         if not isinstance(params, dict):
             continue
         found = _param_problems(doc, i, method, params)
@@ -322,22 +395,46 @@ def _param_problems(doc: dict, i: int, method: Method, params: dict) -> list[Pro
     accepted = method.parameters()
     for key, value in params.items():
         place, line = f"runs[{i}].params.{key}", line_of(doc, ("runs", i, "params", key))
-        if key not in accepted:
-            takes = ", ".join(accepted) or "no parameters"
+        if key in method.fixed:
+            problems.append((line, f"{place}: {method.id} sets {key}={method.fixed[key]!r} itself; use "
+                             f"{'lora' if method.peft_type == 'LORA' else method.peft_type.lower()} to choose it"))
+        elif key not in accepted:
+            takes = f"the fields of PEFT's {method.config_name}" if accepted else "no parameters"
             problems.append((line, f"{place}: {method.id} takes {takes} - not '{key}'{did_you_mean(key, accepted)}"))
-            continue
-        try:
-            TypeAdapter(accepted[key].annotation).validate_python(to_plain(value), strict=True)
-        except ValidationError as e:
-            want = getattr(accepted[key].annotation, "__name__", str(accepted[key].annotation))
-            problems.append((line, f"{place}: expected {want}, got {value!r} ({e.errors()[0]['msg']})"))
+        elif (why := _type_problem(accepted[key], value)) is not None:
+            problems.append((line, f"{place}: {why}"))
     return problems
 
 
-def _built_problems(doc: dict, i: int, method: Method, params: dict, max_seq_len: Any) -> list[Problem]:
-    """What PEFT itself says of the params once it builds the config, and what the config implies."""
+def _type_problem(annotation: Any, value: Any) -> str | None:
+    """Why `value` is not of the field's annotated type; None when it is, or when the type is not one pydantic can
+    check (PEFT's own config dataclasses: PEFT checks those when it builds the config)."""
     try:
-        config = method.config(**to_plain(params))
+        adapter = TypeAdapter(annotation)
+    except Exception:  # pydantic cannot make a schema of some PEFT annotations (torch types, forward references)
+        return None
+    try:
+        adapter.validate_python(to_plain(value), strict=True)
+    except ValidationError as e:
+        want = getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+        return f"expected {want}, got {value!r} ({e.errors()[0]['msg']})"
+    return None
+
+
+def _plan_for_validation(doc: dict):
+    """Stand-ins for what a run knows only once it runs: its step count (the step budget where there is one)."""
+    from methods import Plan
+
+    budget = doc.get("budget") if isinstance(doc.get("budget"), dict) else {}
+    steps = budget.get("max_steps")
+    return Plan(total_steps=steps if isinstance(steps, int) and steps > 0 else 1000, special_token_ids=(0,))
+
+
+def _built_problems(doc: dict, i: int, method: Method, params: dict, max_seq_len: Any) -> list[Problem]:
+    """What PEFT itself says of the params once it builds the config and applies it, and what the config implies."""
+    plan = _plan_for_validation(doc)
+    try:
+        config = method.config(plan, **to_plain(params))
     except Exception as e:  # PEFT's own checks: any error it raises is a problem in this run's params
         return [(line_of(doc, ("runs", i, "params")), f"runs[{i}].params: PEFT rejected them: {e}")]
     problems = []
@@ -349,6 +446,46 @@ def _built_problems(doc: dict, i: int, method: Method, params: dict, max_seq_len
     if method.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
         problems.append((line_of(doc, ("runs", i, "method")), f"runs[{i}].method: {method.id} needs bitsandbytes, "
                          "which is not installed (pip install bitsandbytes)"))
+    why = _apply_problem(doc, method, to_plain(params), plan)
+    if why and not problems:
+        problems.append((line_of(doc, ("runs", i, "method")), f"runs[{i}]: PEFT cannot apply {method.id} to this "
+                         f"model: {why}"))
+    return problems
+
+
+def _apply_problem(doc: dict, method: Method, params: dict, plan) -> str | None:
+    """Apply the method to the suite's model built on the meta device, where its architecture is given in the suite
+    (a preset or a config); None when it applies, or when the architecture is not known without a download."""
+    from bench.models import PRESETS
+    from bench.tuners import NeedsWeights, apply
+
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    config = PRESETS.get(model.get("preset")) if isinstance(model.get("preset"), str) else model.get("config")
+    if not isinstance(config, dict) or method.peft_type is None:
+        return None
+    try:
+        apply(to_plain(config), method, params, plan)
+    except NeedsWeights:
+        return None
+    except Exception as e:  # whatever PEFT raises on this architecture is the reason
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return None
+
+
+def _optimizer_problems(doc: dict) -> list[Problem]:
+    """training.optimizer, suite-wide and per run: a known optimiser and kwargs it takes."""
+    from bench.optim import optimizer_problems
+
+    places = [("training", "optimizer")] + [("runs", i, "training", "optimizer") for i, _ in _runs(doc)]
+    problems = []
+    for place in places:
+        node = _at(doc, place)
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+            continue  # pydantic reports the shape
+        kwargs = node.get("kwargs") if isinstance(node.get("kwargs"), dict) else {}
+        for where, msg in optimizer_problems(node["name"], to_plain(kwargs)):
+            at = (*place, *where.split("."))
+            problems.append((line_of(doc, at) or line_of(doc, place), f"{_place(at)}: {msg}"))
     return problems
 
 
@@ -555,7 +692,8 @@ def load_suite(path: str | Path) -> Suite:
         suite = Suite(**to_plain(doc), source=str(path))
     except ValidationError as e:
         problems += _pydantic_problems(e, doc)
-    problems += _name_problems(doc) + _method_problems(doc) + _sweep_problems(doc)
+    problems += _name_problems(doc) + _method_problems(doc, path.parent) + _sweep_problems(doc)
+    problems += _optimizer_problems(doc)
     problems += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
     problems += _model_problems(doc, path.parent)
     if suite is not None:
@@ -563,4 +701,16 @@ def load_suite(path: str | Path) -> Suite:
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])
-    return suite
+    return _with_adapter_methods(suite)
+
+
+def _with_adapter_methods(suite: Suite) -> Suite:
+    """adapter_config paths made absolute, and each such run's method taken from its file where the run names none."""
+    runs = []
+    for run in suite.runs:
+        if run.adapter_config is not None:
+            path = suite.resolve(run.adapter_config)
+            run = run.model_copy(update={"adapter_config": path,
+                                         "method": run.method or adapter_method(read_adapter_config(path))})
+        runs.append(run)
+    return suite.model_copy(update={"runs": runs})

@@ -22,7 +22,7 @@ from bench.layout import PROGRESS
 if TYPE_CHECKING:
     from bench.distributed import Ranks
     from bench.load import Loaded
-    from methods import Method
+    from methods import Method, Plan
 
 Batch = dict[str, torch.Tensor]
 
@@ -52,6 +52,17 @@ def planned_steps(budget: Budget, n_batches_per_epoch: int, grad_accum: int, epo
     """Optimiser steps the scheduler plans for: the step budget, or the epoch cap when tokens/seconds bind."""
     by_epochs = max(1, math.floor(n_batches_per_epoch * epochs / grad_accum))
     return min(budget.max_steps, by_epochs) if budget.max_steps is not None else by_epochs
+
+
+def plan_of(cfg: RunConfig, loaded: Loaded) -> Plan:
+    """What the method's hooks know of the run before the model exists: its planned optimiser steps and the
+    tokenizer's special tokens."""
+    from methods import Plan
+
+    tr = cfg.training
+    steps_per_epoch = len(D.batch_order(loaded.train, tr.batch_size, tr.seed))
+    return Plan(total_steps=planned_steps(cfg.budget, steps_per_epoch, tr.grad_accum, tr.epochs),
+                special_token_ids=tuple(sorted(loaded.tokenizer.all_special_ids)))
 
 
 def steady_after(total_steps: int) -> int:
@@ -86,14 +97,16 @@ def train(
     ranks: Ranks | None = None,
     scaler: torch.amp.GradScaler | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    method: Method | None = None,
 ) -> TrainResult:
     """Train until the budget binds. With `ranks` (several processes, bench.distributed), `batches` yields this
     process's share of each micro-batch; losses and counts in the result and the curve are over all processes.
     `autocast` wraps each forward pass alone (backward runs outside it, as PyTorch advises); `scaler`: fp16's loss
     scaling. Time spent in the callbacks is not training time: it is left out of the clock,
-    of throughput and of the max_seconds budget, and counted apart."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    model, optimizer, scheduler = _optimizer(model, params, training, total_steps, device, ranks)
+    of throughput and of the max_seconds budget, and counted apart. `method.on_step`: after each optimiser step."""
+    model, optimizer, scheduler = _optimizer(model, training, total_steps, device, ranks)
+    params = [p for p in model.parameters() if p.requires_grad]  # after the optimiser: LoRA-FA freezes lora_A
+    after_step = (lambda step: method.on_step(model, step)) if method is not None else None
     result = TrainResult()
     mark = _counts(result)
     model.train()
@@ -108,7 +121,7 @@ def train(
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
-        _update(model, params, optimizer, scheduler, training, ranks, scaler)
+        _update(model, params, optimizer, scheduler, training, ranks, scaler, after_step, result.steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
         result.steps += 1
@@ -133,13 +146,16 @@ def train(
     return result
 
 
-def _optimizer(model, params, training: Training, total_steps: int, device: torch.device, ranks: Ranks | None):
-    """AdamW over the trainable parameters and the suite's schedule; under DDP/FSDP, prepared by accelerate."""
+def _optimizer(model, training: Training, total_steps: int, device: torch.device, ranks: Ranks | None):
+    """The run's optimiser (AdamW unless training.optimizer names another) over the trainable parameters and the
+    suite's schedule; under DDP/FSDP, prepared by accelerate."""
     from transformers import get_scheduler
 
-    # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
-    optimizer = torch.optim.AdamW(params, lr=training.learning_rate, weight_decay=training.weight_decay,
-                                  fused=device.type == "cuda")
+    from bench.optim import make_optimizer
+
+    spec = training.optimizer
+    optimizer = make_optimizer(model, spec and spec.name, spec.kwargs if spec else {}, lr=training.learning_rate,
+                               weight_decay=training.weight_decay, fused=device.type == "cuda")
     if ranks is not None:
         model, optimizer = ranks.prepare(model, optimizer)
     scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
@@ -213,7 +229,7 @@ def _count(result: TrainResult, batch: Batch) -> None:
 
 
 def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks | None,
-            scaler: torch.amp.GradScaler | None) -> None:
+            scaler: torch.amp.GradScaler | None, after_step: Callable[[int], None] | None, step: int) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
     if training.max_grad_norm and ranks is None:
@@ -226,6 +242,8 @@ def _update(model, params, optimizer, scheduler, training: Training, ranks: Rank
     else:
         optimizer.step()
     scheduler.step()
+    if after_step is not None:
+        after_step(step)
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -308,7 +326,8 @@ def train_stage(cfg: RunConfig, method: Method, model: torch.nn.Module, loaded: 
     scaler = torch.amp.GradScaler(place.device.type) if place.dtype == torch.float16 else None
     try:
         return train(model, batches, tr, cfg.budget, total_steps, place.device, on_step, on_epoch,
-                     warmup_steps=steady_after(total_steps), ranks=ranks, scaler=scaler, autocast=place.autocast)
+                     warmup_steps=steady_after(total_steps), ranks=ranks, scaler=scaler, autocast=place.autocast,
+                     method=method)
     finally:
         if progress is not None:
             progress.close()

@@ -28,8 +28,9 @@ from bench.layout import RESULT, read_progress
 from bench.load import Loaded, build, count_params, load, method_of, weight_dtypes
 from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
+from bench.optim import describe
 from bench.records import RunRecord, write_record
-from bench.train import Diverged, train_metrics, train_stage
+from bench.train import Diverged, plan_of, train_metrics, train_stage
 
 
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:
@@ -49,7 +50,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     with phases("load"):
         loaded = load(cfg)
         record.model_info, record.data = loaded.model_info, loaded.notes
-        model = build(cfg, loaded.folder, place, method)
+        model = build(cfg, loaded.folder, place, method, plan_of(cfg, loaded) if method is not None else None)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
         record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
     if texts is not None:
@@ -95,7 +96,10 @@ def train(cfg: RunConfig, model, loaded: Loaded, place: Place, run_dir: Path, re
         record.last_step = len(record.curve)
         raise
     record.curve, record.last_step = result.curve, result.steps
-    record.metrics |= train_metrics(result, model, place)
+    # Counted again after training: an optimiser may freeze weights (LoRA-FA freezes every lora_A).
+    record.metrics |= train_metrics(result, model, place) | params_metrics(model)
+    spec = cfg.training.optimizer
+    record.environment["optimizer"] = describe(spec and spec.name, spec.kwargs if spec else {})
     record.stopped_by = result.stopped_by
     return whole_model(cfg, place, loaded, model) if place.ranks else model
 

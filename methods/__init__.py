@@ -1,11 +1,46 @@
-"""The method registry: one file per method, one line each here."""
+"""The method registry: every PEFT tuner by its PEFT type in lower case, plus the harness's own methods.
 
-from methods import dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning, prompt_tuning, qlora, vera
-from methods.base import Method
+A file here exists only where a method adds something to PEFT: `SHIPPED` are the benchmark's curated methods (their
+names, defaults and learning-rate grids), `HOOKED` are PEFT tuners that need the training loop. Every other tuner
+PEFT ships is generated from its PeftType with PEFT's own defaults, so a tuner added in a later PEFT release needs
+no code here.
+"""
 
-METHODS: dict[str, Method] = {
+from __future__ import annotations
+
+from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+from methods import adalora, adamss, dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning
+from methods import prompt_tuning, qlora, trainable_tokens, vera
+from methods.base import Method, Plan, config_class
+
+SHIPPED: dict[str, Method] = {
     m.METHOD.id: m.METHOD
     for m in (full, lora, qlora, prefix_tuning, prompt_tuning, p_tuning, ia3, head_only, dora, loha, vera, oft)
 }
+HOOKED: dict[str, Method] = {m.METHOD.id: m.METHOD for m in (adalora, adamss, trainable_tokens)}
 
-__all__ = ["METHODS", "Method"]
+# Tuners that cannot run as a benchmark run on a causal LM, and why: PEFT has no flag that says so.
+REFUSALS = {
+    "POLY": "routes every example through its task's adapter mix (Polytropon) and needs a task id per example, "
+            "which instruction data does not have",
+    "MULTITASK_PROMPT_TUNING": "needs a task id per example (task_ids in every forward), which instruction data "
+                               "does not have",
+    "XLORA": "mixes LoRA adapters trained beforehand (its `adapters` are paths to them); a run trains from none",
+    "CPT": "needs its own input format (token-type masks marking the context, template and label tokens of every "
+           "example), which the harness's batches do not carry",
+}
+# Tuners PEFT builds from the base weights themselves (a decomposition of them): not countable on the meta device.
+NEEDS_WEIGHTS = ("FROD", "SHIRA")
+
+
+def _generated(peft_type: str) -> Method:
+    return Method(id=peft_type.lower(), summary=f"PEFT's {config_class(peft_type).__name__} with PEFT's defaults.",
+                  peft_type=peft_type, refusal=REFUSALS.get(peft_type), needs_weights=peft_type in NEEDS_WEIGHTS)
+
+
+_TYPES = sorted(str(t.value) if hasattr(t, "value") else str(t) for t in PEFT_TYPE_TO_CONFIG_MAPPING)
+METHODS: dict[str, Method] = SHIPPED | HOOKED | {
+    t.lower(): _generated(t) for t in _TYPES if t.lower() not in SHIPPED and t.lower() not in HOOKED}
+
+__all__ = ["HOOKED", "METHODS", "Method", "Plan", "SHIPPED"]

@@ -1,49 +1,154 @@
-"""The method record: what every file in `methods/` declares."""
+"""The method record: a PEFT tuner, with what this harness adds to it (defaults, a learning-rate grid, a 4-bit base,
+loop hooks). PEFT's config dataclass is the schema; what a method can do is asked of PEFT."""
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Any, Callable, Literal
+import dataclasses
+import functools
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Merge = Literal["exact", "lossy", "none"]
+
+# Fields of every PEFT config that are PEFT's bookkeeping, not a choice a run makes.
+BOOKKEEPING = ("peft_type", "task_type", "inference_mode", "base_model_name_or_path", "revision", "auto_mapping",
+               "peft_version")
+
+
+@functools.cache
+def config_class(peft_type: str) -> type:
+    """PEFT's config dataclass for a PeftType value ("LORA")."""
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    return PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]
+
+
+@functools.cache
+def field_types(peft_type: str) -> dict[str, Any]:
+    """A suite may set every field of the config dataclass but PEFT's bookkeeping; each with its annotation."""
+    cls = config_class(peft_type)
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init and f.name not in BOOKKEEPING}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a method's hooks may need to know of the run before the model is built."""
+
+    total_steps: int
+    special_token_ids: tuple[int, ...] = ()  # the tokenizer's special tokens (trainable_tokens' default rows)
 
 
 @dataclass(frozen=True)
 class Method:
-    """One fine-tuning method.
+    """One fine-tuning method: a PEFT tuner (`peft_type`, a PeftType value) or, with `peft_type=None`, every weight.
 
-    `config` is a pure function from the method's parameters to a PEFT config (`None` trains every
-    parameter). Its keyword arguments, with their defaults and annotations, are the parameters a suite may set:
-    they are PEFT's own kwarg names, so PEFT's docs explain them.
+    `preset` are defaults that serve a benchmark better than PEFT's; they are part of each run's resolved params (and
+    its hash). `fixed` are fields the method itself sets (DoRA is LoRA with use_dora=True); a suite cannot change
+    them. Every other field of PEFT's config dataclass is a param a suite may set, with PEFT's default.
     """
 
     id: str
     summary: str
-    config: Callable[..., Any]
-    merge: Merge
+    peft_type: str | None
+    preset: dict[str, Any] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
     load_in_4bit: bool = False
-    # Prompt-learning methods prepend virtual tokens to each row, so rows cannot hold several packed examples.
-    packable: bool = True
-    # PEFT drops position ids for prompt tuning and P-tuning (peft_model._adjust_prompt_learning_kwargs), so with
-    # left padding the distance between virtual and real tokens depends on the padding: generate without padding.
-    left_pad_safe: bool = True
-    # transformers' KV-cache generate() gives the trained model's own greedy answers. Not so for prompt learning with
-    # transformers 5.24 / peft 0.21.2: from the second new token on, generate() disagrees with a full forward pass
-    # (prompt tuning and P-tuning produce garbage, prefix tuning answers as if untrained); those methods decode with
-    # the harness's own cached loop (bench.evaluation.greedy_virtual). tests/test_generation.py checks every method.
-    kv_cache_generate: bool = True
     # Learning rates `sweep: {learning_rate: default}` tries: methods that train few parameters need far larger steps.
     lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3)
     # Bumped whenever results would change, so stored records stop matching and get rerun.
     version: int = 1
+    # Why this tuner cannot run on a causal LM in a benchmark run (None: it can). PEFT has no flag for this.
+    refusal: str | None = None
+    # Set when PEFT builds this tuner from the base weights (a decomposition of them): a meta-device model cannot
+    # count it, so `bench plan` builds it with random weights where that is small enough.
+    needs_weights: bool = False
+
+    # ---- the schema ---------------------------------------------------------------------------------------------
 
     def defaults(self) -> dict[str, Any]:
-        return {
-            name: p.default
-            for name, p in inspect.signature(self.config).parameters.items()
-            if p.default is not inspect.Parameter.empty
-        }
+        """What the resolved params of a run start from: the method's own presets."""
+        return dict(self.preset)
 
-    def parameters(self) -> dict[str, inspect.Parameter]:
-        return dict(inspect.signature(self.config).parameters)
+    def parameters(self) -> dict[str, Any]:
+        """Every param a suite may set, with its type: PEFT's config fields less the ones the method fixes."""
+        if self.peft_type is None:
+            return {}
+        return {k: v for k, v in field_types(self.peft_type).items() if k not in self.fixed}
+
+    @property
+    def config_name(self) -> str:
+        return config_class(self.peft_type).__name__ if self.peft_type else "no PEFT config"
+
+    def config(self, plan: Plan | None = None, **params):
+        """The PEFT config this run trains with (PEFT's __post_init__ checks run here); None trains every weight."""
+        if self.peft_type is None:
+            return None
+        merged = self.preset | params | self.fixed
+        merged = self.prepare(merged, plan)
+        return config_class(self.peft_type)(task_type="CAUSAL_LM", **merged)
+
+    # ---- what PEFT knows ------------------------------------------------------------------------------------------
+
+    @property
+    def prompt_learning(self) -> bool:
+        """Virtual tokens: rows cannot hold several packed examples, and decoding is the harness's own."""
+        from peft.config import PromptLearningConfig
+
+        return self.peft_type is not None and issubclass(config_class(self.peft_type), PromptLearningConfig)
+
+    @property
+    def merge(self) -> Merge:
+        """Whether merge_and_unload folds the adapter into the base (its tuner layers implement merge), and how."""
+        if self.peft_type is None or self.prompt_learning or not tuner_layers_merge(self.peft_type):
+            return "none"
+        return "lossy" if self.load_in_4bit else "exact"
+
+    @property
+    def packable(self) -> bool:
+        return not self.prompt_learning
+
+    @property
+    def left_pad_safe(self) -> bool:
+        # PEFT drops position ids for prompt learning except where the virtual tokens are a KV-cache prefix
+        # (peft_model._adjust_prompt_learning_kwargs), so with left padding the distance between virtual and real
+        # tokens depends on the padding: generate without padding.
+        return not self.prompt_learning or self.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
+
+    @property
+    def kv_cache_generate(self) -> bool:
+        # transformers' KV-cache generate() gives the trained model's own greedy answers. Not so for prompt learning
+        # with transformers 5.24 / peft 0.21.2: from the second new token on, generate() disagrees with a full forward
+        # pass; those methods decode with the harness's own cached loop (bench.evaluation.greedy_virtual).
+        return not self.prompt_learning
+
+    # ---- hooks: what a tuner needs of the loop ---------------------------------------------------------------------
+
+    def prepare(self, params: dict[str, Any], plan: Plan | None) -> dict[str, Any]:
+        """The config fields once the run's plan is known (AdaLoRA's total_step is the run's step count)."""
+        return params
+
+    def after_build(self, model, tokenizer=None) -> None:
+        """Called once the PEFT model exists."""
+
+    def on_step(self, model, step: int) -> None:
+        """Called after each optimiser step, before gradients are cleared (AdaLoRA reallocates ranks from them)."""
+
+
+@functools.cache
+def tuner_layers_merge(peft_type: str) -> bool:
+    """Whether PEFT's layers for this tuner implement `merge` (BaseTunerLayer's own raises NotImplementedError)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(peft_type)
+    layer = getattr(tuner, "tuner_layer_cls", None)
+    if layer is None:
+        return False
+    classes, todo = [], [layer]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    return any(c.merge is not BaseTunerLayer.merge for c in classes)

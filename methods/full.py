@@ -2,15 +2,9 @@
 
 from methods.base import Method
 
-
-def config():
-    return None
-
-
 METHOD = Method(
     id="full",
     summary="Train every parameter of the base model (the reference every PEFT method is measured against).",
-    config=config,
-    merge="none",
+    peft_type=None,
     lr_grid=(1e-5, 3e-5, 1e-4),
 )

@@ -1,28 +1,18 @@
 """Head only: train the LM head (lm_head) as a whole, everything else frozen - the seed's "transfer learning"."""
 
-from peft import LoraConfig
 from peft.utils.constants import DUMMY_TARGET_MODULES
 
 from methods.base import Method
 
-
-def config(ensure_weight_tying: bool = False) -> LoraConfig:
-    # PEFT's `modules_to_save` trains a copy of lm_head and saves only that copy (vocab x hidden), not the whole
-    # model. A LoRA config is its carrier: DUMMY_TARGET_MODULES is PEFT's sentinel for "no adapter layers".
-    # With tied embeddings (SmolLM2) the copy unties the head: input embeddings stay frozen and merging sets
-    # tie_word_embeddings=False. ensure_weight_tying=True keeps them tied, so the head and the input embeddings
-    # train as one tensor (what unfreezing lm_head does in plain PyTorch on a tied model).
-    return LoraConfig(
-        task_type="CAUSAL_LM",
-        target_modules=DUMMY_TARGET_MODULES,
-        modules_to_save=["lm_head"],
-        ensure_weight_tying=ensure_weight_tying,
-    )
-
-
+# PEFT's `modules_to_save` trains a copy of lm_head and saves only that copy (vocab x hidden), not the whole model. A
+# LoRA config is its carrier: DUMMY_TARGET_MODULES is PEFT's sentinel for "no adapter layers". With tied embeddings
+# (SmolLM2) the copy unties the head: input embeddings stay frozen and merging sets tie_word_embeddings=False.
+# ensure_weight_tying=True keeps them tied, so the head and the input embeddings train as one tensor (what unfreezing
+# lm_head does in plain PyTorch on a tied model). merge_and_unload swaps the trained copy in for the head: exact.
 METHOD = Method(
     id="head_only",
     summary="Train only the LM head (a PEFT modules_to_save copy; the adapter holds just the head); merges exactly.",
-    config=config,
-    merge="exact",  # merge_and_unload swaps the trained copy in for the head
+    peft_type="LORA",
+    preset=dict(ensure_weight_tying=False),
+    fixed=dict(target_modules=DUMMY_TARGET_MODULES, modules_to_save=["lm_head"]),
 )

@@ -6,7 +6,7 @@ from methods.base import Method
 METHOD = Method(
     id="qlora",
     summary="LoRA on a bitsandbytes NF4 4-bit base (double quantisation); merging re-quantises, so it is lossy.",
-    config=lora.config,  # the same adapter as LoRA: only the base differs (see load_in_4bit)
-    merge="lossy",
+    peft_type="LORA",
+    preset=lora.PRESET,  # the same adapter as LoRA: only the base differs (see load_in_4bit)
     load_in_4bit=True,
 )

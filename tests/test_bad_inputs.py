@@ -98,8 +98,8 @@ CASES = [
          suite=lambda text: text.split("runs:")[0] + "runs: []\n"),
     Case("unknown-method", "line 17, runs[0].method: unknown method 'lorra' (did you mean 'lora'?)",
          suite=edit("method: lora", "method: lorra")),
-    Case("unknown-param", "line 18, runs[0].params.rank: lora takes r, lora_alpha, lora_dropout, target_modules, "
-         "use_dora - not 'rank'", suite=edit("{r: 4}", "{rank: 4}")),
+    Case("unknown-param", "line 18, runs[0].params.rank: lora takes the fields of PEFT's LoraConfig - not "
+         "'rank'", suite=edit("{r: 4}", "{rank: 4}")),
     Case("virtual-tokens-over-max-seq-len", "line 18, runs[0].params.num_virtual_tokens: 300 virtual tokens leave no "
          "room in max_seq_len 256", suite=edit("method: lora\n    params: {r: 4}",
                                                "method: prompt_tuning\n    params: {num_virtual_tokens: 300}")),
@@ -114,7 +114,7 @@ CASES = [
          suite=lambda text: text.replace(text.split("output: ")[1].split("\n")[0], "{dir}/notes.txt/results"),
          files={"notes.txt": "a file where a folder should be\n"}),
     Case("unknown-preset", "line 4, model.preset: unknown preset 'tiny-lama' (did you mean 'tiny-llama'?); known: "
-         "tiny-llama, tinyllama-1.1b, smollm2-135m", suite=edit("preset: tiny-llama", "preset: tiny-lama")),
+         "tiny-llama, tinyllama-1.1b, smollm2-135m, llama-3.2-3b, llama-3-8b", suite=edit("preset: tiny-llama", "preset: tiny-lama")),
     Case("two-model-sources", "line 3, model: give exactly one of hub, path, gguf, preset, config (got ['path', "
          "'preset'])", suite=edit("  preset:", "  path: m\n  preset:")),
     Case("gguf-not-gguf", "line 4, model.gguf: '{dir}/model.gguf' is not a GGUF file (it does not start with 'GGUF')",

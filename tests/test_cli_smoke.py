@@ -11,9 +11,9 @@ import torch
 
 from bench.config import ModelSpec
 from bench.records import load_records
-from methods import METHODS
+from methods import SHIPPED
 
-RUNS = ["baseline", *METHODS]
+RUNS = ["baseline", *SHIPPED]
 
 
 def test_smoke_suite_records_one_successful_sane_record_per_run(smoke_results):

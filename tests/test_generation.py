@@ -13,7 +13,7 @@ from bench.load import build
 from bench.models import byte_tokenizer
 from bench.records import DataNotes
 from bench.train import train
-from methods import METHODS
+from methods import METHODS, SHIPPED
 from tests.conftest import CPU32, tiny_config, training
 
 CPU = torch.device("cpu")
@@ -34,7 +34,7 @@ def reference_greedy(model, tokenizer, example, max_new_tokens: int) -> list[int
     return new
 
 
-@pytest.mark.parametrize("method_id", list(METHODS))
+@pytest.mark.parametrize("method_id", list(SHIPPED))
 def test_harness_generation_is_the_models_own_greedy_answer(method_id, smoke_examples):
     method = METHODS[method_id]
     cfg = tiny_config(method_id)
@@ -52,7 +52,7 @@ def test_harness_generation_is_the_models_own_greedy_answer(method_id, smoke_exa
     assert got.token_ids == [reference_greedy(model, tokenizer, e, 8) for e in examples]
 
 
-@pytest.mark.parametrize("method_id", [m for m in METHODS if not METHODS[m].kv_cache_generate])
+@pytest.mark.parametrize("method_id", [m for m in SHIPPED if not SHIPPED[m].kv_cache_generate])
 def test_cached_virtual_token_decoding_batches_prompts_of_one_length(method_id, smoke_examples):
     """greedy_virtual decodes several prompts of one length together, with one KV cache: each row's answer must
     still be the one-prompt-at-a-time uncached answer."""

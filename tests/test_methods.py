@@ -19,7 +19,7 @@ from bench.load import build, count_params
 from bench.models import PRESETS, byte_tokenizer
 from bench.records import DataNotes
 from bench.train import train
-from methods import METHODS
+from methods import HOOKED, METHODS, SHIPPED, Plan
 from tests.conftest import CPU32, ROOT, tiny_config, training
 
 CPU = torch.device("cpu")
@@ -36,7 +36,7 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("method_id", list(METHODS))
+@pytest.mark.parametrize("method_id", list(SHIPPED))
 def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id, smoke_examples):
     method = METHODS[method_id]
     cfg = tiny_config(method_id)
@@ -59,7 +59,7 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id,
             assert not changed.any(), f"{method_id}: frozen {name} changed"
 
 
-@pytest.mark.parametrize("method_id", [m for m in METHODS if m != "full"])
+@pytest.mark.parametrize("method_id", [m for m in SHIPPED if m != "full"])
 def test_trainable_counts_equal_peft_count(method_id):
     cfg = tiny_config(method_id)
     model = build(cfg, None, CPU32, METHODS[method_id])
@@ -76,7 +76,7 @@ def test_qlora_counts_four_bit_weights_at_their_real_size():
     assert count_params(q)[1] - count_params(q)[0] == count_params(base)[1]
 
 
-@pytest.mark.parametrize("method_id", [m for m, meth in METHODS.items() if meth.merge == "exact"])
+@pytest.mark.parametrize("method_id", [m for m, meth in SHIPPED.items() if meth.merge == "exact"])
 def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
     cfg = tiny_config(method_id)
     tokenizer = byte_tokenizer()
@@ -92,7 +92,7 @@ def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
     assert not leftovers, f"{method_id}: merge_and_unload left adapter modules {leftovers}"
 
 
-@pytest.mark.parametrize("method_id", list(METHODS))
+@pytest.mark.parametrize("method_id", list(SHIPPED))
 def test_batched_generation_equals_one_at_a_time(method_id, smoke_examples):
     """Left padding must not change any answer, virtual tokens and prefixes included."""
     cfg = tiny_config(method_id)
@@ -125,14 +125,14 @@ def test_packed_and_padded_training_give_the_same_losses(smoke_examples):
 
 def test_every_method_file_is_registered():
     files = {p.stem for p in (ROOT / "methods").glob("*.py")} - {"__init__", "base"}
-    assert files == set(METHODS)
+    assert files == set(SHIPPED) | set(HOOKED)
     for mid, m in METHODS.items():
         assert m.id == mid
 
 
 def test_method_defaults_build_valid_peft_configs():
-    for m in METHODS.values():
-        cfg = m.config(**m.defaults())
+    for m in SHIPPED.values():
+        cfg = m.config(Plan(total_steps=10), **m.defaults())
         assert (cfg is None) == (m.id == "full")
         if cfg is not None:
             assert cfg.task_type == "CAUSAL_LM"

@@ -1,0 +1,31 @@
+"""AdaLoRA: LoRA in SVD form whose ranks are reallocated by importance during training (Zhang et al., 2023).
+
+What it needs of the loop: `total_step` (the rank schedule's length) is the run's planned step count unless the suite
+sets it, and `update_and_allocate` runs after every optimiser step while gradients are still there. Its orthogonal
+regulariser (orth_reg_weight) PEFT's AdaLoraModel.forward adds to the loss itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from methods.base import Method, Plan
+
+
+@dataclass(frozen=True)
+class AdaLora(Method):
+    def prepare(self, params: dict, plan: Plan | None) -> dict:
+        if params.get("total_step") is None and plan is not None:
+            return params | {"total_step": plan.total_steps}
+        return params
+
+    def on_step(self, model, step: int) -> None:
+        model.base_model.update_and_allocate(step)
+
+
+METHOD = AdaLora(
+    id="adalora",
+    summary="LoRA in SVD form whose rank budget moves to the layers that matter during training; merges exactly.",
+    peft_type="ADALORA",
+    preset=dict(target_modules="all-linear"),
+)
