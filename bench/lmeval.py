@@ -64,6 +64,16 @@ def unusable(cfg: RunConfig, method, model, device, output_types: set[str]) -> s
     return None
 
 
+def _manager(task_manager, include_path: str | None, tasks: list[str]):
+    """lm-eval's task index: of the local folder alone when it holds every task (indexing lm-eval's 200-odd
+    built-in task folders takes 10-15 s on a CPU), else of both."""
+    if include_path:
+        local = task_manager(include_path=include_path, include_defaults=False)
+        if set(tasks) <= set(local.all_tasks):
+            return local
+    return task_manager(include_path=include_path)
+
+
 def run_lm_eval(cfg: RunConfig, method, model, tokenizer, device) -> tuple[dict[str, float], dict[str, Any]]:
     """Each task's scores as metrics `lm_eval.TASK.METRIC` (`.FILTER` where the filter is not 'none'), and the
     record's `lm_eval` part: lm-eval's version, per task its scores with standard errors, sample counts and
@@ -75,7 +85,7 @@ def run_lm_eval(cfg: RunConfig, method, model, tokenizer, device) -> tuple[dict[
     spec = cfg.eval.lm_eval
     part: dict[str, Any] = {"version": lm_eval.__version__, "tasks": {}, "not_scored": {}}
     with _inside(spec.include_path):
-        manager = TaskManager(include_path=spec.include_path) if spec.include_path else TaskManager()
+        manager = _manager(TaskManager, spec.include_path, spec.tasks)
         kept = []
         for name in spec.tasks:
             types = {t.config.output_type for t in _leaves(manager.load_task_or_group([name]))}

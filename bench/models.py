@@ -182,7 +182,7 @@ def has_chat_template(model: ModelSpec, base_dir: Path) -> bool | None:
     folder = local(model.tokenizer) if model.tokenizer else local(model.path) if model.path else None
     if folder is not None and folder.is_dir():
         config = folder / "tokenizer_config.json"
-        in_config = config.is_file() and "chat_template" in json.loads(config.read_text(encoding="utf-8"))
+        in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
         return in_config or any((folder / f).is_file() for f in ("chat_template.jinja", "chat_template.json"))
     if model.tokenizer or model.hub:
         return None
