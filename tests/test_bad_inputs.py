@@ -111,7 +111,8 @@ CASES = [
     Case("extract-regex-without-group", "line 15, eval.extract: the regex needs one group (the answer), e.g. "
          "'#### (.+)'; or a preset: last_number, answer_delimiters",
          suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '\\d+'\n")),
-    Case("plain-format-without-prompt", "line 5, dataset: prompt_format must contain '{{prompt}}' (where the prompt goes), got 'Q: {{query}}'",
+    Case("plain-format-without-prompt", "line 5, dataset: prompt_format must contain '{{prompt}}' (where the prompt "
+         "goes), got 'Q: {{query}}'",
          suite=edit("  eval_size: 2", "  eval_size: 2\n  chat_template: false\n  prompt_format: 'Q: {query}'")),
     Case("template-column-missing-in-a-row", "{dir}/data.jsonl, line 3: no field 'input' for the prompt (set "
          "dataset.on_bad_row: skip to skip and count such rows)",
