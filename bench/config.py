@@ -68,8 +68,42 @@ class ModelSpec(_WithoutNones):
         return next(k for k in ("hub", "path", "gguf", "preset", "config") if getattr(self, k) is not None)
 
 
+Role = Literal["user", "assistant", "system"]
+
+
+class Messages(Strict):
+    """A conversations column whose messages use other key names or roles than {role, content} and
+    user/assistant/system, as ShareGPT's {from, value} with human/gpt."""
+
+    column: str
+    role: str = Field("role", description="the key of a message's role")
+    content: str = Field("content", description="the key of a message's text")
+    roles: dict[str, Role] = Field({}, description="each role name in the data to user, assistant or system; empty: "
+                                   "the data already says user, assistant and system")
+
+
+class Source(_WithoutNones):
+    """Another file or Hub dataset for the eval or validation rows, with its own column mapping where its columns
+    differ (GSM8K's question/answer beside MetaMathQA's query/response); unset mappings are the dataset's."""
+
+    path: str | None = None
+    hub: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    prompt: str | None = None
+    response: str | None = None
+    messages: str | Messages | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.hub is None):
+            raise ValueError("give exactly one of path or hub")
+        return self
+
+
 class DatasetSpec(_WithoutNones):
-    """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response or chat messages."""
+    """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response (a column, or a template
+    over columns) or chat messages."""
 
     path: str | None = None
     hub: str | None = None
@@ -77,12 +111,26 @@ class DatasetSpec(_WithoutNones):
     split: str = "train"
     eval_path: str | None = None
     eval_split: str | None = None
+    eval_data: Source | None = Field(None, description="eval rows from another file or Hub dataset")
+    validation_data: Source | None = Field(None, description="validation rows from another file or Hub dataset: "
+                                           "validation_size of them, picked as PEFT's benchmark picks its 50")
     eval_size: PositiveFloat = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
-    prompt: str = "prompt"
-    response: str = "response"
-    messages: str | None = None
+    prompt: str = Field("prompt", description="a column, or a template over columns: '{instruction}\\n\\n{input}'")
+    response: str = Field("response", description="a column, or a template over columns")
+    messages: str | Messages | None = Field(None, description="a column of conversations: {role, content} "
+                                            "messages, or a mapping naming other keys and roles")
     system: str | None = None
     max_examples: PositiveInt | None = None
+    max_chars: PositiveInt | None = Field(None, description="keep rows whose prompt and response, joined by a "
+                                          "space, have at most this many characters (PEFT's MetaMathQA: 1300)")
+    train_on: Literal["last", "assistant", "all"] = Field(
+        "last", description="the tokens that carry labels: the last assistant turn, every assistant turn, or the "
+        "whole text")
+    chat_template: bool | None = Field(None, description="format with the tokenizer's chat template; false: plain "
+                                       "text with prompt_format; unset: the template where the tokenizer has one")
+    prompt_format: str | None = Field(None, description="text around each prompt, '{prompt}' standing for it: "
+                                      "'Question: {prompt} Think step by step.\\nAnswer:'; needed without a "
+                                      "chat template")
     validation_size: PositiveFloat | None = Field(
         None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
         "run has a sweep")
@@ -93,9 +141,30 @@ class DatasetSpec(_WithoutNones):
     def _one_source(self):
         if (self.path is None) == (self.hub is None):
             raise ValueError("give exactly one of path or hub")
-        if self.eval_path is not None and self.eval_split is not None:
-            raise ValueError("give at most one of eval_path or eval_split")
+        evals = [k for k in ("eval_path", "eval_split", "eval_data") if getattr(self, k) is not None]
+        if len(evals) > 1:
+            raise ValueError(f"give at most one of eval_path, eval_split or eval_data (got {', '.join(evals)})")
+        if self.chat_template is True and self.prompt_format is not None:
+            raise ValueError("prompt_format is the plain format used without a chat template; with chat_template: "
+                             "true, wrap the prompt with a template over columns instead (prompt: 'Question: "
+                             "{question}')")
+        if self.chat_template is False and self.prompt_format is None:
+            raise ValueError("chat_template: false formats plain text with prompt_format; give one, e.g. "
+                             "prompt_format: \"Question: {prompt}\\nAnswer:\"")
+        if self.prompt_format is not None and "{prompt}" not in self.prompt_format:
+            raise ValueError(f"prompt_format must contain '{{prompt}}' (where the prompt goes), got "
+                             f"{self.prompt_format!r}")
         return self
+
+    @property
+    def message_map(self) -> Messages | None:
+        return Messages(column=self.messages) if isinstance(self.messages, str) else self.messages
+
+    @model_serializer(mode="wrap")
+    def _without_defaults_of_later_options(self, handler):
+        # Unset options drop out (None), and so does train_on at its default: stored records' hashes stay valid.
+        return {k: v for k, v in handler(self).items()
+                if v is not None and not (k == "train_on" and v == "last")}
 
 
 class Budget(_WithoutNones):
@@ -196,6 +265,17 @@ class ResolvedTraining(Training):
     distributed: ResolvedDistributed | None = None
 
 
+class LmEval(_WithoutNones):
+    """General benchmarks through lm-evaluation-harness (the `lm-eval` extra) on the model as trained, adapter on."""
+
+    tasks: list[str] = Field(min_length=1, description="task names, lm-eval's own or from include_path")
+    include_path: str | None = Field(None, description="a folder of task YAMLs (offline: dataset_path: json, data "
+                                     "files relative to this folder), relative to the suite file")
+    num_fewshot: int | None = None
+    limit: PositiveInt | None = Field(None, description="at most this many documents per task")
+    batch_size: PositiveInt = 8
+
+
 class Eval(Strict):
     enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
     forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
@@ -204,8 +284,17 @@ class Eval(Strict):
     batch_size: PositiveInt = 16
     max_new_tokens: PositiveInt = 32
     metrics: list[str] = ["exact_match", "token_f1", "rouge_l"]
-    extract: str | None = Field(None, description="regex whose first group is the answer to score")
+    extract: str | None = Field(None, description="regex whose first group is the answer to score, or a preset: "
+                                "last_number, answer_delimiters")
     keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
+    lm_eval: LmEval | None = Field(None, description="lm-evaluation-harness tasks run on the trained model")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_options(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_EVAL_OPTIONS}
+
+
+_LATER_EVAL_OPTIONS = ("lm_eval",)
 
 
 class RunConfig(Strict):

@@ -1,4 +1,5 @@
-"""Instruction data: load, check row by row, split, format with the chat template, batch (packed or padded)."""
+"""Instruction data: load, map columns (or templates over them, or conversations), check row by row, split, format
+(chat template or a plain prompt format), label what trains, batch (packed or padded)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import hashlib
 import io
 import json
 import random
+import re
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from bench.config import DatasetSpec
+from bench.config import DatasetSpec, Source
 from bench.records import DataNotes
 from bench.util import did_you_mean
 
@@ -145,54 +148,115 @@ def _load_rows(path: str | None, hub: str | None, subset: str | None, split: str
     return Rows(list(enumerate(ds.to_list(), 1)), f"{hub}:{subset or ''}:{split}", "row", list(ds.column_names))
 
 
+def fields(template: str) -> list[str]:
+    """The columns a prompt/response template names ('{instruction}\\n\\n{input}'); [] for a plain column name."""
+    try:
+        return [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        return []
+
+
+def _columns_of(spec: DatasetSpec) -> list[tuple[str, str]]:
+    if spec.messages:
+        return [("messages", spec.message_map.column)]
+    return [(key, col) for key in ("prompt", "response") for col in (fields(getattr(spec, key)) or
+                                                                     [getattr(spec, key)])]
+
+
 def _check_columns(rows: Rows, spec: DatasetSpec) -> None:
     """A column no row has is a mapping mistake, not a bad row: say which columns there are."""
-    wanted = [("messages", spec.messages)] if spec.messages else [("prompt", spec.prompt), ("response", spec.response)]
-    for key, col in wanted:
+    for key, col in _columns_of(spec):
         if rows.columns and col not in rows.columns:
             raise DataError(f"{rows.where}: no column '{col}' for the {key}{did_you_mean(col, rows.columns)} "
                             f"(columns: {', '.join(rows.columns)}; map it with dataset.{key}: COLUMN)")
 
 
+class BadRow(Exception):
+    """One row that cannot be used: `reason` is what is counted when skipped, `detail` what is said otherwise."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+_BLANK_RUNS = re.compile(r"\n\s*\n(\s*\n)+")
+
+
+def render(template: str, row: dict, key: str) -> str:
+    """A prompt or response from its column, or from a template over columns. A line that holds only columns and
+    all of them empty is dropped, and blank lines do not pile up, so an empty `input` leaves no stray gap."""
+    names = fields(template)
+    if not names:
+        names, template = [template], "{" + template + "}"
+    for name in names:
+        if name not in row:
+            raise BadRow("missing field", f"no field '{name}' for the {key}")
+        value = row[name]
+        if value is not None and not isinstance(value, str):
+            raise BadRow("wrong type", f"field '{name}' should be text, got {type(value).__name__} {value!r:.60}")
+    values = {n: (row[n] or "").strip() if len(names) > 1 else row[n] or "" for n in names}
+    lines = []
+    for line in template.split("\n"):
+        named = fields(line)
+        if named and not line.format_map({n: values[n] or "" for n in named}).strip():
+            continue
+        lines.append(line.format_map(values))
+    text = _BLANK_RUNS.sub("\n\n", "\n".join(lines)).strip() if len(names) > 1 else "\n".join(lines)
+    if not text.strip():
+        raise BadRow(f"empty {key}", f"field '{names[0]}' is empty" if len(names) == 1 else
+                     f"fields {', '.join(repr(n) for n in names)} are all empty")
+    return text
+
+
+def _messages(row: dict, spec: DatasetSpec) -> list[dict[str, str]]:
+    m = spec.message_map
+    if m.column not in row:
+        raise BadRow("missing field", f"no field '{m.column}'")
+    msgs, shape = row[m.column], f"{{{m.role}, {m.content}}}"
+    if not isinstance(msgs, list) or not msgs or not all(
+        isinstance(x, dict) and isinstance(x.get(m.role), str) and isinstance(x.get(m.content), str) for x in msgs
+    ):
+        raise BadRow("bad messages", f"field '{m.column}' must be a list of {shape} strings")
+    roles = m.roles or {r: r for r in ("user", "assistant", "system")}
+    out = []
+    for i, x in enumerate(msgs):
+        if x[m.role] not in roles:
+            raise BadRow("unknown role", f"field '{m.column}', message {i + 1}: role '{x[m.role]}' is not one of "
+                         f"{', '.join(roles)} (map it in dataset.messages.roles)")
+        out.append({"role": roles[x[m.role]], "content": x[m.content]})
+    if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
+        raise BadRow("empty response", f"field '{m.column}' must end with a non-empty assistant message")
+    if not any(x["role"] == "user" for x in out[:-1]):
+        raise BadRow("empty prompt", f"field '{m.column}' has no user message before the assistant's answer")
+    return out
+
+
 def _to_example(row: Any, n: int, spec: DatasetSpec, rows: Rows, report: DataNotes) -> Example | None:
     """One row to an Example, or None when the policy says skip; the reason is counted either way."""
-
-    def bad(reason: str, detail: str):
+    try:
+        if isinstance(row, Unreadable):
+            raise BadRow(row.reason, row.detail)
+        if not isinstance(row, dict):
+            raise BadRow("not an object", f"expected an object with named fields, got {type(row).__name__} "
+                         f"{row!r:.60}")
+        if spec.messages:
+            msgs = _messages(row, spec)
+        else:
+            prompt, response = render(spec.prompt, row, "prompt"), render(spec.response, row, "response")
+            msgs = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    except BadRow as e:
         if spec.on_bad_row == "error":
-            raise DataError(f"{rows.at(n)}: {detail} (set dataset.on_bad_row: skip to skip and count such rows)")
-        report.skip(reason)
+            raise DataError(f"{rows.at(n)}: {e.detail} (set dataset.on_bad_row: skip to skip and count such "
+                            "rows)") from None
+        report.skip(e.reason)
         return None
-
-    if isinstance(row, Unreadable):
-        return bad(row.reason, row.detail)
-    if not isinstance(row, dict):
-        return bad("not an object", f"expected an object with named fields, got {type(row).__name__} {row!r:.60}")
     system = [{"role": "system", "content": spec.system}] if spec.system else []
-    if spec.messages:
-        col = spec.messages
-        if col not in row:
-            return bad("missing field", f"no field '{col}'")
-        msgs = row[col]
-        if not isinstance(msgs, list) or not msgs or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs
-        ):
-            return bad("bad messages", f"field '{col}' must be a list of {{role, content}} strings")
-        if msgs[-1]["role"] != "assistant" or not msgs[-1]["content"].strip():
-            return bad("empty response", f"field '{col}' must end with a non-empty assistant message")
-        if not any(m["role"] != "assistant" for m in msgs[:-1]):
-            return bad("empty prompt", f"field '{col}' has no user message before the assistant's answer")
-        return Example(system + [dict(role=m["role"], content=m["content"]) for m in msgs], n, rows.at(n))
-    for key, col in (("prompt", spec.prompt), ("response", spec.response)):
-        if col not in row:
-            return bad("missing field", f"no field '{col}' for the {key}")
-        value = row[col]
-        if value is None or (isinstance(value, str) and not value.strip()):
-            return bad(f"empty {key}", f"field '{col}' is empty")
-        if not isinstance(value, str):
-            return bad("wrong type", f"field '{col}' should be text, got {type(value).__name__} {value!r:.60}")
-    prompt, response = row[spec.prompt], row[spec.response]
-    return Example(system + [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], n,
-                   rows.at(n))
+    return Example(system + msgs, n, rows.at(n))
+
+
+def chars(e: Example) -> int:
+    """What dataset.max_chars counts: the row's own texts joined by a space (PEFT: len(f"{query} {response}"))."""
+    return len(" ".join(m["content"] for m in e.messages if m["role"] != "system"))
 
 
 def _examples(rows: Rows, spec: DatasetSpec, report: DataNotes, what: str) -> list[Example]:
@@ -207,26 +271,48 @@ def _examples(rows: Rows, spec: DatasetSpec, report: DataNotes, what: str) -> li
     return examples
 
 
-def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[Example], list[Example], DataNotes]:
-    """Train and eval examples per the dataset spec; bad rows raise or are skipped and counted."""
-    rows = _load_rows(spec.path, spec.hub, spec.subset, spec.split)
-    report = DataNotes(source=rows.where)
-    examples = _examples(rows, spec, report, "dataset")
-    rng = random.Random(spec.seed)
-    rng.shuffle(examples)
-    eval_where = rows.where
+def _source_spec(spec: DatasetSpec, source: Source) -> DatasetSpec:
+    """The dataset's settings with another source's column mapping where it names one."""
+    return spec.model_copy(update={k: v for k in ("prompt", "response", "messages")
+                                   if (v := getattr(source, k)) is not None})
+
+
+def _within_max_chars(examples: list[Example], spec: DatasetSpec, report: DataNotes) -> list[Example]:
+    if not spec.max_chars:
+        return examples
+    kept = [e for e in examples if chars(e) <= spec.max_chars]
+    if len(kept) < len(examples):
+        report.filtered[f"longer than max_chars {spec.max_chars}"] = len(examples) - len(kept)
+    return kept
+
+
+def _held_out(spec: DatasetSpec, examples: list[Example], rows: Rows,
+              report: DataNotes) -> tuple[list[Example], list[Example], str]:
+    """Train and eval examples: eval from its own file, split or source, else a held-out share of the rows."""
+    if spec.eval_data:
+        src = spec.eval_data
+        eval_rows = _load_rows(src.path, src.hub, src.subset, src.split)
+        return examples, _examples(eval_rows, _source_spec(spec, src), report, "eval split"), eval_rows.where
     if spec.eval_path or spec.eval_split:
         eval_rows = _load_rows(spec.eval_path, spec.hub, spec.subset, spec.eval_split or "")
-        evals = _examples(eval_rows, spec, report, "eval split")
-        eval_where = eval_rows.where
-        train = examples
-    else:
-        size = spec.eval_size
-        n_eval = int(size) if size >= 1 else max(1, round(len(examples) * size))
-        if n_eval >= len(examples):
-            raise DataError(f"{rows.where}: eval_size {size:g} leaves no training rows ({len(examples)} usable rows in "
-                            "all)")
-        evals, train = examples[:n_eval], examples[n_eval:]
+        return examples, _examples(eval_rows, spec, report, "eval split"), eval_rows.where
+    size = spec.eval_size
+    n_eval = int(size) if size >= 1 else max(1, round(len(examples) * size))
+    if n_eval >= len(examples):
+        raise DataError(f"{rows.where}: eval_size {size:g} leaves no training rows ({len(examples)} usable rows in "
+                        "all)")
+    return examples[n_eval:], examples[:n_eval], rows.where
+
+
+def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[Example], list[Example], DataNotes]:
+    """Train and eval examples per the dataset spec; bad rows raise or are skipped and counted. dataset.max_chars
+    filters the train rows (and a held-out share split from them), not an eval set of its own."""
+    rows = _load_rows(spec.path, spec.hub, spec.subset, spec.split)
+    report = DataNotes(source=rows.where)
+    examples = _within_max_chars(_examples(rows, spec, report, "dataset"), spec, report)
+    rng = random.Random(spec.seed)
+    rng.shuffle(examples)
+    train, evals, eval_where = _held_out(spec, examples, rows, report)
     if spec.max_examples:
         train = train[: spec.max_examples]
     if max_eval:
@@ -247,33 +333,58 @@ def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[
     return train, evals, report
 
 
-def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpec,
-                     report: DataNotes) -> list[Example]:
-    """With eval.extract, every eval reference must hold an answer to extract: one without is a data problem (an
-    unmatched reference would otherwise score against an unmatched prediction as if both were right)."""
-    from bench.scoring import extract
+def numeric(ev) -> bool:
+    """Whether the suite scores answers as numbers (eval.metrics has numeric_match)."""
+    return "numeric_match" in ev.metrics
 
-    if pattern is None:
+
+def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpec, report: DataNotes,
+                     numeric: bool = False) -> list[Example]:
+    """With eval.extract, every eval reference must hold an answer to extract: one without is a data problem (an
+    unmatched reference would otherwise score against an unmatched prediction as if both were right). With
+    numeric_match, that answer must be a number."""
+    from bench.scoring import EXTRACTORS, extract, number
+
+    if pattern is None and not numeric:
         return evals
     kept = []
     for e in evals:
-        if extract(e.response, pattern) is not None:
-            kept.append(e)
-        elif spec.on_bad_row == "error":
-            raise DataError(f"{e.place}: the reference {e.response!r:.80} has no match for eval.extract {pattern!r}, "
-                            "so no answer can be scored against it (fix the row or the regex, or set "
-                            "dataset.on_bad_row: skip)")
+        answer = extract(e.response, pattern)
+        if answer is None:
+            problem, reason = f"has no match for eval.extract {pattern!r}", "reference without an answer for " \
+                "eval.extract"
+        elif numeric and number(answer) is None:
+            problem, reason = f"gives {answer!r}, not a number for numeric_match", "reference answer not a number"
         else:
-            report.skip("reference without an answer for eval.extract")
+            kept.append(e)
+            continue
+        if spec.on_bad_row == "error":
+            fix = "the regex" if answer is None and pattern not in EXTRACTORS else "eval.extract"
+            raise DataError(f"{e.place}: the reference {e.response!r:.80} {problem}, so no answer can be scored "
+                            f"against it (fix the row or {fix}, or set dataset.on_bad_row: skip)")
+        report.skip(reason)
     if not kept:
-        raise DataError(f"{report.source}: no eval reference has a match for eval.extract {pattern!r}")
+        what = "a number for numeric_match" if numeric else f"a match for eval.extract {pattern!r}"
+        raise DataError(f"{report.source}: no eval reference has {what}")
     report.eval_rows = len(kept)
     return kept
 
 
-def split_validation(train: list[Example], spec: DatasetSpec) -> tuple[list[Example], list[Example]]:
-    """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen."""
+def split_validation(train: list[Example], spec: DatasetSpec,
+                     report: DataNotes | None = None) -> tuple[list[Example], list[Example]]:
+    """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen.
+    With dataset.validation_data, the validation rows come from there instead: `validation_size` of them (all when
+    unset), at the positions numpy's RandomState(seed) permutation puts first, the way PEFT's benchmark picks its
+    50 GSM8K train rows."""
     size = spec.validation_size
+    if spec.validation_data is not None:
+        import numpy as np
+
+        src = spec.validation_data
+        rows = _load_rows(src.path, src.hub, src.subset, src.split)
+        examples = _examples(rows, _source_spec(spec, src), report or DataNotes(source=rows.where), "validation set")
+        n = len(examples) if not size else int(size) if size >= 1 else max(1, round(len(examples) * size))
+        return train, [examples[i] for i in np.random.RandomState(spec.seed).permutation(len(examples))[:n]]
     if not size:
         return train, []
     n = int(size) if size >= 1 else max(1, round(len(train) * size))
@@ -320,31 +431,116 @@ def prompt_text(tokenizer, messages: list[dict[str, str]]) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def _literal(text: str) -> str:
+    """A Jinja string literal of `text`: Jinja reads a quoted string's backslash escapes as Python's
+    unicode-escape does, which JSON's escapes (without ensure_ascii) are."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def plain_template(prompt_format: str, bos: bool) -> str:
+    """A chat template that writes no chat markup: each user turn through `prompt_format` ('{prompt}' stands for
+    it), each assistant turn followed by the end-of-sequence token, a system text before the rest; the
+    beginning-of-sequence token first where the tokenizer adds one to plain text. Installed as the tokenizer's
+    template, every consumer of it - training, generation, the merge check, a saved tokenizer - formats alike."""
+    before, _, after = prompt_format.partition("{prompt}")
+    return (("{{ bos_token }}" if bos else "") + "{% for message in messages %}"
+            "{% if message['role'] == 'user' %}{{ " + _literal(before) + " }}{{ message['content'] }}{{ "
+            + _literal(after) + " }}"
+            "{% elif message['role'] == 'assistant' %}{{ message['content'] }}{{ eos_token }}"
+            "{% else %}{{ message['content'] }}{{ '\\n\\n' }}{% endif %}{% endfor %}")
+
+
+def _adds_bos(tokenizer) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def use_formatting(tokenizer, spec: DatasetSpec, where: str = "dataset") -> str:
+    """Format with the tokenizer's chat template, or plain text with dataset.prompt_format (the default when the
+    tokenizer has no template, or when a prompt_format is given); the plain format is installed as the tokenizer's
+    template. Returns what the record says of it."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    plain = spec.chat_template is False or (spec.chat_template is None and
+                                            (spec.prompt_format is not None or not has_template))
+    labels = {"last": "labels on the last assistant turn", "assistant": "labels on every assistant turn",
+              "all": "labels on the whole text"}[spec.train_on]
+    if not plain:
+        if not has_template:
+            raise DataError(f"{where}: dataset.chat_template is true but the tokenizer has no chat template; set "
+                            "dataset.chat_template: false and a dataset.prompt_format such as \"Question: {prompt}"
+                            "\\nAnswer:\"")
+        return f"chat template; {labels}"
+    if spec.prompt_format is None:
+        raise DataError(f"{where}: the tokenizer has no chat template and dataset.prompt_format is not set, so "
+                        "examples cannot be formatted; give a plain format such as prompt_format: \"Question: "
+                        "{prompt}\\nAnswer:\" (a base model), or a tokenizer with a template (model.tokenizer)")
+    tokenizer.chat_template = plain_template(spec.prompt_format, _adds_bos(tokenizer))
+    return f"plain: {spec.prompt_format!r} + response + {tokenizer.eos_token}; {labels}"
+
+
+def _end_after(ids: list[int], start: int, end: int | None) -> int:
+    """Where the labelled part of a turn that starts at `start` ends: just after its last end-of-sequence token
+    (templates write a newline after the end of turn; the model should learn to stop, not to go on)."""
+    tail = ids[start:]
+    return len(ids) if end not in tail else len(ids) - tail[::-1].index(end)
+
+
+def _last_turn(tokenizer, e: Example, train_on: str) -> tuple[list[int], list[int]]:
+    prompt = tokenizer(prompt_text(tokenizer, e.messages[:-1]), add_special_tokens=False).input_ids
+    full = tokenizer(tokenizer.apply_chat_template(e.messages, tokenize=False), add_special_tokens=False).input_ids
+    if full[: len(prompt)] != prompt:
+        # Some templates render the last turn differently once a response follows; fall back to concatenation.
+        full = prompt + tokenizer(full_response_text(tokenizer, e), add_special_tokens=False).input_ids
+    full = full[: _end_after(full, len(prompt), tokenizer.eos_token_id)]
+    masked = 0 if train_on == "all" else len(prompt)
+    return full, [IGNORE] * masked + full[masked:]
+
+
+def _every_turn(tokenizer, e: Example) -> tuple[list[int], list[int]]:
+    """Every assistant turn labelled: the conversation rendered turn by turn, each piece tokenised on its own."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, m in enumerate(e.messages):
+        if m["role"] != "assistant":
+            continue
+        before = prompt_text(tokenizer, e.messages[:i])
+        after = tokenizer.apply_chat_template(e.messages[: i + 1], tokenize=False)
+        if not (before.startswith(done) and after.startswith(before)):
+            raise DataError(f"{e.place}: the chat template renders earlier turns differently once later ones "
+                            "follow, so each assistant turn cannot be labelled; use dataset.train_on: last or all")
+        context = tokenizer(before[len(done):], add_special_tokens=False).input_ids
+        turn = tokenizer(after[len(before):], add_special_tokens=False).input_ids
+        cut = _end_after(turn, 0, tokenizer.eos_token_id)
+        ids += context + turn
+        labels += [IGNORE] * len(context) + turn[:cut] + [IGNORE] * (len(turn) - cut)
+        done = after
+    keep = len(labels) - next(i for i, t in enumerate(reversed(labels)) if t != IGNORE)
+    return ids[:keep], labels[:keep]
+
+
 def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: DatasetSpec, report: DataNotes,
              where: str) -> list[Features]:
-    """Chat-template each example; labels mask the prompt so the loss is on the response only."""
+    """Format each example (use_formatting) and label what trains (dataset.train_on): by default the last
+    assistant turn, the prompt masked."""
     out = []
     for e in examples:
-        prompt = tokenizer(prompt_text(tokenizer, e.messages[:-1]), add_special_tokens=False).input_ids
-        full = tokenizer(tokenizer.apply_chat_template(e.messages, tokenize=False), add_special_tokens=False).input_ids
-        if full[: len(prompt)] != prompt:
-            # Some templates render the last turn differently once a response follows; fall back to concatenation.
-            full = prompt + tokenizer(full_response_text(tokenizer, e), add_special_tokens=False).input_ids
-        end = tokenizer.eos_token_id
-        if end in full[len(prompt):]:
-            # Templates write a newline after the end of turn; the model should learn to stop, not to go on.
-            full = full[: len(full) - full[::-1].index(end)]
-        if len(prompt) >= max_seq_len:
+        if spec.train_on == "assistant":
+            full, labels = _every_turn(tokenizer, e)
+        else:
+            full, labels = _last_turn(tokenizer, e, spec.train_on)
+        first = next(i for i, t in enumerate(labels) if t != IGNORE)
+        if spec.train_on != "all" and first >= max_seq_len:
             if spec.on_bad_row == "error":
-                raise DataError(f"{e.place or f'{where}, row {e.row}'}: the prompt alone is {len(prompt)} tokens, "
+                raise DataError(f"{e.place or f'{where}, row {e.row}'}: the prompt alone is {first} tokens, "
                                 f"leaving no room for the response in max_seq_len {max_seq_len} (raise "
                                 "training.max_seq_len, or set dataset.on_bad_row: skip)")
             report.skip("prompt longer than max_seq_len")
             continue
         if len(full) > max_seq_len:
             report.truncated += 1
-            full = full[:max_seq_len]
-        out.append(Features(full, [IGNORE] * len(prompt) + full[len(prompt):]))
+            full, labels = full[:max_seq_len], labels[:max_seq_len]
+        out.append(Features(full, labels))
     return out
 
 

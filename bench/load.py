@@ -40,8 +40,9 @@ def load(cfg: RunConfig) -> Loaded:
     folder, model_info = M.resolve(cfg.model)
     tokenizer = M.load_tokenizer(cfg.model, folder)
     train_ex, eval_ex, notes = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-    eval_ex = D.check_references(eval_ex, cfg.eval.extract, cfg.dataset, notes)
-    train_ex, val_ex = D.split_validation(train_ex, cfg.dataset)
+    notes.formatting = D.use_formatting(tokenizer, cfg.dataset, notes.source)
+    eval_ex = D.check_references(eval_ex, cfg.eval.extract, cfg.dataset, notes, numeric=D.numeric(cfg.eval))
+    train_ex, val_ex = D.split_validation(train_ex, cfg.dataset, notes)
 
     def tokenize(examples: list[D.Example]) -> list[D.Features]:
         return D.tokenize(examples, tokenizer, cfg.training.max_seq_len, cfg.dataset, notes, notes.source)

@@ -180,9 +180,30 @@ def load_tokenizer(model: ModelSpec, folder: str | None):
         raise ModelSourceError(_hub_hint(name, e, "model.tokenizer" if model.tokenizer else None)) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    if tok.chat_template is None:
-        tok.chat_template = CHATML
-    return tok
+    return tok  # without a chat template, bench.data.use_formatting formats plain text or says what is missing
+
+
+def has_chat_template(model: ModelSpec, base_dir: Path) -> bool | None:
+    """Whether the tokenizer a run will load has a chat template, where that can be told without loading it: a
+    preset's byte tokenizer has one, a local folder says so in its files, a GGUF in its metadata; None for the Hub
+    (found out when the run loads it)."""
+    def local(value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else base_dir / p
+
+    folder = local(model.tokenizer) if model.tokenizer else local(model.path) if model.path else None
+    if folder is not None and folder.is_dir():
+        config = folder / "tokenizer_config.json"
+        in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+        return in_config or any((folder / f).is_file() for f in ("chat_template.jinja", "chat_template.json"))
+    if model.tokenizer or model.hub:
+        return None
+    if model.gguf:
+        import gguf
+
+        return gguf.GGUFReader(gguf_file(model.gguf, model.package, base_dir)).fields.get(
+            "tokenizer.chat_template") is not None
+    return True  # presets and config-built models use byte_tokenizer, which has ChatML
 
 
 def build_config(model: ModelSpec):

@@ -57,6 +57,11 @@ class DataNotes(_Part):
     skipped: dict[str, int] = {}
     truncated: int = 0
     fingerprint: str = ""
+    # Rows a filter the suite sets left out (dataset.max_chars): not bad rows, so not under `skipped`.
+    filtered: dict[str, int] = {}
+    # How examples became text: "chat template", or the plain prompt format (dataset.prompt_format); and which
+    # tokens carried labels (dataset.train_on). Empty in records from before these options.
+    formatting: str = ""
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -102,6 +107,9 @@ class RunRecord(BaseModel):
     data: DataNotes | None = None
     predictions: list[Prediction] = []
     intervals: dict[str, ScoreInterval] = {}  # per score, over the eval examples
+    # eval.lm_eval: lm-eval's version, per task its scores (with standard errors), sample count and version, and
+    # the tasks not scored with why (bench.lmeval); the scores are in `metrics` too, as lm_eval.TASK.METRIC.
+    lm_eval: dict[str, Any] | None = None
     environment: dict[str, Any] = {}
     model_info: dict[str, Any] = {}
     started_at: str = ""

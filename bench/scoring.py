@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
+from decimal import Decimal, InvalidOperation
 from typing import Callable
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -56,18 +57,80 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+_THOUSANDS = re.compile(r"[-+]?\d{1,3}(,\d{3})+(\.\d+)?")
+
+
+def number(text: str | None) -> Decimal | None:
+    """A number as maths answers write it, or None: 18, 18.0, -3, $18, 1,000, 50%, 3/4 (% is dropped, not divided:
+    GSM8K writes 50% as 50, as PEFT's benchmark notes)."""
+    if text is None:
+        return None
+    s = text.strip().strip(" .!?").removeprefix("$").removesuffix("%").strip()
+    if _THOUSANDS.fullmatch(s):
+        s = s.replace(",", "")
+    numerator, slash, denominator = s.partition("/")
+    try:
+        value = Decimal(numerator.strip().removeprefix("$"))
+        if slash:
+            below = Decimal(denominator.strip())
+            value = value / below if below != 0 else Decimal("NaN")
+    except InvalidOperation:
+        return None
+    return value if value.is_finite() else None
+
+
+def numeric_match(prediction: str, reference: str) -> float:
+    """Equal as numbers (compared as floats, as PEFT's benchmark does, so 20/35 equals 0.5714285714285714);
+    answers that are not numbers are compared as text."""
+    a, b = number(prediction), number(reference)
+    if a is None or b is None:
+        return float(prediction.strip() == reference.strip())
+    return float(float(a) == float(b))
+
+
 SCORERS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "token_f1": token_f1,
     "rouge_l": rouge_l,
+    "numeric_match": numeric_match,
+}
+
+_NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text (with its $, %, thousands separators or fraction bar)."""
+    found = _NUMBER.findall(text)
+    return found[-1] if found else None
+
+
+# PEFT's benchmark (method_comparison/MetaMathQA/utils.py, parse_answer): MetaMath's and GSM8K's answer markers.
+DELIMITERS = ("The answer is: ", "The answer is ", "The final answer is: ", "The final answer is ", "#### ")
+
+
+def answer_delimiters(text: str) -> str | None:
+    """The answer after an answer marker, as PEFT's benchmark parses: the first of DELIMITERS the text holds, its
+    last occurrence, up to the end of that line, without surrounding spaces, '.!?', '$' and '%'."""
+    text = text.strip().rstrip(".!?")
+    marker = next((d for d in DELIMITERS if d in text), None)
+    if marker is None:
+        return None
+    return text.rpartition(marker)[2].strip().split("\n", 1)[0].strip(" .!?$%")
+
+
+EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+    "last_number": last_number,
+    "answer_delimiters": answer_delimiters,
 }
 
 
 def extract(text: str, pattern: str | None) -> str | None:
-    """The suite's answer extraction: the first group of `pattern` (None when the text has no match), or the whole
-    text stripped."""
+    """The suite's answer extraction: a preset of EXTRACTORS, or the first group of the regex `pattern` (None when
+    the text has no answer), or the whole text stripped."""
     if pattern is None:
         return text.strip()
+    if pattern in EXTRACTORS:
+        return EXTRACTORS[pattern](text)
     match = re.search(pattern, text, flags=re.DOTALL)
     return match.group(1).strip() if match else None
 

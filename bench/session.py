@@ -32,7 +32,7 @@ def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
     """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not a failed
     record per run. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
     from bench import models as M
-    from bench.data import DataError, check_references, load_examples, tokenize
+    from bench.data import DataError, check_references, load_examples, numeric, tokenize, use_formatting
 
     cfg = configs[0]
     tightest = min(configs, key=lambda r: r.training.max_seq_len)
@@ -41,10 +41,11 @@ def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
     who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest.run}: "
     try:
         train, evals, report = load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-        evals = check_references(evals, cfg.eval.extract, cfg.dataset, report)
+        evals = check_references(evals, cfg.eval.extract, cfg.dataset, report, numeric=numeric(cfg.eval))
         # Resolving a GGUF converts it here, once, instead of in the first run.
         folder, _ = M.resolve(cfg.model)
         tokenizer = M.load_tokenizer(cfg.model, folder)
+        use_formatting(tokenizer, cfg.dataset, report.source)
     except (DataError, M.ModelSourceError) as e:
         return str(e)
     for part, examples in (("train", train), ("eval", evals)):

@@ -142,12 +142,18 @@ class Suite(Strict):
             model = model.model_copy(update={"gguf": self.resolve(model.gguf)})
         dataset = self.dataset.model_copy(update={k: self.resolve(v) for k in ("path", "eval_path")
                                                   if (v := getattr(self.dataset, k)) is not None})
+        dataset = dataset.model_copy(update={k: src.model_copy(update={"path": self.resolve(src.path)})
+                                             for k in ("eval_data", "validation_data")
+                                             if (src := getattr(dataset, k)) is not None and src.path is not None})
         if self.has_sweeps and dataset.validation_size is None:
             # Every run trains on the same rows, swept or not; the held-out ones pick sweep values, never eval.
             dataset = dataset.model_copy(update={"validation_size": 0.1})
         ev = self.eval
         if isinstance(ev.forgetting, str):
             ev = ev.model_copy(update={"forgetting": self.resolve(ev.forgetting)})
+        if ev.lm_eval is not None and ev.lm_eval.include_path is not None:
+            ev = ev.model_copy(update={"lm_eval": ev.lm_eval.model_copy(
+                update={"include_path": self.resolve(ev.lm_eval.include_path)})})
         return dict(suite=self.name, suite_version=self.version, model=model, dataset=dataset, budget=self.budget,
                     eval=ev, regression=self.regression)
 
@@ -498,11 +504,12 @@ def _local(value: str, suite_dir: Path) -> Path:
 def _data_problems(doc: dict, suite_dir: Path) -> list[Problem]:
     problems = []
     dataset = doc.get("dataset") if isinstance(doc.get("dataset"), dict) else {}
-    for key in ("path", "eval_path"):
-        value = dataset.get(key)
+    places = [("path",), ("eval_path",), ("eval_data", "path"), ("validation_data", "path")]
+    for place in places:
+        value = _at(dataset, place)
         if not isinstance(value, str):
             continue
-        p, line = _local(value, suite_dir), line_of(doc, ("dataset", key))
+        p, line, key = _local(value, suite_dir), line_of(doc, ("dataset", *place)), ".".join(place)
         if not p.is_file():
             problems.append((line, f"dataset.{key}: no such file {str(p)!r} (paths are relative to the suite file)"))
         elif p.suffix.lower() not in (".json", ".jsonl", ".csv", ".tsv"):
@@ -656,7 +663,7 @@ def _device_problems(suite: Suite, doc: dict) -> list[Problem]:
 
 def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
     """What only the whole, typed suite shows: the output folder, seeds against run seeds, the regex, metrics."""
-    from bench.scoring import SCORERS
+    from bench.scoring import EXTRACTORS, SCORERS
 
     problems = []
     out_problem = _output_problem(suite.output_dir)
@@ -666,17 +673,42 @@ def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
         problems += [(line_of(doc, ("runs", i, "training", "seed")), f"runs[{i}].training.seed: the suite's seeds "
                       "set every run's seed; remove one of the two")
                      for i, run in enumerate(suite.runs) if run.training.seed is not None]
-    if suite.eval.extract is not None:
+    if suite.eval.extract is not None and suite.eval.extract not in EXTRACTORS:
         try:
             if re.compile(suite.eval.extract).groups < 1:
                 problems.append((line_of(doc, ("eval", "extract")), "eval.extract: the regex needs one group "
-                                 "(the answer), e.g. '#### (.+)'"))
+                                 f"(the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"))
         except re.error as e:
             problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: not a valid regex: {e}"))
     for i, name in enumerate(suite.eval.metrics):
         if name not in SCORERS and not name.startswith("hub:"):
             problems.append((line_of(doc, ("eval", "metrics", i)), f"eval.metrics[{i}]: unknown metric "
                              f"'{name}'{did_you_mean(name, SCORERS)}; known: {', '.join(SCORERS)}, or hub:NAME"))
+    return problems
+
+
+def _format_problems(suite: Suite, doc: dict) -> list[Problem]:
+    """A tokenizer known here to lack a chat template, where the suite formats with one; lm-eval's task folder."""
+    from bench.models import ModelSourceError, has_chat_template
+
+    ds, problems = suite.dataset, []
+    if ds.chat_template is not False and ds.prompt_format is None:
+        try:
+            has = has_chat_template(suite.model, suite.base_dir)
+        except (OSError, ValueError, ModelSourceError):
+            has = None  # an unreadable model source is reported by _model_problems
+        if has is False:
+            problems.append((line_of(doc, ("dataset",)), "dataset: the model's tokenizer has no chat template, so "
+                             "examples cannot be formatted; set dataset.chat_template: false and a plain "
+                             "dataset.prompt_format, e.g. \"Question: {prompt}\\nAnswer:\""))
+    lm = suite.eval.lm_eval
+    if lm is not None and lm.include_path is not None and not Path(suite.resolve(lm.include_path)).is_dir():
+        problems.append((line_of(doc, ("eval", "lm_eval", "include_path")), "eval.lm_eval.include_path: no such "
+                         f"folder {suite.resolve(lm.include_path)!r} (a folder of lm-eval task YAMLs, relative to the "
+                         "suite file)"))
+    if lm is not None and importlib.util.find_spec("lm_eval") is None:
+        problems.append((line_of(doc, ("eval", "lm_eval")), "eval.lm_eval: lm-evaluation-harness is not installed "
+                         "(pip install 'peft-bench[lm-eval]')"))
     return problems
 
 
@@ -697,7 +729,7 @@ def load_suite(path: str | Path) -> Suite:
     problems += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
     problems += _model_problems(doc, path.parent)
     if suite is not None:
-        problems += _suite_problems(suite, doc) + _device_problems(suite, doc)
+        problems += _suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])

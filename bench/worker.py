@@ -73,6 +73,12 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
             record.environment["generation"] = evaluated.decoding
             if texts is not None:
                 record.metrics |= forgetting(cfg, model, loaded, texts, place, record.metrics["general_loss_before"])
+            if cfg.eval.lm_eval is not None:
+                from bench.lmeval import run_lm_eval
+
+                with place.autocast():
+                    scores, record.lm_eval = run_lm_eval(cfg, method, model, loaded.tokenizer, place.device)
+                record.metrics |= scores
     if method is not None:
         saved = save(cfg, method, model, loaded.tokenizer, run_dir)
         with phases("merge", timed=False):

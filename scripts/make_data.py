@@ -1,4 +1,5 @@
-"""Generate the project's task data deterministically: `python scripts/make_data.py` rewrites data/*.jsonl.
+"""Generate the project's task data deterministically: `python scripts/make_data.py` rewrites data/*.jsonl and
+data/lm_eval/trips_city.jsonl.
 
 The task, "trip extraction": read one sentence about a trip and answer `name | city | day`, where city is the
 destination (half the sentences also name the origin city, as a distractor). A small chat model answers in prose
@@ -55,6 +56,19 @@ def example(rng: random.Random) -> dict[str, str]:
     return {"prompt": INSTRUCTION.format(sentence=sentence), "response": f"{name} | {city} | {day}"}
 
 
+def city_choice(n: int, seed: int) -> list[dict]:
+    """The lm-eval task's rows (data/lm_eval/): a trip sentence, the destination and one other city as choices."""
+    rng, rows = random.Random(seed), []
+    for _ in range(n):
+        name, day = rng.choice(NAMES), rng.choice(DAYS)
+        city, origin = rng.sample(CITIES, 2)
+        sentence = rng.choice(WITH_ORIGIN).format(name=name, city=city, origin=origin, day=day)
+        label = rng.randrange(2)
+        choices = [city, origin] if label == 0 else [origin, city]
+        rows.append({"sentence": sentence, "choices": choices, "label": label, "answer": city})
+    return rows
+
+
 def generate(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
     seen, rows = set(), []
@@ -75,4 +89,6 @@ if __name__ == "__main__":
     root = Path(__file__).resolve().parent.parent / "data"
     write(root / "trips.jsonl", generate(600, seed=1))
     write(root / "smoke.jsonl", generate(48, seed=2))
-    print(f"wrote {root / 'trips.jsonl'} (600 rows) and {root / 'smoke.jsonl'} (48 rows)")
+    write(root / "lm_eval" / "trips_city.jsonl", city_choice(24, seed=3))
+    print(f"wrote {root / 'trips.jsonl'} (600 rows), {root / 'smoke.jsonl'} (48 rows) and "
+          f"{root / 'lm_eval' / 'trips_city.jsonl'} (24 rows)")

@@ -109,7 +109,29 @@ CASES = [
     Case("bad-extract-regex", "line 15, eval.extract: not a valid regex: missing ), unterminated subpattern at "
          "position 0", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(\\d+'\n")),
     Case("extract-regex-without-group", "line 15, eval.extract: the regex needs one group (the answer), e.g. "
-         "'#### (.+)'", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '\\d+'\n")),
+         "'#### (.+)'; or a preset: last_number, answer_delimiters",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '\\d+'\n")),
+    Case("plain-format-without-prompt", "line 5, dataset: prompt_format must contain '{{prompt}}' (where the prompt "
+         "goes), got 'Q: {{query}}'",
+         suite=edit("  eval_size: 2", "  eval_size: 2\n  chat_template: false\n  prompt_format: 'Q: {query}'")),
+    Case("template-column-missing-in-a-row", "{dir}/data.jsonl, line 3: no field 'input' for the prompt (set "
+         "dataset.on_bad_row: skip to skip and count such rows)",
+         suite=edit("  eval_size: 2", "  eval_size: 2\n  prompt: '{prompt}\\n\\n{input}'"),
+         files={"data.jsonl": jsonl([dict(r, input="") for r in ROWS[:2]] + ROWS[2:])}, caught_by="run"),
+    Case("conversation-role-unmapped", "{dir}/data.jsonl, line 2: field 'conversations', message 1: role 'bot' is "
+         "not one of human, gpt (map it in dataset.messages.roles)",
+         suite=edit("  eval_size: 2", "  eval_size: 2\n  messages: {column: conversations, role: from, content: "
+                    "value, roles: {human: user, gpt: assistant}}"),
+         files={"data.jsonl": jsonl([{"conversations": [{"from": f, "value": f"{w} {i}"} for f, w in
+                                                          (("human" if i != 1 else "bot", "q"), ("gpt", "a"))]}
+                                     for i in range(6)])}, caught_by="run"),
+    Case("numeric-reference-not-a-number", "{dir}/eval.jsonl, line 1: the reference 'xof' gives 'xof', not a number "
+         "for numeric_match, so no answer can be scored against it (fix the row or eval.extract, or set "
+         "dataset.on_bad_row: skip)",
+         suite=lambda text: edit("  max_examples: 2", "  max_examples: 2\n  metrics: [numeric_match]")(
+             edit("  eval_size: 2", "  eval_path: eval.jsonl")(text)),
+         files={"eval.jsonl": jsonl([{"prompt": "Spell fox backwards.", "response": "xof"},
+                                     {"prompt": "How many legs has a cat?", "response": "4"}])}, caught_by="run"),
     Case("output-under-a-file", "line 15, output: '{dir}/notes.txt' is a file, not a folder",
          suite=lambda text: text.replace(text.split("output: ")[1].split("\n")[0], "{dir}/notes.txt/results"),
          files={"notes.txt": "a file where a folder should be\n"}),

@@ -469,6 +469,8 @@ def data_notes(records: list[RunRecord]) -> list[str]:
             else "; none skipped"
         max_len = r.config.training.max_seq_len
         text += f"; {d.truncated} truncated to max_seq_len {max_len}" if d.truncated else "; none truncated"
+        text += "".join(f"; {n} left out ({why})" for why, n in d.filtered.items())
+        text += f"; formatted with {d.formatting}" if d.formatting else ""
         return text + (f" (fingerprint {d.fingerprint})" if d.fingerprint else "")
 
     g = groups([(names[id(r)], describe(r)) for r in recs if r.data])
