@@ -23,6 +23,7 @@ from typing import Any
 
 from bench.config import TRACKERS, MlflowOptions, RunConfig, TensorBoardOptions, Tracking, WandbOptions
 from bench.records import RunRecord
+from bench.util import flatten
 
 # The per-step fields of progress.jsonl a tracker plots, under train/NAME.
 STEP_FIELDS = ("loss", "lr", "tokens")
@@ -33,16 +34,6 @@ def missing_extra(name: str) -> str | None:
     if importlib.util.find_spec(name) is None:
         return f"{name} is not installed; install the extra: pip install 'peft-bench[{name}]'"
     return None
-
-
-def flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """A nested config as dotted keys (training.learning_rate), the form trackers take params in."""
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out |= flat(v, f"{prefix}{k}.")
-        return out
-    return {prefix.rstrip("."): value}
 
 
 def tags(cfg: RunConfig) -> dict[str, str]:
@@ -80,8 +71,6 @@ def saved_model(run_dir: Path) -> Path | None:
 class Backend:
     """One tracker for one `bench run`. `start` returns a handle for the run that the other calls take."""
 
-    name = ""
-
     def start(self, cfg: RunConfig) -> Any:
         raise NotImplementedError
 
@@ -97,8 +86,6 @@ class Backend:
 
 class TensorBoard(Backend):
     """Event files, one folder per run under the logdir; a rerun's old folder moves to tensorboard-history/."""
-
-    name = "tensorboard"
 
     def __init__(self, options: TensorBoardOptions, out_dir: Path):
         self.root = Path(options.logdir) if options.logdir else out_dir / "tensorboard"
@@ -116,7 +103,7 @@ class TensorBoard(Backend):
             shutil.move(str(folder), str(history / f"{cfg.run}.{stamp}"))
         writer = EventFileWriter(str(folder))
         config = cfg.model_dump(mode="json")
-        hparams = {k: v for k, v in flat(config).items() if isinstance(v, (str, bool, int, float))} | tags(cfg)
+        hparams = {k: v for k, v in flatten(config).items() if isinstance(v, (str, bool, int, float))} | tags(cfg)
         self._write(writer, 0, hparams_pb(hparams, trial_id=cfg.run))
         self._write(writer, 0, text_pb("config", f"```json\n{json.dumps(config, indent=2)}\n```"))
         writer.flush()
@@ -150,8 +137,6 @@ class TensorBoard(Backend):
 class MLflow(Backend):
     """MlflowClient calls on the suite's experiment; by default a SQLite store and artifact folder under the results."""
 
-    name = "mlflow"
-
     def __init__(self, options: MlflowOptions, out_dir: Path, suite: str):
         from mlflow import MlflowClient
 
@@ -179,7 +164,7 @@ class MLflow(Backend):
         from mlflow.entities import Param
 
         run = self.client.create_run(self._experiment_id_or_create(), run_name=cfg.run, tags=tags(cfg))
-        params = [Param(k, str(v)[:6000]) for k, v in flat(cfg.model_dump(mode="json")).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(cfg.model_dump(mode="json")).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params a call
             self.client.log_batch(run.info.run_id, params=params[i:i + 100])
         return run.info.run_id
@@ -215,8 +200,6 @@ class MLflow(Backend):
 
 class Wandb(Backend):
     """One W&B run per harness run in the suite's group; offline (files under RESULTS/wandb) unless logged in."""
-
-    name = "wandb"
 
     def __init__(self, options: WandbOptions, out_dir: Path, suite: str):
         import wandb
