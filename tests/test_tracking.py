@@ -188,28 +188,34 @@ def test_resumed_suite_adds_no_tracker_runs(tracked):
 def test_dead_tracker_address_costs_a_warning_and_every_record_is_complete(tmp_path):
     suite = tmp_path / "suite.yaml"
     tracking = 'tracking:\n  tensorboard: {}\n  mlflow: {tracking_uri: "http://127.0.0.1:9"}'
-    suite.write_text(SUITE.format(data=ROOT / "data" / "smoke.jsonl", tracking=tracking)
-                     .replace("baseline: false\nseeds: [0, 1]\n", "").replace("max_steps: 4", "max_steps: 3"))
+    text = SUITE.format(data=ROOT / "data" / "smoke.jsonl", tracking=tracking)
+    text = text.replace("baseline: false\nseeds: [0, 1]\n", "").replace("max_steps: 4", "max_steps: 3")
+    # A run that times out is tracked like any other: its tracker run ends with its status.
+    suite.write_text(text + "  - method: ia3\n    training: {timeout_s: 1}\n")
     out = tmp_path / "results"
     proc = bench_run(suite, out, "--no-report")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # the timeout, not the tracker
     warning = " ".join(proc.stderr.split())
-    assert "warning: tracker mlflow failed on 2 of 2 run(s)" in warning and "127.0.0.1" in warning
+    assert "warning: tracker mlflow failed on 3 of 3 run(s)" in warning and "127.0.0.1" in warning
     records = {r.run: r for r in load_records(out)}
-    assert sorted(records) == ["baseline", "lora"]
-    for record in records.values():
+    assert sorted(records) == ["baseline", "ia3", "lora"] and records["ia3"].status == "timeout"
+    for record in (records["baseline"], records["lora"]):
         assert record.ok and "exact_match" in record.metrics and math.isfinite(record.metrics["eval_loss"])
+    for record in records.values():
         assert list(record.tracker_errors) == ["mlflow"] and "127.0.0.1" in record.tracker_errors["mlflow"]
     assert len(records["lora"].curve) == 3 and records["lora"].merge.status == "merged"
     # The first run's failure turns MLflow off for the rest of the suite: one wait, not one per run.
     assert records["lora"].tracker_errors["mlflow"].startswith("not tracked: failed on run baseline")
-    # The other tracker is unaffected: TensorBoard has both runs, the baseline's metrics at step 0.
+    # The other tracker is unaffected: TensorBoard has every run, the baseline's metrics at step 0.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(out / "tensorboard" / "baseline"))
-    events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("eval_loss")] == [
+    def events(run: str) -> EventAccumulator:
+        acc = EventAccumulator(str(out / "tensorboard" / run))
+        acc.Reload()
+        return acc
+
+    assert [(e.step, e.value) for e in events("baseline").Scalars("eval_loss")] == [
         (0, pytest.approx(records["baseline"].metrics["eval_loss"], rel=1e-6))]
-    events = EventAccumulator(str(out / "tensorboard" / "lora"))
-    events.Reload()
-    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3]
+    assert [e.step for e in events("lora").Scalars("train/loss")] == [1, 2, 3]
+    outcome = json.loads(events("ia3").Tensors("outcome")[0].tensor_proto.string_val[0])
+    assert outcome == {"status": "timeout"}
