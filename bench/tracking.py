@@ -235,6 +235,20 @@ class Wandb(Backend):
             run.log_artifact(artifact)
         run.finish(exit_code=0 if record.ok else 1)
 
+    def report(self, handles, paths):
+        """A finished W&B run takes no more files, so the report is a `report` artifact of a run of its own in the
+        suite's group (job_type report)."""
+        import wandb
+
+        run = wandb.init(project=self.options.project, entity=self.options.entity, group=self.suite,
+                         job_type="report", name=f"{self.suite} report", dir=str(self.out_dir), mode=self.mode,
+                         reinit="create_new", settings=self.settings)
+        artifact = wandb.Artifact(f"{self.suite}-report", type="report")
+        for path in paths:
+            artifact.add_file(str(path))
+        run.log_artifact(artifact)
+        run.finish()
+
 
 def backend(name: str, tracking: Tracking, out_dir: Path, suite: str) -> Backend:
     options = getattr(tracking, name)

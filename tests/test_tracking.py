@@ -145,7 +145,7 @@ def read_wandb_run(path: Path) -> dict:
         elif kind == "summary":
             summary |= {u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in r.summary.update}
         elif kind == "artifact":
-            artifacts.append(r.artifact.name)
+            artifacts.append((r.artifact.name, sorted(c.path for c in r.artifact.manifest.contents)))
         elif kind == "exit":
             exit_code = r.exit.exit_code
     config = {u.key: json.loads(u.value_json) for u in run.config.update}
@@ -156,7 +156,11 @@ def test_wandb_offline_files_hold_every_step_and_the_summary(tracked):
     _, out, records, _ = tracked
     files = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
     logged = {w["run"].display_name: w for w in map(read_wandb_run, files)}
-    assert sorted(logged) == sorted(records) and len(files) == len(records)
+    # One W&B run per harness run, and one more holding the suite's report.
+    assert sorted(logged) == sorted(records) + ["tracked report"] and len(files) == len(records) + 1
+    report = logged.pop("tracked report")
+    assert report["run"].run_group == "tracked" and report["run"].job_type == "report"
+    assert report["artifacts"] == [("tracked-report", ["report.html", "report.md"])]
     for name, record in records.items():
         w = logged[name]
         assert w["run"].run_group == "tracked" and w["run"].job_type == "lora"  # the suite is the group
@@ -166,7 +170,8 @@ def test_wandb_offline_files_hold_every_step_and_the_summary(tracked):
             (p["step"], p["loss"], p["lr"], p["tokens"]) for p in record.curve]
         assert {k: w["summary"][k] for k in record.metrics} == final(record)
         assert w["summary"]["status"] == "success" and w["summary"]["merge.status"] == "merged"
-        assert w["artifacts"] == [f"tracked-{name.replace('@', '-')}"] and w["exit_code"] == 0
+        adapter = sorted(p.name for p in (out / name / "adapter").iterdir())
+        assert w["artifacts"] == [(f"tracked-{name.replace('@', '-')}", adapter)] and w["exit_code"] == 0
 
 
 def test_resumed_suite_adds_no_tracker_runs(tracked):
