@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
 from bench.records import RunRecord, error_headline, load_records
 from bench.suite import Suite
+
+if TYPE_CHECKING:
+    from bench.tracking import RunTracking, Session
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: 
     return EXIT_OK if all(r.ok for r in records) else EXIT_FAIL
 
 
-def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfig]):
+def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfig]) -> Session | None:
     """The session's trackers (bench.tracking), or None when none is on or nothing is to run: runs that are up to
     date were tracked when they ran."""
     tracking = suite.tracking.adding(options.track)
@@ -122,28 +125,29 @@ def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfi
     return Session(tracking, out_dir, suite.name)
 
 
-def warn_trackers(trackers, records: list[RunRecord], reports: list[Path]) -> None:
+def warn_trackers(trackers: Session, records: list[RunRecord], reports: list[Path]) -> None:
     """Attach the report; then, per tracker that failed on some run of this session, one warning line."""
-    report_errors = trackers.report(reports)
+    for name, why in trackers.report(reports).items():
+        err.print(f"warning: tracker {name} could not take the report ({why}); the records are not affected",
+                  markup=False)
     failures: dict[str, list[tuple[str, str]]] = {}
     for r in records:
         for name, why in r.tracker_errors.items():
             failures.setdefault(name, []).append((r.run, why))
-    for name, why in report_errors.items():
-        failures.setdefault(name, []).append(("report", why))
     for name, failed in failures.items():
         run, why = failed[0]
         err.print(f"warning: tracker {name} failed on {len(failed)} of {len(records)} run(s) (first, {run}: {why}); "
                   "the runs and their records are not affected (tracker_errors in each record)", markup=False)
 
 
-def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None], trackers=None) -> bool:
+def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None],
+                      trackers: Session | None = None) -> bool:
     """runner.run_all with a progress bar per run, each run mirrored to the trackers if any; True when
     interrupted."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, int] = {}
-    tracked: dict[str, Any] = {}
+    tracked: dict[str, RunTracking] = {}
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         # Called from one thread per slot: rich's Progress takes a lock on every update.
