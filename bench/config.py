@@ -208,8 +208,9 @@ class TensorBoardOptions(Strict):
 
 
 class MlflowOptions(Strict):
-    tracking_uri: str | None = Field(None, description="the MLflow server or store; default MLFLOW_TRACKING_URI, else "
-                                     "a SQLite store RESULTS/mlflow.db with artifacts in RESULTS/mlartifacts")
+    tracking_uri: str | None = Field(
+        None, description="the MLflow server or store; default MLFLOW_TRACKING_URI, else a SQLite store "
+        "RESULTS/mlflow.db with artifacts in RESULTS/mlartifacts")
     experiment: str | None = Field(None, description="default: the suite's name")
 
 

@@ -217,7 +217,7 @@ CASES = [
     Case("unknown-tracker", "line 16, tracking: unknown tracker 'mlfow' (did you mean 'mlflow'?); known: "
          "tensorboard, mlflow, wandb", suite=edit("runs:", "tracking: [mlfow]\nruns:")),
     Case("unknown-tracker-option", "line 17, tracking.mlflow.tracking_url: unknown key 'tracking_url' (did you mean "
-         "'tracking_uri'?)", suite=edit("runs:", "tracking:\n  mlflow: {tracking_url: 'http://localhost:5000'}\nruns:")),
+         "'tracking_uri'?)", suite=edit("runs:", "tracking:\n  mlflow: {tracking_url: 'http://mlflow:5000'}\nruns:")),
 ]
 
 
