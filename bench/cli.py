@@ -99,8 +99,16 @@ def cmd_run(args) -> int:
     except DevicesError as e:
         err.print(str(e), markup=False)
         return EXIT_USAGE
+    if args.track:
+        from bench.tracking import missing_extra
+
+        missing = [f"--track {name}: {why}" for name in args.track if (why := missing_extra(name))]
+        if missing:
+            err.print("\n".join(missing), markup=False)
+            return EXIT_USAGE
     options = Options(output=Path(args.output) if args.output else None, force=args.force,
-                      only=tuple(args.only or ()), devices=args.devices, report=not args.no_report)
+                      only=tuple(args.only or ()), devices=args.devices, report=not args.no_report,
+                      track=tuple(args.track or ()))
     return run_suite(suite, options)
 
 
@@ -184,6 +192,8 @@ def _lazy(module: str, name: str):
 
 
 def _run_parsers(sub) -> None:
+    from bench.config import TRACKERS
+
     p = sub.add_parser("list", help="methods (every PEFT tuner), their merge kind, parameters and defaults")
     p.add_argument("--fields", metavar="METHOD", help="every param of one method, with its type and default")
     p.set_defaults(func=cmd_list)
@@ -210,6 +220,9 @@ def _run_parsers(sub) -> None:
     p.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
     p.add_argument("--devices", metavar="SLOTS", help="run in parallel, one run per slot at a time: GPU indices "
                    "(0,1,2,3), GPU groups for distributed runs (0+1,2+3) or cpu slots (cpu,cpu) sharing the cores")
+    p.add_argument("--track", nargs="+", metavar="TRACKER", choices=TRACKERS, help="mirror every run live to these "
+                   "trackers too, with their defaults (tensorboard, mlflow, wandb; the suite's `tracking:` sets "
+                   "options); each is an extra: pip install 'peft-bench[mlflow]'")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")

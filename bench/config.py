@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from bench.regression import Regression
+from bench.util import did_you_mean
 
 BASELINE = "baseline"  # the run name and method of the untrained base model
 
@@ -295,6 +296,62 @@ class Eval(Strict):
 
 
 _LATER_EVAL_OPTIONS = ("lm_eval",)
+
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")
+
+
+class TensorBoardOptions(Strict):
+    logdir: str | None = Field(None, description="folder of the event files, one subfolder per run; default "
+                               "RESULTS/tensorboard")
+
+
+class MlflowOptions(Strict):
+    tracking_uri: str | None = Field(
+        None, description="the MLflow server or store; default MLFLOW_TRACKING_URI, else a SQLite store "
+        "RESULTS/mlflow.db with artifacts in RESULTS/mlartifacts")
+    experiment: str | None = Field(None, description="default: the suite's name")
+
+
+class WandbOptions(Strict):
+    project: str = "peft-bench"
+    entity: str | None = None
+    mode: Literal["online", "offline"] | None = Field(
+        None, description="default: WANDB_MODE, else online when logged in (wandb login), offline otherwise")
+
+
+class Tracking(Strict):
+    """Trackers that mirror every run (bench.tracking): a list of names, or each name with its options."""
+
+    tensorboard: TensorBoardOptions | None = None
+    mlflow: MlflowOptions | None = None
+    wandb: WandbOptions | None = None
+    artifacts: bool = Field(True, description="log each run's adapter (full fine-tuning: its whole checkpoint) and "
+                            "the suite's report where the tracker keeps files")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _names(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            unknown = [n for n in value if n not in TRACKERS]
+            if unknown:
+                raise ValueError(f"unknown tracker {unknown[0]!r}{did_you_mean(str(unknown[0]), TRACKERS)}; known: "
+                                 f"{', '.join(TRACKERS)}")
+            return {name: {} for name in value}
+        if isinstance(value, dict):  # `mlflow:` or `mlflow: true` turns it on with its defaults, false off
+            return {k: ({} if v is None or v is True else None if v is False else v) for k, v in value.items()}
+        return value
+
+    @property
+    def names(self) -> list[str]:
+        return [name for name in TRACKERS if getattr(self, name) is not None]
+
+    def adding(self, names: list[str] | tuple[str, ...]) -> Tracking:
+        """These trackers on too (`bench run --track`), with their defaults where the suite does not set them."""
+        return self.model_copy(update={n: getattr(self, n) or _OPTIONS[n]() for n in names})
+
+
+_OPTIONS = {"tensorboard": TensorBoardOptions, "mlflow": MlflowOptions, "wandb": WandbOptions}
 
 
 class RunConfig(Strict):

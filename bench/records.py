@@ -115,6 +115,8 @@ class RunRecord(BaseModel):
     started_at: str = ""
     finished_at: str = ""
     wall_seconds: float | None = None  # the run's process, start to end, as the runner timed it
+    # Per tracker (bench.tracking) that failed on this run: what went wrong. The run and this record are unaffected.
+    tracker_errors: dict[str, str] = {}
 
     @field_validator("merge", "data", mode="before")
     @classmethod

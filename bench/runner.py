@@ -168,9 +168,11 @@ def _kill(proc: subprocess.Popen) -> None:
 
 def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lambda _: None,
             env: dict[str, str] | None = None, slot: Slot | None = None,
-            stop: threading.Event | None = None) -> RunRecord:
+            stop: threading.Event | None = None,
+            on_record: Callable[[RunRecord], RunRecord] = lambda r: r) -> RunRecord:
     """Run one config in its own process and return its record (already written to disk). `slot` says where (its
-    environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C."""
+    environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C;
+    `on_record` sees the finished record before it is written and returns it, amended (the trackers' errors)."""
     run_dir = out_dir / cfg.run
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT, PROGRESS, LOG):
@@ -194,6 +196,7 @@ def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lam
     record = record.model_copy(update={
         "started_at": started, "finished_at": now(), "wall_seconds": time.monotonic() - t0,
         "environment": record.environment | ({"slot": slot.name} if slot else {})})
+    record = on_record(record)
     _keep_previous(out_dir, cfg.run)
     write_record(record_path(out_dir, cfg.run), record)
     if record.status == "interrupted":
@@ -255,9 +258,11 @@ def _exit_status(code: int) -> tuple[str, str]:
 def run_all(configs: list[RunConfig], out_dir: Path, slots: list[Slot | None],
             on_start: Callable[[dict, Slot | None], None] = lambda _c, _s: None,
             on_poll: Callable[[dict, list], None] = lambda _c, _p: None,
-            on_done: Callable[[dict, RunRecord | None], None] = lambda _c, _r: None) -> bool:
+            on_done: Callable[[dict, RunRecord | None], None] = lambda _c, _r: None,
+            on_record: Callable[[RunConfig, RunRecord], RunRecord] = lambda _c, r: r) -> bool:
     """Run configs in order over the slots, each slot one run at a time (one slot, None: one after another, as the
-    runner always has). Records and resume are exactly those of `execute`. Returns True when interrupted (Ctrl-C):
+    runner always has). Records and resume are exactly those of `execute` (`on_record` is its hook, with the
+    config). Returns True when interrupted (Ctrl-C):
     every run in progress is recorded as interrupted (on_done gets None), and no further run starts."""
     queue = deque(configs)
     lock = threading.Lock()
@@ -272,7 +277,8 @@ def run_all(configs: list[RunConfig], out_dir: Path, slots: list[Slot | None],
                 cfg = queue.popleft()
             on_start(cfg, slot)
             try:
-                record = execute(cfg, out_dir, on_poll=lambda points: on_poll(cfg, points), slot=slot, stop=stop)
+                record = execute(cfg, out_dir, on_poll=lambda points: on_poll(cfg, points), slot=slot, stop=stop,
+                                 on_record=lambda r: on_record(cfg, r))
             except KeyboardInterrupt:
                 on_done(cfg, None)
                 return

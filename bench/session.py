@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
 from bench.records import RunRecord, error_headline, load_records
 from bench.suite import Suite
+
+if TYPE_CHECKING:
+    from bench.tracking import RunTracking, Session
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Options:
     only: tuple[str, ...] = ()
     devices: str | None = None  # --devices as given; None runs one at a time
     report: bool = True
+    track: tuple[str, ...] = ()  # --track: trackers on top of the suite's `tracking`
 
     @property
     def slots(self) -> list[runner.Slot | None]:
@@ -97,20 +102,53 @@ def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: 
             console.print(f"[dim]skip {p.config.run}: {p.why} (--force reruns it)[/]")
     where = f" on {len(slots)} slots ({', '.join(s.name for s in slots)})" if slots else ""
     console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do{where}, results in {out_dir}/")
-    interrupted = run_with_progress(todo, out_dir, options.slots)
+    trackers = _trackers(suite, options, out_dir, todo)
+    interrupted = run_with_progress(todo, out_dir, options.slots, trackers)
     records = [r for r in load_records(out_dir) if r.suite == suite.name]
-    summarise(records, out_dir, f"{suite.name} (suite version {suite.version})", options.report)
+    reports = summarise(records, out_dir, f"{suite.name} (suite version {suite.version})", options.report)
+    if trackers is not None:
+        warn_trackers(trackers, [r for r in records if r.run in {c.run for c in todo}], reports)
     if interrupted:
         console.print("[yellow]Interrupted.[/] Rerun the same command to resume; finished runs are kept.")
         return EXIT_INTERRUPTED
     return EXIT_OK if all(r.ok for r in records) else EXIT_FAIL
 
 
-def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None]) -> bool:
-    """runner.run_all with a progress bar per run; True when interrupted."""
+def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfig]) -> Session | None:
+    """The session's trackers (bench.tracking), or None when none is on or nothing is to run: runs that are up to
+    date were tracked when they ran."""
+    tracking = suite.tracking.adding(options.track)
+    if not tracking.names or not todo:
+        return None
+    from bench.tracking import Session
+
+    console.print(f"tracking: {', '.join(tracking.names)}")
+    return Session(tracking, out_dir, suite.name)
+
+
+def warn_trackers(trackers: Session, records: list[RunRecord], reports: list[Path]) -> None:
+    """Attach the report; then, per tracker that failed on some run of this session, one warning line."""
+    for name, why in trackers.report(reports).items():
+        err.print(f"warning: tracker {name} could not take the report ({why}); the records are not affected",
+                  markup=False)
+    failures: dict[str, list[tuple[str, str]]] = {}
+    for r in records:
+        for name, why in r.tracker_errors.items():
+            failures.setdefault(name, []).append((r.run, why))
+    for name, failed in failures.items():
+        run, why = failed[0]
+        err.print(f"warning: tracker {name} failed on {len(failed)} of {len(records)} run(s) (first, {run}: {why}); "
+                  "the runs and their records are not affected (tracker_errors in each record)", markup=False)
+
+
+def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None],
+                      trackers: Session | None = None) -> bool:
+    """runner.run_all with a progress bar per run, each run mirrored to the trackers if any; True when
+    interrupted."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, int] = {}
+    tracked: dict[str, RunTracking] = {}
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         # Called from one thread per slot: rich's Progress takes a lock on every update.
@@ -118,8 +156,12 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             name = f"{cfg.run} on {slot.name}" if slot else cfg.run
             steps = cfg.budget.max_steps if cfg.trains else 1
             tasks[cfg.run] = progress.add_task(name, total=steps, info="starting")
+            if trackers is not None:
+                tracked[cfg.run] = trackers.run(cfg)
 
         def poll(cfg: RunConfig, points: list[dict]) -> None:
+            if cfg.run in tracked:
+                tracked[cfg.run].poll(points)
             if points:
                 last = points[-1]
                 progress.update(tasks[cfg.run], completed=last["step"] if cfg.budget.max_steps else None,
@@ -134,11 +176,14 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             score = next((f"{k} {record.metrics[k]:.3f}" for k in cfg.eval.metrics if k in record.metrics), "")
             progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
 
-        return runner.run_all(todo, out_dir, slots, start, poll, done)
+        def record(cfg: RunConfig, record: RunRecord) -> RunRecord:
+            return tracked.pop(cfg.run).finish(record, out_dir / cfg.run) if cfg.run in tracked else record
+
+        return runner.run_all(todo, out_dir, slots, start, poll, done, record)
 
 
-def summarise(records: list[RunRecord], out_dir: Path, title: str | None = None, report: bool = True) -> None:
-    """The summary table (a sweep as its chosen point), every failure in a line, and the reports."""
+def summarise(records: list[RunRecord], out_dir: Path, title: str | None = None, report: bool = True) -> list[Path]:
+    """The summary table (a sweep as its chosen point), every failure in a line, and the reports (their paths)."""
     from bench.sweeps import selected
     from bench.terminal import summary_table
 
@@ -146,8 +191,11 @@ def summarise(records: list[RunRecord], out_dir: Path, title: str | None = None,
     for r in records:
         if not r.ok:
             console.print(f"[red]{r.run}: {r.status}[/] - {error_headline(r.error)}", markup=True)
-    if report:
-        from bench.report.write import write_reports
+    if not report:
+        return []
+    from bench.report.write import write_reports
 
-        for path in write_reports(out_dir):
-            console.print(f"wrote {path}")
+    paths = write_reports(out_dir)
+    for path in paths:
+        console.print(f"wrote {path}")
+    return list(paths)

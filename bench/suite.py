@@ -24,6 +24,7 @@ from bench.config import (
     RunConfig,
     Strict,
     Training,
+    Tracking,
     TrainingOverrides,
 )
 from bench.regression import Regression
@@ -71,6 +72,8 @@ class Suite(Strict):
         "intervals")
     runs: list[RunSpec] = Field(min_length=1)
     regression: Regression = Regression()
+    tracking: Tracking = Field(Tracking(), description="trackers that mirror every run live: tensorboard, mlflow, "
+                               "wandb (each an optional extra)")
 
     # Set by load_suite: where the file lives, so relative data paths resolve against it.
     source: str = Field("", exclude=True)
@@ -712,6 +715,18 @@ def _format_problems(suite: Suite, doc: dict) -> list[Problem]:
     return problems
 
 
+def _tracking_problems(suite: Suite, doc: dict) -> list[Problem]:
+    """Every tracker the suite turns on is installed: each is an optional extra."""
+    from bench.tracking import missing_extra
+
+    problems = []
+    for name in suite.tracking.names:
+        why = missing_extra(name)
+        if why:
+            problems.append((line_of(doc, ("tracking", name)), f"tracking.{name}: {why}"))
+    return problems
+
+
 def load_suite(path: str | Path) -> Suite:
     """Parse and validate a suite file; raise SuiteError listing every problem with its line."""
     path = Path(path)
@@ -729,7 +744,8 @@ def load_suite(path: str | Path) -> Suite:
     problems += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
     problems += _model_problems(doc, path.parent)
     if suite is not None:
-        problems += _suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
+        problems += (_suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
+                     + _tracking_problems(suite, doc))
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])

@@ -236,6 +236,10 @@ CASES = [
          files={"eval.jsonl": jsonl([{"prompt": "Spell fox backwards.", "response": "#### xof"},
                                      {"prompt": "Spell cow backwards.", "response": "woc"}])},
          caught_by="run"),
+    Case("unknown-tracker", "line 16, tracking: unknown tracker 'mlfow' (did you mean 'mlflow'?); known: "
+         "tensorboard, mlflow, wandb", suite=edit("runs:", "tracking: [mlfow]\nruns:")),
+    Case("unknown-tracker-option", "line 17, tracking.mlflow.tracking_url: unknown key 'tracking_url' (did you mean "
+         "'tracking_uri'?)", suite=edit("runs:", "tracking:\n  mlflow: {tracking_url: 'http://mlflow:5000'}\nruns:")),
 ]
 
 
@@ -310,7 +314,8 @@ def test_bad_input(case, tmp_path, results, capsys, monkeypatch):
 def test_the_catalogue_document_lists_every_case():
     doc = (ROOT / "docs" / "bad-inputs.md").read_text()
     listed = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
-    assert listed == {c.id for c in CASES} | {"qlora-without-bitsandbytes"}
+    assert listed == {c.id for c in CASES} | {"qlora-without-bitsandbytes", "tracker-without-its-extra",
+                                              "track-without-its-extra"}
 
 
 def test_exponent_floats_are_floats(tmp_path, results, capsys):
@@ -337,6 +342,30 @@ def test_qlora_without_bitsandbytes_is_refused_by_the_real_entry_point(tmp_path,
     assert proc.stderr.startswith(f"{suite} is not valid (1 problem):\n")
     assert ("line 17, runs[0].method: qlora needs bitsandbytes, which is not installed (pip install bitsandbytes)"
             in _flat(proc.stderr))
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert _tree(results) == before
+
+
+@pytest.mark.parametrize("how", ["suite", "--track"])
+def test_tracker_without_its_extra_is_refused_by_the_real_entry_point(how, tmp_path, results):
+    # As for bitsandbytes above: sys.modules['mlflow'] = None makes `import mlflow` fail and find_spec return None.
+    suite = _setup(Case("tracker", ""), tmp_path, results)
+    if how == "suite":
+        suite.write_text(suite.read_text().replace("runs:", "tracking: [tensorboard, mlflow]\nruns:"))
+    before = _tree(results)
+    argv = ["bench", "run", str(suite)] + (["--track", "mlflow"] if how == "--track" else [])
+    code = ("import runpy, sys\n"
+            "sys.modules['mlflow'] = None\n"
+            f"sys.argv = {argv!r}\n"
+            "runpy.run_module('bench', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    why = "mlflow is not installed; install the extra: pip install 'peft-bench[mlflow]'"
+    if how == "suite":
+        assert proc.stderr.startswith(f"{suite} is not valid (1 problem):\n")
+        assert f"line 16, tracking.mlflow: {why}" in _flat(proc.stderr)
+    else:
+        assert _flat(proc.stderr) == f"--track mlflow: {why}"
     assert "Traceback" not in proc.stderr + proc.stdout
     assert _tree(results) == before
 
