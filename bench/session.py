@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
 from bench.records import RunRecord, error_headline, load_records
 from bench.suite import Suite
+
+if TYPE_CHECKING:
+    from bench.cluster import RayOptions
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,7 @@ class Options:
     only: tuple[str, ...] = ()
     devices: str | None = None  # --devices as given; None runs one at a time
     report: bool = True
+    ray: RayOptions | None = None  # --ray: every run a task on a Ray cluster
 
     @property
     def slots(self) -> list[runner.Slot | None]:
@@ -94,9 +99,38 @@ def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: 
     for p in plans:
         if p.action == "skip":
             console.print(f"[dim]skip {p.config.run}: {p.why} (--force reruns it)[/]")
+    if options.ray is not None and todo:
+        return _run_on_ray(suite, todo, out_dir, options)
     where = f" on {len(slots)} slots ({', '.join(s.name for s in slots)})" if slots else ""
     console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do{where}, results in {out_dir}/")
     interrupted = run_with_progress(todo, out_dir, options.slots)
+    return _finish(suite, out_dir, options, interrupted)
+
+
+def _run_on_ray(suite: Suite, todo: list[RunConfig], out_dir: Path, options: Options) -> int:
+    """The runs to do as tasks on a Ray cluster (bench.cluster), then the same summary and reports."""
+    import ray
+
+    from bench import cluster
+
+    try:
+        described = cluster.connect(options.ray.address)
+    except ConnectionError as e:
+        err.print(f"--ray {options.ray.address or ''}: no Ray cluster to join ({e})", markup=False)
+        return EXIT_USAGE
+    try:
+        problems = cluster.problems(todo, options.ray)
+        if problems:
+            err.print("\n".join(f"--ray: {p}" for p in problems), markup=False)
+            return EXIT_USAGE
+        console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do on the {described}, results in {out_dir}/")
+        interrupted = run_with_progress(todo, out_dir, [None], options.ray)
+    finally:
+        ray.shutdown()
+    return _finish(suite, out_dir, options, interrupted)
+
+
+def _finish(suite: Suite, out_dir: Path, options: Options, interrupted: bool) -> int:
     records = [r for r in load_records(out_dir) if r.suite == suite.name]
     summarise(records, out_dir, f"{suite.name} (suite version {suite.version})", options.report)
     if interrupted:
@@ -105,8 +139,9 @@ def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: 
     return EXIT_OK if all(r.ok for r in records) else EXIT_FAIL
 
 
-def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None]) -> bool:
-    """runner.run_all with a progress bar per run; True when interrupted."""
+def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None],
+                      on_ray: RayOptions | None = None) -> bool:
+    """runner.run_all (on_ray: bench.cluster.run_all) with a progress bar per run; True when interrupted."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, int] = {}
@@ -133,6 +168,10 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             score = next((f"{k} {record.metrics[k]:.3f}" for k in cfg.eval.metrics if k in record.metrics), "")
             progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
 
+        if on_ray is not None:
+            from bench import cluster
+
+            return cluster.run_all(todo, out_dir, on_ray, start, poll, done)
         return runner.run_all(todo, out_dir, slots, start, poll, done)
 
 
