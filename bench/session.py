@@ -116,7 +116,10 @@ def _run_on_ray(suite: Suite, todo: list[RunConfig], out_dir: Path, options: Opt
     try:
         described = cluster.connect(options.ray.address)
     except ConnectionError as e:
-        err.print(f"--ray {options.ray.address or ''}: no Ray cluster to join ({e})", markup=False)
+        # Ray 2.60's `ray start --head` turns token authentication on where ~/.ray/auth_token exists, and a client
+        # that is not told so fails to connect with this same message.
+        err.print(f"--ray {options.ray.address or ''}: no Ray cluster to join ({e}); if the cluster uses token "
+                  "authentication, set RAY_AUTH_MODE=token here", markup=False)
         return EXIT_USAGE
     try:
         problems = cluster.problems(todo, options.ray)

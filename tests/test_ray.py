@@ -166,6 +166,22 @@ def test_a_node_killed_mid_run_is_recorded_and_the_run_retried_elsewhere(cluster
     assert not lora.is_running()
 
 
+def test_a_run_lost_on_every_attempt_it_may_have_is_recorded_as_lost(cluster, tmp_path):
+    suite, out = write_suite(tmp_path, f"  - {{method: lora, training: {{grad_accum: {SLOW}}}}}\n")
+    driver = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--ray", cluster.address,
+                               "--ray-retries", "0", "--no-report"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    doomed = node_of(cluster, wait_for_steps(["lora"], 1)["lora"])
+    cluster.remove_node(doomed, allow_graceful=False)
+    cluster.add_node(**NODE)
+    stdout, _ = driver.communicate(timeout=300)
+    assert driver.returncode == 1, stdout  # a run did not succeed
+    (r,) = load_records(out)
+    assert r.status == "lost" and r.placement.ray_node == doomed.node_id and r.placement.attempt == 1
+    assert r.error.startswith("lost on all 1 attempt(s): attempt 1 on ") and doomed.node_id in r.error
+    assert "NodeDiedError" in r.error and len(r.placement.lost) == 1
+
+
 def test_an_interrupted_driver_records_runs_in_flight_and_a_rerun_does_only_what_is_missing(cluster, tmp_path):
     runs = (f"  - {{method: lora, training: {{grad_accum: {SLOW}}}}}\n"
             f"  - {{method: ia3, training: {{learning_rate: 1e-2, grad_accum: {SLOW}}}}}\n"
