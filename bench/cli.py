@@ -235,8 +235,8 @@ def _count(minimum: int):
 
 def _ray_flags(p) -> None:
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run every run as a task on a Ray cluster "
-                   "(pip install 'peft-bench[ray]'): ADDRESS of its head (host:port or ray://host:10001); without "
-                   "one, the cluster `ray start` made on this machine, else a new local one")
+                   "(pip install 'peft-bench[ray]'): ADDRESS of its head (host:port, from a machine of the cluster); "
+                   "without one, the cluster `ray start` made on this machine, else a new local one")
     p.add_argument("--ray-shared-dir", metavar="DIR", help="with --ray: a folder at this same path on every node; "
                    "nodes write run folders (adapters, checkpoints) there instead of sending them back")
     p.add_argument("--ray-retries", type=_count(0), metavar="N", help="with --ray: further attempts for a run whose "

@@ -176,6 +176,13 @@ def run_task(cfg_json: str, attempt: int, shared_dir: str | None, board) -> tupl
         return record.model_dump_json(), None if shared_dir else pack(run_dir)
 
 
+def _placed(node: dict[str, Any] | None, attempt: int) -> Placement | None:
+    """Where an attempt ran, from what its task posted on starting; None if it never started."""
+    if node is None:
+        return None
+    return Placement(node=node["host"], ray_node=node["ray_node"], ray_node_ip=node["ray_node_ip"], attempt=attempt)
+
+
 @dataclass
 class Job:
     """A run and its attempts so far."""
@@ -241,16 +248,26 @@ class Driver:
         except LOST as e:
             self.lose(job, e)
             return
+        except ray.exceptions.RayTaskError as e:  # the harness itself failed on the node (say, its disk is full)
+            self.store(self.failed(job, e), job)
+            return
         record = RunRecord.model_validate_json(record_json)
         if blob is not None:
             unpack(blob, self.out_dir / job.cfg.run)
         self.store(record, job)
 
     def store(self, record: RunRecord, job: Job) -> None:
-        placement = record.placement.model_copy(update={"lost": job.lost})
-        record = record.model_copy(update={"placement": placement})
+        if record.placement is not None:
+            record = record.model_copy(update={"placement": record.placement.model_copy(update={"lost": job.lost})})
+        if not job.started:  # it finished between two looks at the board
+            job.started = True
+            self.on_start(job.cfg, runner.Slot(record.environment.get("slot", "ray")))
         runner.store(self.out_dir, record)
         self.on_done(job.cfg, None if record.status == "interrupted" else record)
+
+    def failed(self, job: Job, e: Exception) -> RunRecord:
+        where = _placed(self.news.get(job.key, {}).get("node"), job.attempt)
+        return RunRecord.start(job.cfg, placement=where, error=f"the run's Ray task failed: {e}")
 
     def lose(self, job: Job, e: Exception) -> None:
         """Record the lost attempt; try again while attempts are left, else store the run as lost."""
@@ -262,8 +279,7 @@ class Driver:
             job.attempt, job.started = job.attempt + 1, False
             self.submit(job)
             return
-        where = Placement(node=node["host"], ray_node=node["ray_node"], ray_node_ip=node["ray_node_ip"],
-                          attempt=job.attempt) if node else None
+        where = _placed(node, job.attempt)
         tries = len(job.lost)
         record = RunRecord.start(job.cfg, status="lost", placement=where, error=(
             f"lost on all {tries} attempt(s): " + "; ".join(f"attempt {a.attempt} on {a.node or 'no node yet'}: "
@@ -282,12 +298,10 @@ class Driver:
                 news = self.news.get(job.key)
                 if news is None:
                     continue
-                node = news["node"]
                 record = RunRecord.start(job.cfg, status="interrupted", curve=news["points"],
                                          last_step=len(news["points"]),
                                          error="interrupted by the user (Ctrl-C); rerun the suite to resume",
-                                         placement=Placement(node=node["host"], ray_node=node["ray_node"],
-                                                             ray_node_ip=node["ray_node_ip"], attempt=job.attempt))
+                                         placement=_placed(news["node"], job.attempt))
             else:
                 record = RunRecord.model_validate_json(record_json)
                 if blob is not None:
