@@ -4,6 +4,7 @@ run's, a node killed mid-run costs one recorded attempt, and an interrupted driv
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,6 +152,7 @@ def test_a_node_killed_mid_run_is_recorded_and_the_run_retried_elsewhere(cluster
                                "--no-report"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     lora = wait_for_steps(["lora"], 2)["lora"]
     doomed = node_of(cluster, lora)
+    left_behind = Path(lora.cmdline()[-1]).parent  # a dead node's temporary folder is nobody's to remove
     cluster.remove_node(doomed, allow_graceful=False)
     cluster.add_node(**NODE)  # the fixture's cluster keeps two run nodes for the next test
     stdout, _ = driver.communicate(timeout=600)
@@ -164,6 +166,7 @@ def test_a_node_killed_mid_run_is_recorded_and_the_run_retried_elsewhere(cluster
     assert lost.attempt == 1 and doomed.node_id in lost.node and lost.error.startswith("NodeDiedError: ")
     # The lost attempt's worker died with its node (PR_SET_PDEATHSIG), instead of training on as an orphan.
     assert not lora.is_running()
+    shutil.rmtree(left_behind)
 
 
 def test_a_run_lost_on_every_attempt_it_may_have_is_recorded_as_lost(cluster, tmp_path):
@@ -171,7 +174,8 @@ def test_a_run_lost_on_every_attempt_it_may_have_is_recorded_as_lost(cluster, tm
     driver = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--ray", cluster.address,
                                "--ray-retries", "0", "--no-report"], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-    doomed = node_of(cluster, wait_for_steps(["lora"], 1)["lora"])
+    lora = wait_for_steps(["lora"], 1)["lora"]
+    doomed, left_behind = node_of(cluster, lora), Path(lora.cmdline()[-1]).parent
     cluster.remove_node(doomed, allow_graceful=False)
     cluster.add_node(**NODE)
     stdout, _ = driver.communicate(timeout=300)
@@ -180,6 +184,7 @@ def test_a_run_lost_on_every_attempt_it_may_have_is_recorded_as_lost(cluster, tm
     assert r.status == "lost" and r.placement.ray_node == doomed.node_id and r.placement.attempt == 1
     assert r.error.startswith("lost on all 1 attempt(s): attempt 1 on ") and doomed.node_id in r.error
     assert "NodeDiedError" in r.error and len(r.placement.lost) == 1
+    shutil.rmtree(left_behind)
 
 
 def test_an_interrupted_driver_records_runs_in_flight_and_a_rerun_does_only_what_is_missing(cluster, tmp_path):
