@@ -106,10 +106,43 @@ def cmd_run(args) -> int:
         if missing:
             err.print("\n".join(missing), markup=False)
             return EXIT_USAGE
+    problem = ray_problem(args)
+    if problem:
+        err.print(problem, markup=False)
+        return EXIT_USAGE
     options = Options(output=Path(args.output) if args.output else None, force=args.force,
                       only=tuple(args.only or ()), devices=args.devices, report=not args.no_report,
-                      track=tuple(args.track or ()))
+                      track=tuple(args.track or ()), ray=ray_options(args))
     return run_suite(suite, options)
+
+
+def ray_problem(args) -> str | None:
+    """What is wrong with the --ray flags as given, before anything starts."""
+    import importlib.util
+
+    given = [f for f in ("ray_shared_dir", "ray_retries", "ray_cpus") if getattr(args, f) is not None]
+    if args.ray is None:
+        return f"--{given[0].replace('_', '-')} only applies with --ray" if given else None
+    if args.devices:
+        return "--ray and --devices: choose one (on a Ray cluster, each run asks Ray for its devices)"
+    if importlib.util.find_spec("ray") is None:
+        return "--ray needs Ray, which is not installed: pip install 'peft-bench[ray]'"
+    if args.ray_shared_dir is not None and not Path(args.ray_shared_dir).is_dir():
+        return f"--ray-shared-dir {args.ray_shared_dir}: no such folder (it must exist, at this path on every node)"
+    return None
+
+
+def ray_options(args):
+    """bench.cluster.RayOptions from the flags; None without --ray (bench.cluster then stays unimported)."""
+    if args.ray is None:
+        return None
+    from bench.cluster import RayOptions
+
+    defaults = RayOptions()
+    return RayOptions(address=args.ray or None,
+                      shared_dir=Path(args.ray_shared_dir) if args.ray_shared_dir else None,
+                      retries=defaults.retries if args.ray_retries is None else args.ray_retries,
+                      cpus_per_process=args.ray_cpus or defaults.cpus_per_process)
 
 
 def cmd_report(args) -> int:
@@ -223,6 +256,7 @@ def _run_parsers(sub) -> None:
     p.add_argument("--track", nargs="+", metavar="TRACKER", choices=TRACKERS, help="mirror every run live to these "
                    "trackers too, with their defaults (tensorboard, mlflow, wandb; the suite's `tracking:` sets "
                    "options); each is an extra: pip install 'peft-bench[mlflow]'")
+    _ray_flags(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")
@@ -238,6 +272,27 @@ def _run_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
     p.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks")
     p.set_defaults(func=_lazy("bench.gpucheck", "cmd_gpu_check"))
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+def _ray_flags(p) -> None:
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS", help="run every run as a task on a Ray cluster "
+                   "(pip install 'peft-bench[ray]'): ADDRESS of its head (host:port, from a machine of the cluster); "
+                   "without one, the cluster `ray start` made on this machine, else a new local one")
+    p.add_argument("--ray-shared-dir", metavar="DIR", help="with --ray: a folder at this same path on every node; "
+                   "nodes write run folders (adapters, checkpoints) there instead of sending them back")
+    p.add_argument("--ray-retries", type=_count(0), metavar="N", help="with --ray: further attempts for a run whose "
+                   "node died or whose task Ray lost (default 2)")
+    p.add_argument("--ray-cpus", type=_count(1), metavar="N", help="with --ray: CPUs each run's task asks for, per "
+                   "process of the run; its threads (default 1)")
 
 
 def _result_parsers(sub) -> None:

@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from bench.config import BASELINE, RunConfig
 from bench.util import atomic_write
 
-Status = Literal["success", "failed", "oom", "killed", "timeout", "diverged", "interrupted"]
+# lost: the run's node died or Ray lost its task, on every attempt it was given (bench.cluster).
+Status = Literal["success", "failed", "oom", "killed", "timeout", "diverged", "interrupted", "lost"]
 
 
 class _Part(BaseModel):
@@ -84,6 +85,31 @@ class ScoreInterval(_Part):
     n: int  # eval examples
 
 
+class LostAttempt(_Part):
+    """An attempt at a run on a Ray cluster that never came back: its node died or Ray lost the task."""
+
+    attempt: int
+    node: str | None = None  # the node it ran on, where it had started; None when it was lost before starting
+    error: str
+
+
+class Placement(_Part):
+    """Where the run ran: the machine, its devices and, on a Ray cluster, the node and which attempt finished."""
+
+    node: str  # host name of the machine that ran the run's process
+    device_ids: list[str] = []  # CUDA device ids the run's process had; none on the CPU
+    device_name: str | None = None  # as the worker named the device (environment.device)
+    ray_node: str | None = None  # Ray's node id, with --ray
+    ray_node_ip: str | None = None
+    attempt: int = 1  # which attempt gave this record; earlier ones are in `lost`
+    lost: list[LostAttempt] = []
+    artifacts: str | None = None  # where the run folder is when not beside the record (--ray-shared-dir)
+
+    @property
+    def machine(self) -> str:
+        return f"{self.node} ({self.ray_node_ip})" if self.ray_node_ip else self.node
+
+
 # 2: peak_memory_bytes is the training phase's peak (1: the whole process's, evaluation and merge check included).
 SCHEMA_VERSION = 2
 
@@ -117,6 +143,7 @@ class RunRecord(BaseModel):
     wall_seconds: float | None = None  # the run's process, start to end, as the runner timed it
     # Per tracker (bench.tracking) that failed on this run: what went wrong. The run and this record are unaffected.
     tracker_errors: dict[str, str] = {}
+    placement: Placement | None = None  # None in records from before it was recorded
 
     @field_validator("merge", "data", mode="before")
     @classmethod

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import psutil
 
 from bench.config import RunConfig
 from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress
-from bench.records import RecordError, RunRecord, read_record, record_path, write_record
+from bench.records import Placement, RecordError, RunRecord, read_record, record_path, write_record
 
 # Written into the run folder when the suite names no accelerate config: plain DDP on this machine. accelerate starts
 # its processes through torchrun only for a multi-GPU type; on a CPU the worker asks for gloo (bench.worker).
@@ -151,6 +152,15 @@ def worker_command(cfg: RunConfig, cfg_path: Path, run_dir: Path) -> list[str]:
             "--num_processes", str(dist.num_processes), *worker]
 
 
+def _parent_death_signal() -> Callable[[], None]:
+    """For the child, between fork and exec: Linux's prctl(PR_SET_PDEATHSIG, SIGKILL), so the kernel kills it when
+    the thread that started it dies (libc is looked up before the fork)."""
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """SIGKILL the run's process group, and the worker processes torchrun starts in sessions of their own."""
     try:
@@ -173,7 +183,19 @@ def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lam
     """Run one config in its own process and return its record (already written to disk). `slot` says where (its
     environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C;
     `on_record` sees the finished record before it is written and returns it, amended (the trackers' errors)."""
-    run_dir = out_dir / cfg.run
+    record = on_record(attempt(cfg, out_dir / cfg.run, on_poll, env, slot, stop))
+    store(out_dir, record)
+    if record.status == "interrupted":
+        raise KeyboardInterrupt
+    return record
+
+
+def attempt(cfg: RunConfig, run_dir: Path, on_poll: Callable[[list], None] = lambda _: None,
+            env: dict[str, str] | None = None, slot: Slot | None = None,
+            stop: threading.Event | None = None, die_with_parent: bool = False) -> RunRecord:
+    """Run one config's process in `run_dir` (the run's artifacts stay there) and return its record, complete with
+    timing and where it ran, without storing it: a Ray task runs this on its node (bench.cluster), with
+    `die_with_parent` so that a Ray worker killed with its node takes the run's process with it."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT, PROGRESS, LOG):
         (run_dir / stale).unlink(missing_ok=True)
@@ -184,24 +206,39 @@ def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lam
     if cfg.distributed and "OMP_NUM_THREADS" in env:  # the slot's threads are shared by the run's processes
         per_process = int(env["OMP_NUM_THREADS"]) // cfg.training.distributed.num_processes
         env["OMP_NUM_THREADS"] = str(max(1, per_process))
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **env}
     with (run_dir / LOG).open("w") as log:
         proc = subprocess.Popen(
             worker_command(cfg, cfg_path, run_dir),
             # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
-            stdout=log, stderr=subprocess.STDOUT, env={"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **env},
+            stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
+            preexec_fn=_parent_death_signal() if die_with_parent else None,
         )
         ended = _watch(proc, cfg.training.timeout_s, run_dir, on_poll, stop)
     record = _outcome(cfg, proc, ended, run_dir)
-    record = record.model_copy(update={
+    return record.model_copy(update={
         "started_at": started, "finished_at": now(), "wall_seconds": time.monotonic() - t0,
-        "environment": record.environment | ({"slot": slot.name} if slot else {})})
-    record = on_record(record)
-    _keep_previous(out_dir, cfg.run)
-    write_record(record_path(out_dir, cfg.run), record)
-    if record.status == "interrupted":
-        raise KeyboardInterrupt
-    return record
+        "environment": record.environment | ({"slot": slot.name} if slot else {}),
+        "placement": placement(cfg, record, env)})
+
+
+def placement(cfg: RunConfig, record: RunRecord, env: dict[str, str]) -> Placement:
+    """The machine and devices the run's process had: CUDA_VISIBLE_DEVICES as it was given (a run on a GPU without
+    it uses the first GPU, or one per process for a distributed run); none on the CPU."""
+    device_type = record.environment.get("device_type")
+    ids: list[str] = []
+    if device_type == "cuda":
+        given = env.get("CUDA_VISIBLE_DEVICES")
+        processes = cfg.training.distributed.num_processes if cfg.distributed else 1
+        ids = given.split(",") if given else [str(i) for i in range(processes)]
+    return Placement(node=socket.gethostname(), device_ids=ids, device_name=record.environment.get("device"))
+
+
+def store(out_dir: Path, record: RunRecord) -> None:
+    """Write a run's record into the results folder, the one it replaces moved to history/."""
+    _keep_previous(out_dir, record.run)
+    write_record(record_path(out_dir, record.run), record)
 
 
 def _watch(proc: subprocess.Popen, timeout: float, run_dir: Path, on_poll: Callable[[list], None],

@@ -14,6 +14,7 @@ from bench.records import RunRecord, error_headline, load_records
 from bench.suite import Suite
 
 if TYPE_CHECKING:
+    from bench.cluster import RayOptions
     from bench.tracking import RunTracking, Session
 
 
@@ -27,6 +28,7 @@ class Options:
     devices: str | None = None  # --devices as given; None runs one at a time
     report: bool = True
     track: tuple[str, ...] = ()  # --track: trackers on top of the suite's `tracking`
+    ray: RayOptions | None = None  # --ray: every run a task on a Ray cluster
 
     @property
     def slots(self) -> list[runner.Slot | None]:
@@ -100,10 +102,45 @@ def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: 
     for p in plans:
         if p.action == "skip":
             console.print(f"[dim]skip {p.config.run}: {p.why} (--force reruns it)[/]")
+    if options.ray is not None and todo:
+        return _run_on_ray(suite, todo, out_dir, options)
     where = f" on {len(slots)} slots ({', '.join(s.name for s in slots)})" if slots else ""
     console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do{where}, results in {out_dir}/")
     trackers = _trackers(suite, options, out_dir, todo)
     interrupted = run_with_progress(todo, out_dir, options.slots, trackers)
+    return _finish(suite, out_dir, options, interrupted, todo, trackers)
+
+
+def _run_on_ray(suite: Suite, todo: list[RunConfig], out_dir: Path, options: Options) -> int:
+    """The runs to do as tasks on a Ray cluster (bench.cluster), then the same summary and reports."""
+    import ray
+
+    from bench import cluster
+
+    try:
+        described = cluster.connect(options.ray.address)
+    except ConnectionError as e:
+        # Ray 2.60's `ray start --head` turns token authentication on where ~/.ray/auth_token exists, and a client
+        # that is not told so fails to connect with this same message.
+        err.print(f"--ray {options.ray.address or ''}: no Ray cluster to join ({e}); if the cluster uses token "
+                  "authentication, set RAY_AUTH_MODE=token here", markup=False)
+        return EXIT_USAGE
+    try:
+        problems = cluster.problems(todo, options.ray)
+        if problems:
+            err.print("\n".join(f"--ray: {p}" for p in problems), markup=False)
+            return EXIT_USAGE
+        console.print(f"[bold]{suite.name}[/]: {len(todo)} run(s) to do on the {described}, results in {out_dir}/")
+        trackers = _trackers(suite, options, out_dir, todo)
+        interrupted = run_with_progress(todo, out_dir, [None], trackers, options.ray)
+    finally:
+        ray.shutdown()
+    return _finish(suite, out_dir, options, interrupted, todo, trackers)
+
+
+def _finish(suite: Suite, out_dir: Path, options: Options, interrupted: bool, todo: list[RunConfig],
+            trackers: Session | None) -> int:
+    """The summary and the reports; the trackers' warnings; the exit code."""
     records = [r for r in load_records(out_dir) if r.suite == suite.name]
     reports = summarise(records, out_dir, f"{suite.name} (suite version {suite.version})", options.report)
     if trackers is not None:
@@ -142,9 +179,9 @@ def warn_trackers(trackers: Session, records: list[RunRecord], reports: list[Pat
 
 
 def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.Slot | None],
-                      trackers: Session | None = None) -> bool:
-    """runner.run_all with a progress bar per run, each run mirrored to the trackers if any; True when
-    interrupted."""
+                      trackers: Session | None = None, on_ray: RayOptions | None = None) -> bool:
+    """runner.run_all (on_ray: bench.cluster.run_all) with a progress bar per run, each run mirrored to the
+    trackers if any; True when interrupted."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     tasks: dict[str, int] = {}
@@ -179,6 +216,10 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
         def record(cfg: RunConfig, record: RunRecord) -> RunRecord:
             return tracked.pop(cfg.run).finish(record, out_dir / cfg.run) if cfg.run in tracked else record
 
+        if on_ray is not None:
+            from bench import cluster
+
+            return cluster.run_all(todo, out_dir, on_ray, start, poll, done, record)
         return runner.run_all(todo, out_dir, slots, start, poll, done, record)
 
 

@@ -340,7 +340,12 @@ def adapter_params(doc: dict[str, Any], method: Method) -> dict[str, Any]:
     """The fields of an adapter config a run sets: every field of the method's PEFT config but PEFT's bookkeeping and
     the fields the method fixes (an unknown field is a problem `_adapter_problems` reports)."""
     accepted = method.parameters()
-    return {k: v for k, v in doc.items() if k in accepted}
+    return {k: sorted(v) if k in SET_FIELDS and isinstance(v, list) else v for k, v in doc.items() if k in accepted}
+
+
+# Fields PEFT holds as sets and saves as lists in no fixed order: sorted, so the same adapter config always resolves
+# to the same run config (and config hash).
+SET_FIELDS = ("target_modules", "exclude_modules", "modules_to_save")
 
 
 def _run_method(doc: dict, i: int, run: dict, suite_dir: Path) -> tuple[str | None, dict, list[Problem]]:

@@ -315,7 +315,46 @@ def test_the_catalogue_document_lists_every_case():
     doc = (ROOT / "docs" / "bad-inputs.md").read_text()
     listed = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
     assert listed == {c.id for c in CASES} | {"qlora-without-bitsandbytes", "tracker-without-its-extra",
-                                              "track-without-its-extra"}
+                                              "track-without-its-extra", "ray-not-installed"} | set(FLAG_CASES)
+
+
+# `bench run` flags that cannot work together or name nothing usable: (flags, the error's text). {dir}: tmp_path.
+FLAG_CASES = {
+    "ray-with-devices": (["--ray", "--devices", "cpu,cpu"], "--ray and --devices: choose one (on a Ray cluster, each "
+                         "run asks Ray for its devices)"),
+    "ray-flag-without-ray": (["--ray-retries", "3"], "--ray-retries only applies with --ray"),
+    "ray-shared-dir-missing": (["--ray", "--ray-shared-dir", "{dir}/nowhere"], "--ray-shared-dir {dir}/nowhere: no "
+                               "such folder (it must exist, at this path on every node)"),
+    "ray-retries-negative": (["--ray", "--ray-retries", "-1"], "argument --ray-retries: expected a whole number >= 0, "
+                             "got '-1'"),
+    "ray-cpus-zero": (["--ray", "--ray-cpus", "0"], "argument --ray-cpus: expected a whole number >= 1, got '0'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_bad_ray_flags(case, tmp_path, results):
+    flags, expect = FLAG_CASES[case]
+    suite = _setup(Case(case, ""), tmp_path, results)
+    before = _tree(results)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", str(suite),
+                           *(f.format(dir=tmp_path) for f in flags)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert expect.format(dir=tmp_path) in _flat(proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert _tree(results) == before
+
+
+def test_ray_not_installed_is_refused_by_the_real_entry_point(tmp_path, results):
+    suite = _setup(Case("ray", ""), tmp_path, results)
+    before = _tree(results)
+    code = ("import runpy, sys\n"
+            "sys.modules['ray'] = None\n"
+            f"sys.argv = ['bench', 'run', {str(suite)!r}, '--ray']\n"
+            "runpy.run_module('bench', run_name='__main__', alter_sys=True)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == "--ray needs Ray, which is not installed: pip install 'peft-bench[ray]'"
+    assert _tree(results) == before
 
 
 def test_exponent_floats_are_floats(tmp_path, results, capsys):

@@ -128,6 +128,39 @@ def test_warnings_name_what_differs_and_where(records):
     assert "## Warnings" in render_markdown(changed)
 
 
+def test_runs_are_grouped_by_machine_and_a_suite_on_two_device_types_is_warned(records):
+    from bench.records import LostAttempt, Placement
+    from bench.report.content import environment
+
+    cpu = "cpu (AMD EPYC)"
+
+    def placed(r, node="a", device=cpu, ip=None, attempt=1):
+        lost = [LostAttempt(attempt=1, node="b", error="NodeDiedError: ...")] if attempt > 1 else []
+        where = Placement(node=node, device_name=device, ray_node=ip and f"{node}-id-0123456789", ray_node_ip=ip,
+                          attempt=attempt, lost=lost)
+        return r.model_copy(update={"placement": where})
+
+    alike = [placed(r) for r in records]
+    assert warnings(alike) == []
+    assert ("machine", "a: cpu (AMD EPYC)") in environment(alike)
+    gpu = "NVIDIA H100 80GB HBM3"
+    mixed = [placed(r, "gpu1", gpu, "10.0.0.2", attempt=2) if r.run == "qlora" else placed(r, ip="10.0.0.1")
+             for r in records]
+    # A device of its own for qlora, as the environment would say too; the warning names machines and runs.
+    mixed = [r.model_copy(update={"environment": {**r.environment, "device": gpu}}) if r.run == "qlora" else r
+             for r in mixed]
+    (got,) = warnings(mixed)
+    assert got == ("Runs of suite smoke ran on different device types: cpu (AMD EPYC) on a (10.0.0.1) "
+                   "(baseline, full, lora, prompt_tuning, lora-typo); NVIDIA H100 80GB HBM3 on gpu1 (10.0.0.2) "
+                   "(qlora). Their times, memory and throughput do not compare like with like.")
+    rows = dict(environment(mixed))
+    assert rows["machine"] == ("a (10.0.0.1): cpu (AMD EPYC) (baseline, full, lora, prompt_tuning, lora-typo); "
+                               "gpu1 (10.0.0.2): NVIDIA H100 80GB HBM3 (qlora)")
+    assert rows["Ray node"] == "a-id-012 (baseline, full, lora, prompt_tuning, lora-typo); gpu1-id- (qlora)"
+    assert rows["retried after a lost node"] == "qlora (attempt 2)"
+    assert "| machine |" in render_markdown(mixed)
+
+
 def test_missing_baseline_is_a_warning(records):
     got = warnings([r for r in records if r.method != "baseline"])
     assert got == ["No successful baseline run: scores have no untrained reference beside them."]

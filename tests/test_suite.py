@@ -19,6 +19,8 @@ def test_every_shipped_suite_validates(path):
     assert runs[0].method == "baseline"
     if path.stem == "peft-all":
         return  # the tuners the other suites do not run (tests/test_tuners.py checks it has one per tuner)
+    if path.stem.startswith("metamath"):
+        return  # PEFT's MetaMathQA benchmark: its own methods (tests/test_shapes.py checks its settings)
     assert {r.method for r in runs} >= {"full", "lora", "qlora", "prefix_tuning", "prompt_tuning", "p_tuning",
                                            "ia3"}
 

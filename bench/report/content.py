@@ -332,13 +332,35 @@ def _env(r: RunRecord) -> dict[str, str]:
     return {k: plain(v) for k, v in flatten(r.environment).items()}
 
 
+def machine(r: RunRecord) -> str:
+    """The machine and device a run ran on, as the report names them."""
+    return f"{r.placement.machine}: {r.placement.device_name or '?'}"
+
+
+def placement_rows(records: list[RunRecord]) -> list[tuple[str, str]]:
+    """Runs grouped by the machine (and device) that ran them, and by Ray node where a cluster ran them."""
+    names = labels(records)
+    placed = [r for r in ordered(records) if r.placement is not None]
+    if not placed:
+        return []
+    rows = [("machine", grouped_text(groups([(names[id(r)], machine(r)) for r in placed])))]
+    on_ray = [r for r in placed if r.placement.ray_node]
+    if on_ray:
+        rows.append(("Ray node", grouped_text(groups([(names[id(r)], r.placement.ray_node[:8]) for r in on_ray]))))
+    retried = [f"{names[id(r)]} (attempt {r.placement.attempt})" for r in placed if r.placement.attempt > 1]
+    if retried:
+        rows.append(("retried after a lost node", ", ".join(retried)))
+    return rows
+
+
 def environment(records: list[RunRecord]) -> list[tuple[str, str]]:
     names = labels(records)
     recs = [r for r in ordered(records) if r.environment]
     keys: list[str] = []
     for r in recs:
         keys += [k for k in _env(r) if k not in keys]
-    rows = [(k, grouped_text(groups([(names[id(r)], _env(r).get(k, "-")) for r in recs]))) for k in keys]
+    rows = placement_rows(records)
+    rows += [(k, grouped_text(groups([(names[id(r)], _env(r).get(k, "-")) for r in recs]))) for k in keys]
     missing = [names[id(r)] for r in ordered(records) if not r.environment]
     if missing:
         rows.append(("not recorded", ", ".join(missing)))
@@ -368,6 +390,9 @@ def warnings(records: list[RunRecord]) -> list[str]:
                                   if r.data and r.data.fingerprint], "The runs saw different data.")
     signatures = [(r, environment_signature(r)) for r in recs if r.environment]
     keys = {k for _, sig in signatures for k in sig}
+    if recs and all(r.placement is not None for r in recs):
+        keys.discard("device")  # said per suite below, with the machines
+        out += device_warnings(recs)
     for key in [k for k in ENVIRONMENT_KEYS if k in keys] + sorted(k for k in keys if k.startswith("packages.")):
         check(key.removeprefix("packages."), [(names[id(r)], sig.get(key, "absent")) for r, sig in signatures],
               "Costs and scores may not compare like with like.")
@@ -379,6 +404,23 @@ def warnings(records: list[RunRecord]) -> list[str]:
         if single and len(single) < len(trained):
             out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "
                        "before the suite had seeds stay in the folder until removed; each shows as a row of its own.")
+    return out
+
+
+def device_warnings(records: list[RunRecord]) -> list[str]:
+    """Per suite: runs that ran on different device types (on a cluster, nodes need not be alike)."""
+    names = labels(records)
+    out = []
+    for suite in dict.fromkeys(r.suite for r in records):
+        runs = [r for r in records if r.suite == suite and r.placement is not None]
+        by_kind: dict[str, list[RunRecord]] = {}
+        for r in runs:
+            by_kind.setdefault(r.placement.device_name or "?", []).append(r)
+        if len(by_kind) > 1:
+            where = "; ".join(f"{kind} on {', '.join(dict.fromkeys(r.placement.machine for r in rs))} "
+                              f"({', '.join(names[id(r)] for r in rs)})" for kind, rs in by_kind.items())
+            out.append(f"Runs of suite {suite} ran on different device types: {where}. Their times, memory and "
+                       "throughput do not compare like with like.")
     return out
 
 
