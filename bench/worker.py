@@ -53,8 +53,10 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         model = build(cfg, loaded.folder, place, method, plan_of(cfg, loaded) if method is not None else None)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
         record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
+    measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
-        record.metrics["general_loss_before"] = general_loss(cfg, model, loaded, texts, place, base=True)
+        with measuring(model):
+            record.metrics["general_loss_before"] = general_loss(cfg, model, loaded, texts, place, base=True)
     if method is not None:
         try:
             with phases("train", timed=False):
@@ -66,7 +68,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         return None
     evaluated = None
     if cfg.eval.enabled:
-        with phases("eval"):
+        with phases("eval"), measuring(model):
             evaluated = evaluate(cfg, method, model, loaded, place)
             record.metrics |= evaluated.metrics
             record.intervals, record.predictions = evaluated.intervals, evaluated.predictions

@@ -3,6 +3,8 @@ loop hooks). PEFT's config dataclass is the schema; what a method can do is aske
 
 from __future__ import annotations
 
+import contextlib
+
 import dataclasses
 import functools
 import typing
@@ -134,6 +136,11 @@ class Method:
 
     def on_step(self, model, step: int) -> None:
         """Called after each optimiser step, before gradients are cleared (AdaLoRA reallocates ranks from them)."""
+
+    def measuring(self, model) -> contextlib.AbstractContextManager:
+        """Around the harness's own loss measurements (eval loss, forgetting): inside it the model's loss is the
+        task's loss alone, whatever the method adds to its training objective."""
+        return contextlib.nullcontext()
 
 
 @functools.cache
