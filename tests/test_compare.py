@@ -116,7 +116,7 @@ def test_lower_score_fails_the_gate(committed, tmp_path, capsys):
     save_baseline(edited(committed, "ia3", metrics={"token_f1": 0.5}), tmp_path / "baseline.json")
     code, out, _ = gate(capsys, tmp_path / "baseline.json", as_folder(committed, tmp_path / "current"))
     assert code == 1
-    assert "| ia3 | token F1 | 0.500 | 0.000 | -0.500 (-100.0%) | ↑ | ±0.02 | **regression** |" in out
+    assert "| ia3 | token F1 | 0.500 | 0.000 | -0.500 (-100.0%) | ↑ | ±0.02 | **regression**" in out
 
 
 def test_higher_eval_loss_fails_and_lower_is_an_improvement(committed):
