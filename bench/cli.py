@@ -48,7 +48,8 @@ def cmd_fields(method_id: str) -> int:
         return EXIT_USAGE
     m = METHODS[method_id]
     for name, kind in m.parameters().items():
-        default = repr(m.preset[name]) if name in m.preset else "PEFT's default"
+        default = repr(m.preset[name]) if name in m.preset else "None (the harness's param, not PEFT's)" \
+            if name in m.extras else "PEFT's default"
         kind = kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
         console.print(f"{name}: {kind} = {default}", markup=False, highlight=False)
     return EXIT_OK
@@ -239,8 +240,11 @@ def _run_parsers(sub) -> None:
                        "experiments (adapter_config.json, optional training_params.json)")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.add_argument("--out", metavar="SUITE.yaml", help="write the suite here (default: print it)")
-    p.add_argument("--model", default="tiny-llama", help="the suite's model preset (default tiny-llama)")
+    p.add_argument("--model", default="llama-3.2-3b-mini", help="the suite's model preset (default llama-3.2-3b-mini, "
+                   "the shape PEFT's experiment configs apply to)")
     p.add_argument("--data", default="data/smoke.jsonl", help="the suite's dataset path")
+    p.add_argument("--max-steps", type=int, default=20, help="the suite's step budget (default 20; PEFT's "
+                   "published runs take 5000)")
     p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+")

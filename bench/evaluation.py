@@ -161,25 +161,24 @@ def greedy_virtual(model, prompts: list[list[int]], max_new_tokens: int, stops: 
     """Greedy decoding with a KV cache for a prompt-learning PeftModel, without `generate()` (whose cached path
     gives other answers than the model's own forward pass; see Method.kv_cache_generate). The first step is exactly
     PEFT's forward: prompt and P-tuning put the virtual-token embeddings from `get_prompt` before the prompt's,
-    prefix tuning starts the base model's cache with the prefix keys and values from `get_prompt`. Each new token
-    is then one cached forward of the base model, whose positions continue from there as in a full forward pass.
+    prefix tuning and cartridges start the base model's cache with the prefix keys and values from `get_prompt`.
+    Each new token is then one cached forward of the base model, whose positions continue from there as in a full
+    forward pass.
     The prompts of one call have the same length: no padding, so no row's answer depends on another's."""
-    from peft import PeftType
-
     if len({len(p) for p in prompts}) != 1:
         raise ValueError("greedy_virtual takes prompts of one length")
-    config = model.active_peft_config
     base = model.get_base_model()
     # transformers 5.24 renamed the cache argument and output from past_key_values to cache.
     cache = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
     ids = torch.tensor(prompts, device=device)
+    virtual = model.get_prompt(batch_size=len(prompts))
     # Only the last position's logits are needed: a long prompt's [rows, length, vocabulary] never exists.
-    if config.peft_type == PeftType.PREFIX_TUNING:
-        out = base(input_ids=ids, **{cache: model.get_prompt(len(prompts))}, use_cache=True, logits_to_keep=1)
-    else:
+    if isinstance(virtual, torch.Tensor):  # embeddings (prompt tuning, P-tuning)
         embeds = model.word_embeddings(ids)
-        virtual = model.get_prompt(batch_size=len(prompts)).to(embeds.dtype)
-        out = base(inputs_embeds=torch.cat([virtual, embeds], dim=1), use_cache=True, logits_to_keep=1)
+        out = base(inputs_embeds=torch.cat([virtual.to(embeds.dtype), embeds], dim=1), use_cache=True,
+                   logits_to_keep=1)
+    else:  # a KV cache (prefix tuning, cartridges)
+        out = base(input_ids=ids, **{cache: virtual}, use_cache=True, logits_to_keep=1)
     new: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     for step in range(max_new_tokens):

@@ -70,11 +70,12 @@ def attention(cfg: RunConfig, method: Method | None, place: Place) -> str:
     return "sdpa"
 
 
-def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None,
-          plan: Plan | None = None) -> torch.nn.Module:
+def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None, plan: Plan | None = None,
+          tokenizer=None) -> torch.nn.Module:
     """The model as this run trains it: the base in the run's dtype (4-bit NF4 when the method says so), frozen,
-    then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`); with no method,
-    the frozen base. `plan` (bench.train.plan_of; default: the step budget) is what the method's hooks read."""
+    then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`), and the
+    method's `after_build` hook (which may read the tokenizer); with no method, the frozen base. `plan`
+    (bench.train.plan_of; default: the step budget) is what the method's hooks read."""
     four_bit = bool(method and method.load_in_4bit)
     sharded = cfg.distributed and cfg.training.distributed.config is not None
     model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=four_bit, seed=cfg.training.seed,
@@ -102,6 +103,7 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
         torch.manual_seed(cfg.training.seed)  # adapter initialisation is seeded too
         model = get_peft_model(model, peft_config)
     trainable_in_fp32(model)
+    method.after_build(model, tokenizer, cfg.params)
     return model
 
 

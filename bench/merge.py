@@ -164,6 +164,9 @@ def layer_errors(model) -> LayerErrors:
 def _one_layer(layer, storage: torch.dtype, generator: torch.Generator) -> tuple[float, float]:
     device = layer.get_base_layer().weight.device
     clone = copy.deepcopy(layer).to(torch.float64).eval()
+    if isinstance(getattr(clone, "dtype", None), torch.dtype):
+        # A layer that keeps the dtype it was built in and casts its input to it (AdaMSS) computes in float64 too.
+        clone.dtype = torch.float64
     base = clone.get_base_layer()
     if isinstance(base, torch.nn.Embedding):
         probe = torch.randint(base.num_embeddings, (4, 8), generator=generator).to(device)

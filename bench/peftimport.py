@@ -34,7 +34,8 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def training_of(params: dict[str, Any]) -> dict[str, Any]:
-    """A suite's training overrides from PEFT's training_params: learning rate, weight decay, the optimiser."""
+    """A suite's training overrides from PEFT's training_params: learning rate, weight decay, the optimiser, the
+    schedule, clipping, seed, batch size, gradient checkpointing and the attention kernel."""
     out: dict[str, Any] = {}
     kwargs = dict(params.get("optimizer_kwargs") or {})
     if "lr" in kwargs:
@@ -45,14 +46,36 @@ def training_of(params: dict[str, Any]) -> dict[str, Any]:
     if kind is not None and (kind != "AdamW" or kwargs):
         out["optimizer"] = {"name": OPTIMIZERS.get(kind.lower(), kind)} | ({"kwargs": kwargs} if kwargs else {})
     for theirs, ours in (("lr_scheduler", "scheduler"), ("grad_norm_clip", "max_grad_norm"), ("seed", "seed"),
-                         ("batch_size", "batch_size")):
+                         ("batch_size", "batch_size"), ("use_gc", "gradient_checkpointing")):
         if theirs in params:
             out[ours] = params[theirs]
+    if params.get("attn_implementation") is not None:
+        out["attn_implementation"] = params["attn_implementation"]
     return out
 
 
-def run_of(folder: Path, relative_to: Path | None) -> tuple[dict[str, Any], list[str]]:
-    """One suite run from one experiment folder, and notes on what the harness does not take over."""
+# PEFT's training params the harness takes over: into the run's training (training_of) or its params.
+TAKEN = {"optimizer_type", "optimizer_kwargs", "lr_scheduler", "grad_norm_clip", "seed", "batch_size", "use_gc",
+         "attn_implementation", "init_kv_cache_prefix"}
+# The rest, and why not. The suite decides the model, data, budget and evaluation for all its runs alike.
+NOT_TAKEN = {
+    "model_id": "the suite's model (import-peft --model) is every run's",
+    "dtype": "precision is the suite's training.precision (auto: bf16 on a GPU that has it)",
+    "max_seq_length": "the suite's training.max_seq_len is every run's",
+    "max_steps": "the suite's budget (import-peft --max-steps) is every run's",
+    "eval_steps": "the harness evaluates once, after training",
+    "batch_size_eval": "the suite's eval.batch_size is every run's",
+    "generation_kwargs": "the suite's eval.max_new_tokens is every run's",
+    "query_template": "the suite's dataset decides the prompt format",
+    "compile": "the harness does not torch.compile",
+    "use_amp": "the harness's precision is the suite's training.precision",
+    "autocast_adapter_dtype": "the harness always trains adapter weights in fp32 under autocast",
+}
+
+
+def run_of(folder: Path, relative_to: Path | None, defaults: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One suite run from one experiment folder, and notes on what the harness does not take over from its
+    training params where they differ from PEFT's defaults."""
     if not folder.is_dir():
         raise ImportProblem(f"{folder}: no such folder")
     config, params = folder / "adapter_config.json", folder / "training_params.json"
@@ -71,28 +94,34 @@ def run_of(folder: Path, relative_to: Path | None) -> tuple[dict[str, Any], list
     if params.is_file():
         doc = _json(params)
         if doc.get("init_kv_cache_prefix"):
-            notes.append(f"{run['name']}: init_kv_cache_prefix (a prefix initialised from text) is not taken over")
+            # PEFT's benchmark keeps it with the training params; here it is a param of the KV-prefix methods.
+            run["params"] = {"init_kv_cache_prefix": doc["init_kv_cache_prefix"]}
         training = training_of(doc)
         if training:
             run["training"] = training
+        for key, value in doc.items():
+            if key not in TAKEN and value != defaults.get(key):
+                why = NOT_TAKEN.get(key, "the harness has no such setting")
+                notes.append(f"{run['name']}: {key}={value!r} is not taken over: {why}")
     return run, notes
 
 
-def suite_of(folders: list[Path], out: Path | None, model: str, data: str) -> tuple[dict[str, Any], list[str]]:
+def suite_of(folders: list[Path], out: Path | None, model: str, data: str,
+             max_steps: int = 20) -> tuple[dict[str, Any], list[str]]:
     relative_to = out.resolve().parent if out else None
+    defaults_file = folders[0].resolve().parent.parent.parent / DEFAULTS  # MetaMathQA/experiments/METHOD/NAME
+    defaults = _json(defaults_file) if defaults_file.is_file() else {}
     runs, notes = [], []
     for folder in folders:
-        run, found = run_of(folder, relative_to)
+        run, found = run_of(folder, relative_to, defaults)
         runs.append(run)
         notes += found
     training: dict[str, Any] = {"max_seq_len": 512}
-    defaults = folders[0].resolve().parent.parent.parent / DEFAULTS  # MetaMathQA/experiments/METHOD/NAME
-    if defaults.is_file():
-        training |= {k: v for k, v in training_of(_json(defaults)).items() if k != "batch_size"}
+    training |= {k: v for k, v in training_of(defaults).items() if k != "batch_size"}
     data_path = os.path.relpath(Path(data).resolve(), relative_to) if relative_to else str(Path(data).resolve())
     suite = {"name": "peft-experiments", "version": 1,
              "description": f"PEFT method_comparison experiments imported by `bench import-peft` ({len(runs)} runs)",
-             "model": {"preset": model}, "dataset": {"path": data_path}, "budget": {"max_steps": 20},
+             "model": {"preset": model}, "dataset": {"path": data_path}, "budget": {"max_steps": max_steps},
              "training": training, "runs": runs}
     return suite, notes
 
@@ -102,7 +131,7 @@ def cmd_import_peft(args) -> int:
 
     out = Path(args.out) if args.out else None
     try:
-        suite, notes = suite_of([Path(d) for d in args.dirs], out, args.model, args.data)
+        suite, notes = suite_of([Path(d) for d in args.dirs], out, args.model, args.data, args.max_steps)
     except ImportProblem as e:
         err.print(str(e), markup=False)
         return EXIT_USAGE

@@ -283,18 +283,19 @@ def _sweep_problems(doc: dict) -> list[Problem]:
             elif isinstance(values, list) and not values:
                 problems.append((line, f"{place}: no values to try; list at least one (or remove the key)"))
             elif isinstance(values, list):
-                problems += [(line, f"{place}: {p}") for p in _value_problems(key, to_plain(values), accepted)]
+                problems += [(line, f"{place}: {p}") for p in _value_problems(key, to_plain(values),
+                                                                               METHODS[run["method"]])]
     return problems
 
 
-def _value_problems(key: str, values: list[Any], accepted: dict) -> list[str]:
+def _value_problems(key: str, values: list[Any], method: Method) -> list[str]:
     problems = []
     for value in values:
         try:
             if key in Training.model_fields:
                 TrainingOverrides(**{key: value})
             else:
-                why = _type_problem(accepted[key], value)
+                why = _type_problem(method, key, value)
                 if why:
                     problems.append(f"{value!r} is not a valid {key} ({why})")
         except (ValidationError, TypeError) as e:
@@ -371,9 +372,14 @@ def _run_method(doc: dict, i: int, run: dict, suite_dir: Path) -> tuple[str | No
     from methods.base import BOOKKEEPING
 
     method = METHODS[mid]
-    unknown = [k for k in file if k not in method.parameters() and k not in BOOKKEEPING and k not in method.fixed]
-    problems = [(line, f"runs[{i}].adapter_config: field '{k}' is not a {method.config_name} field in this PEFT "
-                 f"version{did_you_mean(k, method.parameters())}") for k in unknown]
+    # PEFT itself loads a file written by another PEFT version by dropping the fields its config class lacks; so does
+    # the harness where such a field holds nothing (None, false, empty), and refuses where dropping would change it.
+    unknown = [k for k in file if k not in method.parameters() and k not in BOOKKEEPING and k not in method.fixed
+               and not (file[k] is None or file[k] is False or file[k] in ("", [], {}))]
+    from peft import __version__ as peft_version
+
+    problems = [(line, f"runs[{i}].adapter_config: field '{k}' (set to {file[k]!r}) is not a {method.config_name} "
+                 f"field in PEFT {peft_version}{did_you_mean(k, method.parameters())}") for k in unknown]
     return mid, adapter_params(file, method) | (params if isinstance(params, dict) else {}), problems
 
 
@@ -415,21 +421,35 @@ def _param_problems(doc: dict, i: int, method: Method, params: dict) -> list[Pro
         elif key not in accepted:
             takes = f"the fields of PEFT's {method.config_name}" if accepted else "no parameters"
             problems.append((line, f"{place}: {method.id} takes {takes} - not '{key}'{did_you_mean(key, accepted)}"))
-        elif (why := _type_problem(accepted[key], value)) is not None:
+        elif (why := _type_problem(method, key, value)) is not None:
             problems.append((line, f"{place}: {why}"))
     return problems
 
 
-def _type_problem(annotation: Any, value: Any) -> str | None:
-    """Why `value` is not of the field's annotated type; None when it is, or when the type is not one pydantic can
-    check (PEFT's own config dataclasses: PEFT checks those when it builds the config)."""
+def _type_problem(method: Method, key: str, value: Any) -> str | None:
+    """Why `value` is not of the param's annotated type; None when it is, when it is PEFT's own default (PEFT
+    annotates some fields `str` with a None default), or when the type is not one pydantic can check."""
+    from methods.base import field_defaults
+
+    annotation, value = method.parameters()[key], to_plain(value)
+    if key not in method.extras and key in field_defaults(method.peft_type) and \
+            value == field_defaults(method.peft_type)[key]:
+        return None
     try:
         adapter = TypeAdapter(annotation)
     except Exception:  # pydantic cannot make a schema of some PEFT annotations (torch types, forward references)
         return None
     try:
-        adapter.validate_python(to_plain(value), strict=True)
+        adapter.validate_python(value, strict=True)
     except ValidationError as e:
+        try:
+            # A field typed as one of PEFT's sub-config dataclasses (LoRA's use_bdlora, kasa_config) takes its fields
+            # as a mapping, as adapter_config.json stores it; PEFT builds the dataclass from it.
+            if isinstance(value, dict):
+                adapter.validate_python(value)
+                return None
+        except ValidationError:
+            pass
         want = getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
         return f"expected {want}, got {value!r} ({e.errors()[0]['msg']})"
     return None

@@ -50,7 +50,8 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     with phases("load"):
         loaded = load(cfg)
         record.model_info, record.data = loaded.model_info, loaded.notes
-        model = build(cfg, loaded.folder, place, method, plan_of(cfg, loaded) if method is not None else None)
+        model = build(cfg, loaded.folder, place, method, plan_of(cfg, loaded) if method is not None else None,
+                      loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
         record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
@@ -190,7 +191,7 @@ def whole_model(cfg: RunConfig, place: Place, loaded: Loaded, model):
     ranks.release()
     if not ranks.main:
         return model
-    whole = build(cfg, loaded.folder, place, method_of(cfg))
+    whole = build(cfg, loaded.folder, place, method_of(cfg), tokenizer=loaded.tokenizer)
     whole.load_state_dict(state)
     return whole
 

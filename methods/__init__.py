@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
-from methods import adalora, adamss, dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning
+from methods import adalora, adamss, cartridge, dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning
 from methods import prompt_tuning, qlora, trainable_tokens, vera
 from methods.base import Method, Plan, config_class
 
@@ -18,7 +18,7 @@ SHIPPED: dict[str, Method] = {
     m.METHOD.id: m.METHOD
     for m in (full, lora, qlora, prefix_tuning, prompt_tuning, p_tuning, ia3, head_only, dora, loha, vera, oft)
 }
-HOOKED: dict[str, Method] = {m.METHOD.id: m.METHOD for m in (adalora, adamss, trainable_tokens)}
+HOOKED: dict[str, Method] = {m.METHOD.id: m.METHOD for m in (adalora, adamss, cartridge, trainable_tokens)}
 
 # Tuners that cannot run as a benchmark run on a causal LM, and why: PEFT has no flag that says so.
 REFUSALS = {

@@ -34,6 +34,18 @@ def field_types(peft_type: str) -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init and f.name not in BOOKKEEPING}
 
 
+@functools.cache
+def field_defaults(peft_type: str) -> dict[str, Any]:
+    """PEFT's default for each field that has one (a default_factory's value too)."""
+    out = {}
+    for f in dataclasses.fields(config_class(peft_type)):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
 @dataclass(frozen=True)
 class Plan:
     """What a method's hooks may need to know of the run before the model is built."""
@@ -66,6 +78,9 @@ class Method:
     # Set when PEFT builds this tuner from the base weights (a decomposition of them): a meta-device model cannot
     # count it, so `bench plan` builds it with random weights where that is small enough.
     needs_weights: bool = False
+    # Params the harness takes beside PEFT's fields, each with its type: read by the method's hooks, never passed to
+    # PEFT's config (a prefix initialised from text).
+    extras: dict[str, Any] = field(default_factory=dict)
 
     # ---- the schema ---------------------------------------------------------------------------------------------
 
@@ -74,10 +89,11 @@ class Method:
         return dict(self.preset)
 
     def parameters(self) -> dict[str, Any]:
-        """Every param a suite may set, with its type: PEFT's config fields less the ones the method fixes."""
+        """Every param a suite may set, with its type: PEFT's config fields less the ones the method fixes, and the
+        method's extras."""
         if self.peft_type is None:
             return {}
-        return {k: v for k, v in field_types(self.peft_type).items() if k not in self.fixed}
+        return {k: v for k, v in field_types(self.peft_type).items() if k not in self.fixed} | self.extras
 
     @property
     def config_name(self) -> str:
@@ -87,9 +103,9 @@ class Method:
         """The PEFT config this run trains with (PEFT's __post_init__ checks run here); None trains every weight."""
         if self.peft_type is None:
             return None
-        merged = self.preset | params | self.fixed
-        merged = self.prepare(merged, plan)
-        return config_class(self.peft_type)(task_type="CAUSAL_LM", **merged)
+        merged = self.prepare(self.preset | params | self.fixed, plan)
+        return config_class(self.peft_type)(task_type="CAUSAL_LM",
+                                            **{k: v for k, v in merged.items() if k not in self.extras})
 
     # ---- what PEFT knows ------------------------------------------------------------------------------------------
 
@@ -128,11 +144,12 @@ class Method:
     # ---- hooks: what a tuner needs of the loop ---------------------------------------------------------------------
 
     def prepare(self, params: dict[str, Any], plan: Plan | None) -> dict[str, Any]:
-        """The config fields once the run's plan is known (AdaLoRA's total_step is the run's step count)."""
+        """The config fields once the run's plan is known (AdaLoRA's total_step is the run's step count); a
+        ValueError here is a problem with the run's params, reported at validate time."""
         return params
 
-    def after_build(self, model, tokenizer=None) -> None:
-        """Called once the PEFT model exists."""
+    def after_build(self, model, tokenizer, params: dict[str, Any]) -> None:
+        """Called once the PEFT model exists, before training, with the run's resolved params (extras included)."""
 
     def on_step(self, model, step: int) -> None:
         """Called after each optimiser step, before gradients are cleared (AdaLoRA reallocates ranks from them)."""

@@ -1,11 +1,14 @@
-"""Prefix tuning: trainable key/value prefixes in every attention layer (Li & Liang, 2021)."""
+"""Prefix tuning: trainable key/value prefixes in every attention layer (Li & Liang, 2021); random, or from text with
+`init_kv_cache_prefix` (methods.kv_prefix)."""
 
-from methods.base import Method
+from methods.kv_prefix import EXTRAS, KVPrefix
 
-METHOD = Method(
+METHOD = KVPrefix(
     id="prefix_tuning",
-    summary="Trainable key/value prefixes in every attention layer; cannot be merged.",
+    summary="Trainable key/value prefixes in every attention layer (from text with init_kv_cache_prefix); cannot be "
+            "merged.",
     peft_type="PREFIX_TUNING",
     preset=dict(num_virtual_tokens=20, prefix_projection=False),
     lr_grid=(1e-2, 3e-2, 1e-1, 3e-1),
+    extras=EXTRAS,
 )

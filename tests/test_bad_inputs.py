@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import peft
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -136,7 +137,7 @@ CASES = [
          suite=lambda text: text.replace(text.split("output: ")[1].split("\n")[0], "{dir}/notes.txt/results"),
          files={"notes.txt": "a file where a folder should be\n"}),
     Case("unknown-preset", "line 4, model.preset: unknown preset 'tiny-lama' (did you mean 'tiny-llama'?); known: "
-         "tiny-llama, tinyllama-1.1b, smollm2-135m, llama-3.2-3b, llama-3-8b", suite=edit("preset: tiny-llama", "preset: tiny-lama")),
+         "tiny-llama, tinyllama-1.1b, smollm2-135m, llama-3.2-3b-mini, llama-3.2-3b, llama-3-8b", suite=edit("preset: tiny-llama", "preset: tiny-lama")),
     Case("two-model-sources", "line 3, model: give exactly one of hub, path, gguf, preset, config (got ['path', "
          "'preset'])", suite=edit("  preset:", "  path: m\n  preset:")),
     Case("gguf-not-gguf", "line 4, model.gguf: '{dir}/model.gguf' is not a GGUF file (it does not start with 'GGUF')",
@@ -236,6 +237,15 @@ CASES = [
          files={"eval.jsonl": jsonl([{"prompt": "Spell fox backwards.", "response": "#### xof"},
                                      {"prompt": "Spell cow backwards.", "response": "woc"}])},
          caught_by="run"),
+    Case("prefix-from-text-with-projection", "line 18, runs[0].params: PEFT rejected them: init_kv_cache_prefix sets "
+         "the prefix's keys and values themselves, which prefix_projection=True computes with an MLP instead (PEFT "
+         "refuses the pair too); drop one of them",
+         suite=edit("  - method: lora\n    params: {r: 4}", "  - method: prefix_tuning\n    params: "
+                    "{prefix_projection: true, init_kv_cache_prefix: You are a helpful assistant.}")),
+    Case("adapter-config-field-lost", "line 17, runs[0].adapter_config: field 'lora_alpah' (set to 4) is not a "
+         "LoraConfig field in PEFT {peft} (did you mean 'lora_alpha'?)",
+         suite=edit("  - method: lora\n    params: {r: 4}", "  - adapter_config: adapter_config.json"),
+         files={"adapter_config.json": json.dumps({"peft_type": "LORA", "r": 4, "lora_alpah": 4, "use_dora": None})}),
     Case("unknown-tracker", "line 16, tracking: unknown tracker 'mlfow' (did you mean 'mlflow'?); known: "
          "tensorboard, mlflow, wandb", suite=edit("runs:", "tracking: [mlfow]\nruns:")),
     Case("unknown-tracker-option", "line 17, tracking.mlflow.tracking_url: unknown key 'tracking_url' (did you mean "
@@ -288,7 +298,7 @@ def test_bad_input(case, tmp_path, results, capsys, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # a GGUF case must not leave anything in the real one
     suite = _setup(case, tmp_path, results)
     before = _tree(results)
-    expect = _flat(case.expect.format(dir=suite.parent, suite=suite))
+    expect = _flat(case.expect.format(dir=suite.parent, suite=suite, peft=peft.__version__))
     validate_code = main(["validate", str(suite)])
     validate_out, validate_err = capsys.readouterr()
     run_code = main(["run", str(suite)])
