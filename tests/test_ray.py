@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bench.records import load_records, read_record
-from tests.conftest import ROOT
+from tests.conftest import ROOT, assert_same_record
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -114,18 +114,7 @@ def test_smoke_runs_through_ray_give_the_sequential_records(cluster, smoke_resul
     assert sorted(after) == sorted(SUBSET)
     for run, r in after.items():
         b = before[run]
-        assert r.status == "success", (run, r.error)
-        assert r.config_hash == b.config_hash
-        # One thread per task (one CPU each) against two in the sequential run: float sums in another order.
-        assert [p["loss"] for p in r.curve] == pytest.approx([p["loss"] for p in b.curve], rel=1e-5), run
-        assert r.metrics["eval_loss"] == pytest.approx(b.metrics["eval_loss"], rel=1e-5), run
-        for name in ("exact_match", "token_f1", "rouge_l", "train_tokens", "trainable_params"):
-            assert r.metrics.get(name) == b.metrics.get(name), (run, name)
-        assert [p.prediction for p in r.predictions] == [p.prediction for p in b.predictions], run
-        assert (r.merge is None) == (b.merge is None), run
-        if b.merge is not None:
-            for key in ("status", "kind", "greedy_identical"):
-                assert getattr(r.merge, key) == getattr(b.merge, key), (run, key)
+        assert_same_record(r, b, run)
         where = r.placement
         assert where.attempt == 1 and where.lost == [] and where.device_ids == []
         assert where.ray_node in {n.node_id for n in cluster.worker_nodes}
