@@ -245,6 +245,8 @@ def _run_parsers(sub) -> None:
     p.add_argument("--data", default="data/smoke.jsonl", help="the suite's dataset path")
     p.add_argument("--max-steps", type=int, default=20, help="the suite's step budget (default 20; PEFT's "
                    "published runs take 5000)")
+    p.add_argument("--base", metavar="SUITE.yaml", help="take every setting but the runs from this suite instead of "
+                   "--model, --data and --max-steps (suites/metamath.yaml: PEFT's data, model and 5000 steps)")
     p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+")

@@ -103,6 +103,11 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
         torch.manual_seed(cfg.training.seed)  # adapter initialisation is seeded too
         model = get_peft_model(model, peft_config)
     trainable_in_fp32(model)
+    if not any(p.requires_grad for p in model.parameters()):
+        from methods.base import NOTHING_TRAINS
+
+        raise ValueError(f"PEFT cannot apply {method.id} to this model: {NOTHING_TRAINS}")
+    method.check(model, cfg.params)
     method.after_build(model, tokenizer, cfg.params)
     return model
 

@@ -1,5 +1,6 @@
 """`python -m bench import-peft DIR... [--out SUITE.yaml]`: PEFT's own method_comparison experiments as runs of a
-suite. Each DIR is laid out as PEFT's `method_comparison/MetaMathQA/experiments/<method>/<name>/`: an
+suite (`--base SUITE` takes every setting but the runs from that suite, e.g. suites/metamath.yaml: PEFT's own
+data and model). Each DIR is laid out as PEFT's `method_comparison/MetaMathQA/experiments/<method>/<name>/`: an
 adapter_config.json (absent for full fine-tuning) and an optional training_params.json whose `optimizer_type` and
 `optimizer_kwargs` (lr, weight_decay, the rest) override PEFT's `default_training_params.json`, found three folders up
 where the experiments sit in PEFT's tree."""
@@ -106,8 +107,10 @@ def run_of(folder: Path, relative_to: Path | None, defaults: dict[str, Any]) -> 
     return run, notes
 
 
-def suite_of(folders: list[Path], out: Path | None, model: str, data: str,
-             max_steps: int = 20) -> tuple[dict[str, Any], list[str]]:
+def suite_of(folders: list[Path], out: Path | None, model: str, data: str, max_steps: int = 20,
+             base: dict[str, Any] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The suite: the experiments as runs, on `model` and `data` with PEFT's default training params; or, with
+    `base` (a suite already read), on everything `base` sets but its runs."""
     relative_to = out.resolve().parent if out else None
     defaults_file = folders[0].resolve().parent.parent.parent / DEFAULTS  # MetaMathQA/experiments/METHOD/NAME
     defaults = _json(defaults_file) if defaults_file.is_file() else {}
@@ -116,14 +119,33 @@ def suite_of(folders: list[Path], out: Path | None, model: str, data: str,
         run, found = run_of(folder, relative_to, defaults)
         runs.append(run)
         notes += found
+    description = f"PEFT method_comparison experiments imported by `bench import-peft` ({len(runs)} runs)"
+    if base is not None:
+        return {**base, "name": "peft-experiments", "description": f"{description} on {base.get('name')}'s settings",
+                "output": "results/peft-experiments", "runs": runs}, notes
     training: dict[str, Any] = {"max_seq_len": 512}
     training |= {k: v for k, v in training_of(defaults).items() if k != "batch_size"}
     data_path = os.path.relpath(Path(data).resolve(), relative_to) if relative_to else str(Path(data).resolve())
-    suite = {"name": "peft-experiments", "version": 1,
-             "description": f"PEFT method_comparison experiments imported by `bench import-peft` ({len(runs)} runs)",
+    suite = {"name": "peft-experiments", "version": 1, "description": description,
              "model": {"preset": model}, "dataset": {"path": data_path}, "budget": {"max_steps": max_steps},
              "training": training, "runs": runs}
     return suite, notes
+
+
+def base_suite(path: Path, out: Path | None) -> dict[str, Any]:
+    """A suite file to take every setting from but its runs (suites/metamath.yaml: PEFT's data, model and budget).
+    Its relative paths hold only beside it, so the imported suite is written to its folder."""
+    from ruamel.yaml import YAML
+
+    if not path.is_file():
+        raise ImportProblem(f"--base {path}: no such file")
+    if out is None or out.resolve().parent != path.resolve().parent:
+        raise ImportProblem(f"--base {path}: write the suite beside it (--out {path.parent}/NAME.yaml), where its "
+                            "relative paths hold")
+    doc = YAML(typ="safe").load(path.read_text())
+    if not isinstance(doc, dict):
+        raise ImportProblem(f"--base {path}: not a suite (expected a mapping)")
+    return {k: v for k, v in doc.items() if k not in ("runs", "seeds")}
 
 
 def cmd_import_peft(args) -> int:
@@ -131,7 +153,8 @@ def cmd_import_peft(args) -> int:
 
     out = Path(args.out) if args.out else None
     try:
-        suite, notes = suite_of([Path(d) for d in args.dirs], out, args.model, args.data, args.max_steps)
+        base = base_suite(Path(args.base), out) if args.base else None
+        suite, notes = suite_of([Path(d) for d in args.dirs], out, args.model, args.data, args.max_steps, base)
     except ImportProblem as e:
         err.print(str(e), markup=False)
         return EXIT_USAGE

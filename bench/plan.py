@@ -4,6 +4,7 @@ device), the adapter's size on disk, and the base weights' size at the run's pre
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,9 +66,12 @@ def plan_row(cfg: RunConfig) -> PlanRow:
         row.trainable_params, row.total_params, row.adapter_bytes = 0, total, 0
         return row
     spec = cfg.training.optimizer
+    special = special_token_ids(cfg.model)
+    if special is None:
+        row.note = "the tokenizer cannot be read here: its special tokens (trainable_tokens' default rows) count as one"
     try:
         applied = apply(arch, METHODS[cfg.method], cfg.params, Plan(total_steps=cfg.budget.max_steps or 1000,
-                                                                    special_token_ids=(0,)),
+                                                                    special_token_ids=special or (0,)),
                         spec and spec.name, spec.kwargs if spec else None)
     except NeedsWeights as e:
         row.weights, row.note = "needs weights", str(e)
@@ -75,6 +79,25 @@ def plan_row(cfg: RunConfig) -> PlanRow:
     row.trainable_params, row.total_params = applied.trainable, applied.total
     row.adapter_bytes, row.weights = applied.adapter_bytes, applied.weights
     return row
+
+
+@functools.lru_cache(maxsize=16)
+def _special_token_ids(model_json: str) -> tuple[int, ...] | None:
+    from bench.config import ModelSpec
+    from bench.models import load_tokenizer
+
+    model = ModelSpec.model_validate_json(model_json)
+    try:  # a tokenizer is a few small files: read where the weights would not be
+        tokenizer = load_tokenizer(model, model.path or model.hub)
+    except Exception:  # the Hub offline, a GGUF (its tokenizer comes with the conversion)
+        return None
+    return tuple(sorted(tokenizer.all_special_ids))
+
+
+def special_token_ids(model) -> tuple[int, ...] | None:
+    """The special tokens of the run's tokenizer, as the run's plan has them (bench.train.plan_of); None where the
+    tokenizer cannot be read here."""
+    return None if model.gguf else _special_token_ids(model.model_dump_json())
 
 
 def base_sizes(arch: dict[str, Any], width: int) -> tuple[int, int, int]:

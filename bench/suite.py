@@ -116,7 +116,8 @@ class Suite(Strict):
         for spec in self.runs:
             method = METHODS[spec.method]
             from_file = adapter_params(read_adapter_config(spec.adapter_config), method) if spec.adapter_config else {}
-            params = deep_merge(deep_merge(method.defaults(), from_file), spec.params)
+            # A PEFT field is replaced whole: `rank_pattern: {}` over a file's patterns means no patterns.
+            params = method.defaults() | from_file | spec.params
             training = Training(**deep_merge(self.training.model_dump(),
                                              spec.training.model_dump(exclude_unset=True)))
             for point in sweep_points(spec, method):
@@ -338,10 +339,18 @@ def adapter_method(doc: dict[str, Any]) -> str:
 
 
 def adapter_params(doc: dict[str, Any], method: Method) -> dict[str, Any]:
-    """The fields of an adapter config a run sets: every field of the method's PEFT config but PEFT's bookkeeping and
-    the fields the method fixes (an unknown field is a problem `_adapter_problems` reports)."""
+    """The fields of an adapter config a run sets: every field of the method's PEFT config but PEFT's bookkeeping,
+    the fields the method fixes, and the dimensions of the model the file was saved from (an unknown field is a
+    problem `_run_method` reports)."""
     accepted = method.parameters()
-    return {k: sorted(v) if k in SET_FIELDS and isinstance(v, list) else v for k, v in doc.items() if k in accepted}
+    return {k: sorted(v) if k in SET_FIELDS and isinstance(v, list) else v for k, v in doc.items()
+            if k in accepted and not (method.prompt_learning and k in MODEL_DIMENSIONS)}
+
+
+# Prompt-learning fields PEFT fills from the model it applies the config to (where they are None) and then saves in
+# adapter_config.json: a file saved from Llama-3.2-3B says token_dim 3072, which on any other model gives embeddings
+# of the wrong width. A run takes them from its own model.
+MODEL_DIMENSIONS = ("token_dim", "num_layers", "num_attention_heads", "num_transformer_submodules")
 
 
 # Fields PEFT holds as sets and saves as lists in no fixed order: sorted, so the same adapter config always resolves
@@ -498,12 +507,15 @@ def _apply_problem(doc: dict, method: Method, params: dict, plan) -> str | None:
     if not isinstance(config, dict) or method.peft_type is None:
         return None
     try:
-        apply(to_plain(config), method, params, plan)
+        applied = apply(to_plain(config), method, params, plan)
     except NeedsWeights:
         return None
     except Exception as e:  # whatever PEFT raises on this architecture is the reason
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    return None
+    from methods.base import NOTHING_TRAINS
+
+    return NOTHING_TRAINS if applied.trainable == 0 else None
+
 
 
 def _optimizer_problems(doc: dict) -> list[Problem]:

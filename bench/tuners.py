@@ -88,6 +88,7 @@ def _build(config, method: Method, params, plan: Plan, optimizer, optimizer_kwar
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
+            method.check(model, params)
         if optimizer is not None:
             from bench.optim import make_optimizer
 

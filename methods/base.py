@@ -18,6 +18,12 @@ BOOKKEEPING = ("peft_type", "task_type", "inference_mode", "base_model_name_or_p
                "peft_version")
 
 
+# A config PEFT applies without complaint but that trains nothing on this model (OSF's rank_pattern for Llama-3.2-3B on
+# 256-wide layers): refused, at validate time where the architecture is known, else when the run builds it.
+NOTHING_TRAINS = ("its params leave nothing to train on this model (0 trainable parameters; ranks or sizes written "
+                  "for a larger model?)")
+
+
 @functools.cache
 def config_class(peft_type: str) -> type:
     """PEFT's config dataclass for a PeftType value ("LORA")."""
@@ -147,6 +153,10 @@ class Method:
         """The config fields once the run's plan is known (AdaLoRA's total_step is the run's step count); a
         ValueError here is a problem with the run's params, reported at validate time."""
         return params
+
+    def check(self, model, params: dict[str, Any]) -> None:
+        """Raise ValueError where the params ask what this model cannot do and PEFT finds out only when the model
+        runs; called on the built model at validate time (its weights on the meta device) and before training."""
 
     def after_build(self, model, tokenizer, params: dict[str, Any]) -> None:
         """Called once the PEFT model exists, before training, with the run's resolved params (extras included)."""

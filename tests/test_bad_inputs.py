@@ -246,6 +246,10 @@ CASES = [
          "LoraConfig field in PEFT {peft} (did you mean 'lora_alpha'?)",
          suite=edit("  - method: lora\n    params: {r: 4}", "  - adapter_config: adapter_config.json"),
          files={"adapter_config.json": json.dumps({"peft_type": "LORA", "r": 4, "lora_alpah": 4, "use_dora": None})}),
+    Case("nothing-trains", "line 17, runs[0]: PEFT cannot apply osf to this model: its params leave nothing to train "
+         "on this model (0 trainable parameters; ranks or sizes written for a larger model?)",
+         suite=edit("  - method: lora\n    params: {r: 4}", "  - method: osf\n    params: {target_modules: [q_proj], "
+                    "effective_rank: 2944}")),
     Case("unknown-tracker", "line 16, tracking: unknown tracker 'mlfow' (did you mean 'mlflow'?); known: "
          "tensorboard, mlflow, wandb", suite=edit("runs:", "tracking: [mlfow]\nruns:")),
     Case("unknown-tracker-option", "line 17, tracking.mlflow.tracking_url: unknown key 'tracking_url' (did you mean "

@@ -414,3 +414,70 @@ def test_import_peft_takes_a_prefix_from_text_and_notes_what_it_does_not_take(tm
     assert (cfg.method, cfg.params["init_kv_cache_prefix"], cfg.training.learning_rate) == \
         ("prefix_tuning", TEXT, 5e-3)
     assert cfg.budget.max_steps == 2
+
+
+def test_adapter_config_from_another_model_takes_this_models_dimensions_and_refuses_its_token_ids(tmp_path):
+    """PEFT saves a prompt-learning config with the dimensions of the model it was applied to (PEFT's experiments:
+    Llama-3.2-3B's token_dim 3072): a run takes them from its own model. Token ids of another tokenizer (PEFT's
+    trainable_tokens experiment trains Llama-3's 128000 and 128001) are refused at validate time, not in training."""
+    head = (ROOT / "suites" / "peft-all.yaml").read_text().replace("../data/", f"{ROOT}/data/").split("runs:")[0]
+    (tmp_path / "pt.json").write_text(json.dumps(
+        {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4, "token_dim": 3072, "num_layers": 28,
+         "num_attention_heads": 24, "num_transformer_submodules": 1, "prompt_tuning_init": "RANDOM"}))
+    (tmp_path / "tt.json").write_text(json.dumps({"peft_type": "TRAINABLE_TOKENS", "token_indices": [128000, 5]}))
+    (tmp_path / "s.yaml").write_text(head + f"runs:\n  - adapter_config: {tmp_path / 'pt.json'}\n")
+    cfg = next(c for c in load_suite(tmp_path / "s.yaml").resolved_runs() if c.method != "baseline")
+    assert "token_dim" not in cfg.params and cfg.params["num_virtual_tokens"] == 4
+    model = build(cfg, None, CPU32, METHODS["prompt_tuning"], PLAN)
+    assert model.peft_config["default"].token_dim == PRESETS["tiny-llama"]["hidden_size"]
+    assert model(input_ids=torch.tensor([[5, 6, 7]])).logits.shape == (1, 3 + 4, PRESETS["tiny-llama"]["vocab_size"])
+    (tmp_path / "s.yaml").write_text(head + f"runs:\n  - adapter_config: {tmp_path / 'tt.json'}\n")
+    with pytest.raises(SuiteError) as e:
+        load_suite(tmp_path / "s.yaml")
+    assert "PEFT cannot apply trainable_tokens to this model: ValueError: token_indices [128000] are beyond this " \
+           "model's vocabulary of 320 tokens" in e.value.problems[0]
+
+
+def test_import_peft_on_a_base_suites_settings(tmp_path, capsys):
+    """--base: the experiments as runs of a suite that takes every other setting from the base (PEFT's data, model
+    and budget in suites/metamath.yaml), written beside it."""
+    folders = _peft_layout(tmp_path / "peft")
+    base = tmp_path / "metamath.yaml"
+    base.write_text((ROOT / "suites" / "metamath.yaml").read_text())
+    assert main(["import-peft", *map(str, folders), "--base", str(base), "--out", str(tmp_path / "s.yaml")]) == 0
+    suite = load_suite(tmp_path / "s.yaml")
+    reference = load_suite(ROOT / "suites" / "metamath.yaml")
+    runs = [c for c in suite.resolved_runs() if c.method != "baseline"]
+    assert [c.run for c in runs] == ["lora--tiny-rank4-lorafa", "lokr--tiny-rank4"]
+    assert (suite.model, suite.dataset, suite.budget) == (reference.model, reference.dataset, reference.budget)
+    assert runs[0].training.optimizer.name == "lora-fa" and runs[1].training.learning_rate == 1e-4
+    assert main(["import-peft", *map(str, folders), "--base", str(base), "--out", str(tmp_path / "x" / "s.yaml")]) \
+        == 2
+    assert "write the suite beside it" in capsys.readouterr().err
+
+
+def test_a_config_that_trains_nothing_is_refused_and_params_replace_a_files_fields_whole(tmp_path):
+    """PEFT applies OSF's rank_pattern for Llama-3.2-3B (keep 2944 of 3072 ranks) to 64-wide layers without a word,
+    and nothing trains: validate refuses it. A run's params replace the file's fields whole, so `rank_pattern: {}`
+    clears the file's patterns (and the run trains, and validate checked what runs)."""
+    head = (ROOT / "suites" / "peft-all.yaml").read_text().replace("../data/", f"{ROOT}/data/").split("runs:")[0]
+    (tmp_path / "osf.json").write_text(json.dumps({"peft_type": "OSF", "target_modules": ["q_proj", "v_proj"],
+                                                   "rank_pattern": {"q_proj": 2944, "v_proj": 896}}))
+    (tmp_path / "s.yaml").write_text(head + f"runs:\n  - adapter_config: {tmp_path / 'osf.json'}\n")
+    with pytest.raises(SuiteError) as e:
+        load_suite(tmp_path / "s.yaml")
+    assert "runs[0]: PEFT cannot apply osf to this model: its params leave nothing to train on this model " \
+           "(0 trainable parameters" in e.value.problems[0]
+    (tmp_path / "s.yaml").write_text(head + f"runs:\n  - adapter_config: {tmp_path / 'osf.json'}\n"
+                                            "    params: {rank_pattern: {}}\n")
+    cfg = next(c for c in load_suite(tmp_path / "s.yaml").resolved_runs() if c.method != "baseline")
+    assert cfg.params["rank_pattern"] == {}
+    assert count_params(build(cfg, None, CPU32, METHODS["osf"], PLAN))[0] > 0
+
+
+def test_plan_counts_trainable_tokens_on_the_runs_own_special_tokens(capsys):
+    assert main(["plan", str(ROOT / "suites" / "peft-all.yaml"), "--json"]) == 0
+    row = next(r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["run"] == "trainable_tokens")
+    cfg = _peft_all("trainable_tokens")
+    assert len(PLAN.special_token_ids) > 1  # the byte tokenizer's, as the run's plan has them
+    assert row["trainable_params"] == count_params(build(cfg, None, CPU32, METHODS["trainable_tokens"], PLAN))[0]
