@@ -50,8 +50,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     with phases("load"):
         loaded = load(cfg)
         record.model_info, record.data = loaded.model_info, loaded.notes
-        model = build(cfg, loaded.folder, place, method, plan_of(cfg, loaded) if method is not None else None,
-                      loaded.tokenizer)
+        model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
         record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()

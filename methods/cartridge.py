@@ -1,7 +1,7 @@
 """Cartridges: a trained KV-cache prefix that stands in for a long context (Eyuboglu et al., 2025; PEFT's
-CartridgeConfig), best started from that context's own cache with `init_kv_cache_prefix` (methods.kv_prefix)."""
+CartridgeConfig), best started from that context's own cache with `init_kv_cache_prefix` (methods/prefix_tuning.py)."""
 
-from methods.kv_prefix import EXTRAS, KVPrefix
+from methods.prefix_tuning import EXTRAS, KVPrefix
 
 METHOD = KVPrefix(
     id="cartridge",
