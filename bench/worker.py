@@ -20,7 +20,7 @@ from bench import data as D
 from bench import models as M
 from bench.config import RunConfig
 from bench.device import Place, pick_device
-from bench.distributed import Ranks
+from bench.distributed import DistributedError, Ranks
 from bench.env import environment
 from bench.flops import peak_flops
 from bench.evaluation import evaluate, general_loss, general_texts
@@ -199,7 +199,7 @@ def failed(record: RunRecord, e: BaseException) -> RunRecord:
     """The record of a run a stage raised in: what was measured stays, the status and error say what happened."""
     if isinstance(e, torch.OutOfMemoryError):
         status, error = "oom", str(e).splitlines()[0]
-    elif isinstance(e, (D.DataError, M.ModelSourceError)):
+    elif isinstance(e, (D.DataError, M.ModelSourceError, DistributedError)):
         status, error = "failed", str(e)
     else:
         status, error = "failed", traceback.format_exc(limit=-6)
@@ -212,15 +212,20 @@ def main() -> int:
     cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
     cfg = RunConfig.model_validate_json(cfg_path.read_text())
     record = RunRecord.start(cfg)
+    refused = False
     try:
         ranks = Ranks(pick_device(), requested_type(cfg)) if cfg.distributed else None
         out = run(cfg, run_dir, record, ranks)
+    except DistributedError as e:
+        out, refused = failed(record, e), True
     except Exception as e:
         out = failed(record, e)
     if cfg.distributed and int(os.environ.get("RANK", "0")) != 0:
         # Another process of a distributed run: the main one writes the record. A crash here goes to the log and
-        # fails the launch; a divergence is the main process's to report (it saw the same global loss).
-        if out is not None and out.status in ("failed", "oom"):
+        # fails the launch; a divergence is the main process's to report (it saw the same global loss), and so is a
+        # refused set-up (every process refuses it alike): exiting 1 first would have the launcher end the main
+        # process before it wrote why.
+        if out is not None and out.status in ("failed", "oom") and not refused:
             print(out.error, file=sys.stderr)
             return leave(1)
         return leave(0)
