@@ -12,6 +12,7 @@ import torch
 from bench.config import ModelSpec
 from bench.records import load_records
 from methods import SHIPPED
+from tests.conftest import ROOT
 
 RUNS = ["baseline", *SHIPPED]
 
@@ -55,6 +56,18 @@ def test_smoke_suite_records_one_successful_sane_record_per_run(smoke_results):
         assert records[run].merge.status == "not mergeable"
     assert records["full"].merge.status == "nothing to merge" and records["full"].metrics["checkpoint_bytes"] > 0
     assert "smoke (suite version 1)" in stdout
+
+
+def test_the_smoke_suite_passes_the_regression_gate(smoke_results, capsys):
+    """What scripts/ci_gate.sh does, on the session's smoke run rather than a second one: the real `bench compare`
+    against the committed baseline, its table printed into the test log either way."""
+    out, _ = smoke_results
+    proc = subprocess.run([sys.executable, "-m", "bench", "compare", "baselines/smoke.json", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    with capsys.disabled():
+        print("\n" + proc.stdout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.startswith("### Regression gate: PASS")
 
 
 def test_rerun_skips_up_to_date_runs(smoke_results):

@@ -42,7 +42,7 @@ def run_cli(*args, timeout=600):
 
 
 def test_sigkill_mid_training_is_recorded_the_suite_goes_on_and_resume_finishes_only_that_run(tmp_path):
-    suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=400)
+    suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=100)
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     progress = out / "lora" / "progress.jsonl"
@@ -74,7 +74,7 @@ def test_sigkill_mid_training_is_recorded_the_suite_goes_on_and_resume_finishes_
 
 
 def test_ctrl_c_records_the_run_as_interrupted_writes_nothing_half_and_the_next_invocation_resumes(tmp_path):
-    suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=150)
+    suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=60)
     # A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the CLI and its worker alike.
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)

@@ -111,7 +111,7 @@ def test_real_cli_runs_a_suite_over_three_seeds_and_reports_intervals(tmp_path):
     suite = tmp_path / "seedy.yaml"
     suite.write_text(SEEDED.replace("DATA", str(ROOT / "data" / "smoke.jsonl")))
     out = tmp_path / "results"
-    cmd = [sys.executable, "-m", "bench", "run", str(suite), "--output", str(out)]
+    cmd = [sys.executable, "-m", "bench", "run", str(suite), "--output", str(out), "--devices", "cpu,cpu"]
     first = subprocess.run(cmd + ["--only", "ia3-fast"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert first.returncode == 0, first.stdout + first.stderr
     assert sorted(p.stem for p in out.glob("*.json")) == ["ia3-fast@seed0", "ia3-fast@seed1", "ia3-fast@seed2"]
