@@ -234,12 +234,12 @@ def _run_parsers(sub) -> None:
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("plan", help="per run, without training or weights: trainable and total parameters, adapter "
                        "size, base weights at the run's precision and at 4-bit")
-    p.add_argument("suite")
+    p.add_argument("suite", help="suite YAML file")
     p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
     p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders (each with adapter_config.json)")
     p.add_argument("--out", metavar="SUITE.yaml", help="write the suite here (default: print it)")
     p.add_argument("--model", default="llama-3.2-3b-mini", help="the suite's model preset (default llama-3.2-3b-mini, "
                    "the shape PEFT's experiment configs apply to)")
@@ -250,10 +250,10 @@ def _run_parsers(sub) -> None:
                    "--model, --data and --max-steps (suites/metamath.yaml: PEFT's data, model and 5000 steps)")
     p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
-    p.add_argument("suites", nargs="+")
+    p.add_argument("suites", nargs="+", help="suite YAML files")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
-    p.add_argument("suite")
+    p.add_argument("suite", help="suite YAML file")
     p.add_argument("--force", action="store_true", help="rerun every run, even up-to-date ones")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", help="results folder (default: the suite's output)")
@@ -270,7 +270,7 @@ def _run_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks everything but the device")
     p.add_argument("--steps", type=int, help="optimiser steps per run (default 20; 3 with --dry-run)")
     p.add_argument("--batch-size", type=int, help="sequences per step (default 8; 1 with --dry-run)")
-    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (every sequence exactly this long)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
     p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
@@ -304,7 +304,7 @@ def _ray_flags(p) -> None:
 
 def _result_parsers(sub) -> None:
     p = sub.add_parser("report", help="render reports from the records in a results folder")
-    p.add_argument("results")
+    p.add_argument("results", help="results folder")
     p.add_argument("--csv", action="store_true", help="also write summary.csv")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("compare", help="regression gate: compare records against a baseline (exit 1 on regression)")
@@ -314,8 +314,8 @@ def _result_parsers(sub) -> None:
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE (for a PR comment)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("save-baseline", help="store the records of a results folder as one baseline file")
-    p.add_argument("results")
-    p.add_argument("file")
+    p.add_argument("results", help="results folder")
+    p.add_argument("file", help="baseline file to write (JSON)")
     p.set_defaults(func=cmd_save_baseline)
     p = sub.add_parser("recommend", help="the best method under limits on memory, time and size, its Pareto front, "
                        "and why (exit 1 when no method meets the limits)")
@@ -333,7 +333,7 @@ def _result_parsers(sub) -> None:
     p.add_argument("run", help="a run folder, e.g. results/quickstart/lora")
     p.add_argument("--out", required=True, help="folder for the merged model and tokenizer")
     p.add_argument("--prompt", action="append", help="prompt to answer with the reloaded model (repeatable)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt at most")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder with a generated model card")
     p.set_defaults(func=_lazy("bench.export", "cmd_export"))
 

@@ -44,13 +44,20 @@ class _WithoutNones(Strict):
 class ModelSpec(_WithoutNones):
     """Where the base model comes from: exactly one of hub, path, gguf, preset or config."""
 
-    hub: str | None = None
-    revision: str | None = None
-    path: str | None = None
-    gguf: str | None = None
+    hub: str | None = Field(None, description="a Hugging Face Hub model id (needs the Hub at run time), e.g. "
+                            "TinyLlama/TinyLlama-1.1B-Chat-v1.0")
+    revision: str | None = Field(None, description="with hub: the branch, tag or commit to load (recorded in the "
+                                 "model's provenance)")
+    path: str | None = Field(None, description="a local model folder (save_pretrained's layout), relative to the "
+                             "suite file")
+    gguf: str | None = Field(None, description="a GGUF file, relative to the suite file or, with package, inside that "
+                             "installed package; de-quantised to float32 once and cached")
     package: str | None = Field(None, description="installed Python distribution that holds the gguf file")
-    preset: str | None = None
-    config: dict[str, Any] | None = None
+    preset: str | None = Field(None, description="a named architecture with random (seeded) weights, for plumbing and "
+                               "sizing without downloads: tiny-llama, tinyllama-1.1b, smollm2-135m, "
+                               "llama-3.2-3b-mini, llama-3.2-3b, llama-3-8b")
+    config: dict[str, Any] | None = Field(None, description="a transformers config as a mapping (model_type defaults "
+                                          "to llama), built with random (seeded) weights")
     tokenizer: str | None = Field(None, description="tokenizer folder or Hub id; presets default to a byte tokenizer")
 
     @model_validator(mode="after")
@@ -76,7 +83,7 @@ class Messages(Strict):
     """A conversations column whose messages use other key names or roles than {role, content} and
     user/assistant/system, as ShareGPT's {from, value} with human/gpt."""
 
-    column: str
+    column: str = Field(description="the column that holds each row's list of messages")
     role: str = Field("role", description="the key of a message's role")
     content: str = Field("content", description="the key of a message's text")
     roles: dict[str, Role] = Field({}, description="each role name in the data to user, assistant or system; empty: "
@@ -87,13 +94,16 @@ class Source(_WithoutNones):
     """Another file or Hub dataset for the eval or validation rows, with its own column mapping where its columns
     differ (GSM8K's question/answer beside MetaMathQA's query/response); unset mappings are the dataset's."""
 
-    path: str | None = None
-    hub: str | None = None
-    subset: str | None = None
-    split: str = "train"
-    prompt: str | None = None
-    response: str | None = None
-    messages: str | Messages | None = None
+    path: str | None = Field(None, description="a local JSON, JSONL or CSV file, relative to the suite file")
+    hub: str | None = Field(None, description="a Hub dataset id")
+    subset: str | None = Field(None, description="Hub dataset configuration name")
+    split: str = Field("train", description="the split to read")
+    prompt: str | None = Field(None, description="a column, or a template over columns; unset: the dataset's own "
+                               "mapping")
+    response: str | None = Field(None, description="a column, or a template over columns; unset: the dataset's own "
+                                 "mapping")
+    messages: str | Messages | None = Field(None, description="a column of conversations, or a mapping naming other "
+                                            "keys and roles; unset: the dataset's own")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -106,12 +116,16 @@ class DatasetSpec(_WithoutNones):
     """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response (a column, or a template
     over columns) or chat messages."""
 
-    path: str | None = None
-    hub: str | None = None
+    path: str | None = Field(None, description="a local JSON, JSONL or CSV file of training rows, relative to the "
+                             "suite file")
+    hub: str | None = Field(None, description="a Hub dataset id (needs the Hub at run time)")
     subset: str | None = Field(None, description="Hub dataset configuration name")
-    split: str = "train"
-    eval_path: str | None = None
-    eval_split: str | None = None
+    split: str = Field("train", description="the split training rows come from (a local file has one: "
+                       "train)")
+    eval_path: str | None = Field(None, description="eval rows from another local file with the same columns, instead "
+                                  "of a held-out share")
+    eval_split: str | None = Field(None, description="eval rows from another split of the same Hub dataset, instead "
+                                   "of a held-out share")
     eval_data: Source | None = Field(None, description="eval rows from another file or Hub dataset")
     validation_data: Source | None = Field(None, description="validation rows from another file or Hub dataset: "
                                            "validation_size of them, picked as PEFT's benchmark picks its 50")
@@ -120,8 +134,9 @@ class DatasetSpec(_WithoutNones):
     response: str = Field("response", description="a column, or a template over columns")
     messages: str | Messages | None = Field(None, description="a column of conversations: {role, content} "
                                             "messages, or a mapping naming other keys and roles")
-    system: str | None = None
-    max_examples: PositiveInt | None = None
+    system: str | None = Field(None, description="a system message put before every prompt")
+    max_examples: PositiveInt | None = Field(None, description="use at most this many training rows (after the "
+                                             "held-out split)")
     max_chars: PositiveInt | None = Field(None, description="keep rows whose prompt and response, joined by a "
                                           "space, have at most this many characters (PEFT's MetaMathQA: 1300)")
     train_on: Literal["last", "assistant", "all"] = Field(
@@ -135,8 +150,11 @@ class DatasetSpec(_WithoutNones):
     validation_size: PositiveFloat | None = Field(
         None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
         "run has a sweep")
-    seed: int = 0
-    on_bad_row: Literal["error", "skip"] = "error"
+    seed: int = Field(0, description="seed of the shuffle that splits train from held-out rows; training.seed does "
+                      "not move it")
+    on_bad_row: Literal["error", "skip"] = Field("error", description="a row that cannot be used (bad JSON, missing "
+                                                 "column, empty text): error stops the run naming it; skip leaves it "
+                                                 "out and counts it in the record")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -171,9 +189,11 @@ class DatasetSpec(_WithoutNones):
 class Budget(_WithoutNones):
     """The one budget that binds every method alike."""
 
-    max_steps: PositiveInt | None = None
-    max_tokens: PositiveInt | None = None
-    max_seconds: PositiveFloat | None = None
+    max_steps: PositiveInt | None = Field(None, description="optimiser steps per run")
+    max_tokens: PositiveInt | None = Field(None, description="real (non-padding) training tokens per run; the step "
+                                           "that reaches it is the last")
+    max_seconds: PositiveFloat | None = Field(None, description="training seconds per run (train_seconds: checkpoints "
+                                              "and progress writes not counted)")
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -207,17 +227,24 @@ class Optimizer(Strict):
 
 
 class Training(Strict):
-    learning_rate: PositiveFloat = 2e-4
-    batch_size: PositiveInt = 4
-    grad_accum: PositiveInt = 1
-    max_seq_len: PositiveInt = 512
+    learning_rate: PositiveFloat = Field(2e-4, description="peak learning rate of the schedule; prompt learning and "
+                                         "IA3 need far larger ones than full fine-tuning (see sweeps)")
+    batch_size: PositiveInt = Field(4, description="examples per micro-batch")
+    grad_accum: PositiveInt = Field(1, description="micro-batches per optimiser step; the loss is averaged over every "
+                                    "response token of the step")
+    max_seq_len: PositiveInt = Field(512, description="tokens per example at most; longer examples are truncated and "
+                                     "counted in the record")
     epochs: PositiveFloat = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
-    seed: int = 0
-    scheduler: Scheduler = "linear"
-    warmup_ratio: NonNegativeFloat = 0.0
-    weight_decay: NonNegativeFloat = 0.0
-    max_grad_norm: PositiveFloat | None = 1.0
-    precision: Precision = "auto"
+    seed: int = Field(0, description="seed of the adapter's initialisation, random weights and batch order")
+    scheduler: Scheduler = Field("linear", description="learning-rate schedule over the run's planned steps")
+    warmup_ratio: NonNegativeFloat = Field(0.0, description="share of the planned steps spent warming the learning "
+                                           "rate up from 0")
+    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW's weight decay")
+    max_grad_norm: PositiveFloat | None = Field(1.0, description="clip the gradient's global norm to this; null: no "
+                                                "clipping")
+    precision: Precision = Field("auto", description="what the forward pass computes in: auto is bf16 on a GPU that "
+                                 "computes it natively, else fp32; trainable weights stay fp32 either way; fp16 needs "
+                                 "CUDA")
     packing: bool = Field(True, description="pack examples padding-free where the method allows it")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, about a third more compute")
@@ -272,19 +299,22 @@ class LmEval(_WithoutNones):
     tasks: list[str] = Field(min_length=1, description="task names, lm-eval's own or from include_path")
     include_path: str | None = Field(None, description="a folder of task YAMLs (offline: dataset_path: json, data "
                                      "files relative to this folder), relative to the suite file")
-    num_fewshot: int | None = None
+    num_fewshot: int | None = Field(None, description="few-shot examples per prompt; unset: each task's own default")
     limit: PositiveInt | None = Field(None, description="at most this many documents per task")
-    batch_size: PositiveInt = 8
+    batch_size: PositiveInt = Field(8, description="lm-eval's batch size")
 
 
 class Eval(Strict):
     enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
     forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
                                    "the bundled corpus, a path a text file of paragraphs, false skips it")
-    max_examples: PositiveInt = 50
-    batch_size: PositiveInt = 16
-    max_new_tokens: PositiveInt = 32
-    metrics: list[str] = ["exact_match", "token_f1", "rouge_l"]
+    max_examples: PositiveInt = Field(50, description="eval examples at most (scores and intervals are over these)")
+    batch_size: PositiveInt = Field(16, description="batch size of eval loss, generation and the forgetting "
+                                    "measurement")
+    max_new_tokens: PositiveInt = Field(32, description="tokens generated per eval prompt at most (greedy)")
+    metrics: list[str] = Field(["exact_match", "token_f1", "rouge_l"],
+                               description="scores to compute on each answer: exact_match, token_f1, rouge_l, "
+                               "numeric_match, or hub:NAME (evaluate.load, online)")
     extract: str | None = Field(None, description="regex whose first group is the answer to score, or a preset: "
                                 "last_number, answer_delimiters")
     keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
@@ -314,8 +344,8 @@ class MlflowOptions(Strict):
 
 
 class WandbOptions(Strict):
-    project: str = "peft-bench"
-    entity: str | None = None
+    project: str = Field("peft-bench", description="the W&B project")
+    entity: str | None = Field(None, description="the W&B team or user; unset: your default entity")
     mode: Literal["online", "offline"] | None = Field(
         None, description="default: WANDB_MODE, else online when logged in (wandb login), offline otherwise")
 
@@ -323,9 +353,9 @@ class WandbOptions(Strict):
 class Tracking(Strict):
     """Trackers that mirror every run (bench.tracking): a list of names, or each name with its options."""
 
-    tensorboard: TensorBoardOptions | None = None
-    mlflow: MlflowOptions | None = None
-    wandb: WandbOptions | None = None
+    tensorboard: TensorBoardOptions | None = Field(None, description="TensorBoard on, with these options")
+    mlflow: MlflowOptions | None = Field(None, description="MLflow on, with these options")
+    wandb: WandbOptions | None = Field(None, description="Weights & Biases on, with these options")
     artifacts: bool = Field(True, description="log each run's adapter (full fine-tuning: its whole checkpoint) and "
                             "the suite's report where the tracker keeps files")
 

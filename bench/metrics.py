@@ -84,6 +84,72 @@ METRICS: dict[str, Metric] = {
 }
 
 
+# What each metric measures, for the metric reference (docs/reference/metrics.md, made by scripts/gen_docs.py; a test
+# fails on a metric without one).
+DESCRIPTIONS: dict[str, str] = {
+    "trainable_params": "parameters that receive gradients, counted after the optimiser is built (LoRA-FA freezes A)",
+    "total_params": "every parameter of the model as trained, adapter included",
+    "trainable_pct": "trainable_params as a percentage of total_params",
+    "peak_memory_bytes": "training phase's peak, from the optimiser's creation to the last step: CUDA's max "
+                         "allocated, or on a CPU the process's resident high-water mark; in a distributed run the "
+                         "largest process's",
+    "load_memory_bytes": "memory in use once the model is built (method applied)",
+    "load_peak_memory_bytes": "peak while loading and building the model",
+    "eval_peak_memory_bytes": "peak during evaluation: eval loss, generation, forgetting",
+    "merge_peak_memory_bytes": "peak during the merge check; only where a merge ran",
+    "cuda_max_allocated_bytes": "CUDA's max_memory_allocated over training (CUDA only)",
+    "cuda_max_reserved_bytes": "CUDA's max_memory_reserved over training: what the caching allocator held",
+    "eval_peak_reserved_bytes": "CUDA's max_memory_reserved during evaluation",
+    "merge_peak_reserved_bytes": "CUDA's max_memory_reserved during the merge check",
+    "load_seconds": "wall time to load the model, tokenizer and data and build the method",
+    "train_seconds": "wall time of the optimiser steps alone; progress writes and checkpoints left out",
+    "checkpoint_seconds": "time spent writing progress and saving checkpoints during training",
+    "eval_seconds": "wall time of evaluation (loss, generation, forgetting, lm-eval)",
+    "train_steps": "optimiser steps taken",
+    "train_epochs": "passes over the training rows (fractional)",
+    "train_tokens": "non-padding tokens the model was trained on",
+    "processed_tokens": "tokens the model processed, padding included",
+    "real_token_fraction": "train_tokens / processed_tokens: 1.0 when packed, lower with padded batches",
+    "train_tokens_per_second": "train_tokens / train_seconds",
+    "steady_tokens_per_second": "tokens per second after the first min(5, steps/4) steps (kernel selection and "
+                                "allocator growth left out)",
+    "model_tflops_per_second": "model FLOPs per second at steady state, FLOPs as bench.flops.train_flops counts "
+                               "them (no recomputation, no padding)",
+    "model_flops_per_token": "model FLOPs per real token: 6N for full fine-tuning, 4N for a frozen base, plus "
+                             "attention and the adapter's own",
+    "mfu": "model FLOP/s over the device's dense bf16 peak; absent on a device not in bench.flops' table",
+    "world_size": "processes a distributed run used",
+    "peak_memory_bytes_total": "sum of every process's training peak in a distributed run",
+    "train_tokens_per_second_per_process": "train_tokens_per_second divided by world_size",
+    "steady_tokens_per_second_per_process": "steady_tokens_per_second divided by world_size",
+    "final_train_loss": "loss of the last optimiser step (mean over its response tokens)",
+    "eval_loss": "mean loss per response token on the eval rows",
+    "eval_perplexity": "exp(eval_loss)",
+    "validation_loss": "loss on the validation rows held out of training (dataset.validation_size): what picks a "
+                       "sweep's value",
+    "general_loss_before": "loss per token on general text before training (adapters and virtual tokens off)",
+    "general_loss": "loss per token on general text after training",
+    "forgetting": "general_loss - general_loss_before: what training cost the model outside the task",
+    "exact_match": "share of eval examples whose greedy answer equals the reference (after eval.extract)",
+    "token_f1": "token-level F1 between answer and reference, averaged over eval examples",
+    "rouge_l": "ROUGE-L F-measure between answer and reference, averaged over eval examples",
+    "numeric_match": "share of eval examples whose extracted answer equals the reference as a number",
+    "generate_tokens_per_second": "new tokens per second of batched greedy generation with the trained model",
+    "merged_generate_tokens_per_second": "the same with the merged model (merge check)",
+    "adapter_bytes": "size on disk of the saved adapter folder (weights, config, tokenizer)",
+    "checkpoint_bytes": "full fine-tuning: size on disk of the saved model folder (it has no adapter)",
+    "merge_max_abs_logit_diff": "largest |logit difference| between adapter model and merged model on up to 8 eval "
+                                "prompts, in the run's precision",
+    "merge_mean_abs_logit_diff": "mean |logit difference| between adapter model and merged model",
+    "merge_max_abs_logit_diff_fp64": "older records: the largest |logit difference| with both models in float64",
+    "merge_layer_rel_error_fp64": "largest relative error of a merged layer against its adapter layer, in float64 "
+                                  "on a seeded probe: the merge's own error",
+    "merge_storage_rel_error": "relative rounding of the merged weights to the dtype they are stored in",
+    "quantized_base_max_abs_logit_diff": "QLoRA: largest |logit difference| between the 4-bit base and its "
+                                         "de-quantised copy, adapter off",
+}
+
+
 # A prompt-learning run's scores as transformers' generate() gives them, beside the harness's own decoding's.
 VIA_GENERATE = "via_generate_"
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, NonNegativeFloat, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 
 from bench.metrics import METRICS
 from bench.util import did_you_mean
@@ -38,8 +38,9 @@ class Tolerance(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    absolute: NonNegativeFloat | None = None
-    relative: NonNegativeFloat | None = None  # 0.25 = 25% of the baseline value
+    absolute: NonNegativeFloat | None = Field(None, description="the metric may move this much in its worse direction")
+    relative: NonNegativeFloat | None = Field(None, description="the metric may move this share of the baseline's "
+                                              "value (0.25: 25%) in its worse direction")
 
     @model_validator(mode="after")
     def _exactly_one(self):
@@ -92,11 +93,17 @@ class Regression(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    tolerances: dict[str, Tolerance] = DEFAULT_TOLERANCES
-    score_tolerance: Tolerance = Tolerance(absolute=0.02)  # any score the suite computes and tolerances omit
-    warn_only: list[str] = ["train_seconds"]
-    warn_only_on_cpu: list[str] = []
-    same_environment_only: list[str] = ["peak_memory_bytes", "cuda_max_allocated_bytes", "train_seconds"]
+    tolerances: dict[str, Tolerance] = Field(DEFAULT_TOLERANCES, description="per metric, how far it may move; a "
+                                             "suite names only those it changes, the other defaults stay")
+    score_tolerance: Tolerance = Field(Tolerance(absolute=0.02), description="the tolerance of any score the suite "
+                                       "computes that `tolerances` does not name")
+    warn_only: list[str] = Field(["train_seconds"], description="metrics shown with their verdict but never failing "
+                                 "the gate")
+    warn_only_on_cpu: list[str] = Field([], description="metrics that fail the gate only when the current run ran on "
+                                        "a GPU")
+    same_environment_only: list[str] = Field(["peak_memory_bytes", "cuda_max_allocated_bytes", "train_seconds"],
+                                             description="metrics gated only when the run's environment matches the "
+                                             "baseline's")
 
     @field_validator("tolerances", mode="before")
     @classmethod

@@ -34,13 +34,17 @@ from methods import METHODS, Method
 
 
 class RunSpec(Strict):
-    method: str | None = None
+    method: str | None = Field(None, description="a method id from `bench list` (every PEFT tuner by its type in "
+                               "lower case, plus full, qlora, dora, head_only)")
     adapter_config: str | None = Field(None, description="a PEFT adapter_config.json (as save_pretrained and PEFT's "
                                        "method_comparison experiments write it): the method is its peft_type, and "
                                        "`params` override its fields")
-    name: str | None = None
-    params: dict[str, Any] = {}
-    training: TrainingOverrides = TrainingOverrides()
+    name: str | None = Field(None, description="the run's name, its record's file name; default the method id (two "
+                             "runs of one method need names)")
+    params: dict[str, Any] = Field({}, description="the method's PEFT config fields (PEFT's own names), over the "
+                                   "method's defaults")
+    training: TrainingOverrides = Field(TrainingOverrides(), description="this run's overrides of the suite's "
+                                        "training fields, merged key by key")
     sweep: dict[str, list[Any] | Literal["default"]] | None = Field(
         None, description="values to try per training field or method param; each combination is a run, the one "
         "with the lowest validation loss is the method's result ('default': the method's learning-rate grid)")
@@ -57,21 +61,25 @@ class RunSpec(Strict):
 
 
 class Suite(Strict):
-    name: str
-    version: int | str
-    description: str = ""
-    model: ModelSpec
-    dataset: DatasetSpec
-    budget: Budget
-    training: Training = Training()
-    eval: Eval = Eval()
+    name: str = Field(description="the suite's name: the default results folder results/NAME and the group name in "
+                      "trackers")
+    version: int | str = Field(description="bump when results stop being comparable: `compare` refuses records of "
+                               "another version")
+    description: str = Field("", description="free text, shown in reports")
+    model: ModelSpec = Field(description="the base model every run starts from")
+    dataset: DatasetSpec = Field(description="the training data and where eval rows come from")
+    budget: Budget = Field(description="the one budget that binds every run alike")
+    training: Training = Field(Training(), description="training settings shared by every run (a run's `training:` "
+                               "overrides them)")
+    eval: Eval = Field(Eval(), description="what is measured after training")
     output: str | None = Field(None, description="results folder, relative to the working directory")
     baseline: bool = Field(True, description="evaluate the untrained base model as a 'baseline' row")
     seeds: Annotated[list[StrictInt], Field(min_length=1)] | None = Field(
         None, description="run every entry once per seed (each replaces training.seed); reports give means and 95% "
         "intervals")
-    runs: list[RunSpec] = Field(min_length=1)
-    regression: Regression = Regression()
+    runs: list[RunSpec] = Field(min_length=1, description="the runs, one entry per method (or per named variant); the "
+                                "baseline is added unless baseline: false")
+    regression: Regression = Field(Regression(), description="tolerances and gating rules for `bench compare`")
     tracking: Tracking = Field(Tracking(), description="trackers that mirror every run live: tensorboard, mlflow, "
                                "wandb (each an optional extra)")
 
