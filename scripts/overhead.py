@@ -135,6 +135,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--trl", action="store_true", help="also time TRL's SFTTrainer")
+    ap.add_argument("--json", metavar="FILE", help="add this run's ratios to FILE (docs/results/overhead.json: the "
+                    "docs' overhead table is rendered from it by scripts/gen_docs.py)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -184,7 +186,29 @@ def main() -> int:
         print(line)
     # Same initial weights and the same first batch: equal first losses show the two loops computed the same thing.
     print(f"first-step loss: harness {first_loss['harness']:.6f}, hand {first_loss['hand']:.6f}")
+    if args.json:
+        save_ratios(Path(args.json), times, args)
     return 0
+
+
+def save_ratios(path: Path, times: dict[str, list[Clock]], args) -> None:
+    """Append this run's mean ratios to a results file, with the machine and commit they were measured on."""
+    import json
+
+    from bench.env import cpu_model, git_state
+
+    mean = {k: [statistics.fmean(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
+    run = {"harness_over_hand_wall": mean["harness"][0] / mean["hand"][0],
+           "harness_over_hand_cpu": mean["harness"][1] / mean["hand"][1],
+           "trl_over_harness": mean["trl"][1] / mean["harness"][1] if "trl" in mean else None,
+           "settings": f"--blocks {args.blocks} --warmup {args.warmup} --steps {args.steps} --threads {args.threads}"}
+    data = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    git = git_state(ROOT)
+    data["about"] = {"file": path.name, "command": "python scripts/overhead.py --trl --json " + str(path),
+                     "machine": f"{cpu_model()}, {args.threads} thread(s)", "commit": (git.get("commit") or "?")[:7],
+                     "date": time.strftime("%Y-%m-%d"), "note": "Ratios of mean step times (CPU time unless marked)."}
+    data["runs"].append(run)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":

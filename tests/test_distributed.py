@@ -95,8 +95,8 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
 
 
 def test_two_machines_join_the_way_accelerate_does_it(tmp_path):
-    """Two 'machines' on localhost, one process each: the main one runs the suite, the other joins with the README's
-    command (`accelerate launch ... --machine_rank 1 -m bench.worker RUN_DIR/config.json SCRATCH`)."""
+    """Two 'machines' on localhost, one process each: the main one runs the suite, the other joins with the scaling
+    guide's command (`accelerate launch ... --machine_rank 1 -m bench.worker RUN_DIR/config.json SCRATCH`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
