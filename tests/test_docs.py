@@ -107,7 +107,8 @@ def test_the_readme_is_short_and_quotes_the_docs_numbers():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 200
     docs = (ROOT / "docs" / "guides" / "getting-started.md").read_text()
-    assert _block(readme, "quickstart") == _block(docs, "quickstart") != "\n"
+    for name in ("quickstart", "run-output"):
+        assert _block(readme, name) == _block(docs, name) != "\n"
     for command in ("python3 -m pip install tox && tox -e quickstart", "bash scripts/test.sh"):
         assert command in readme
     for link in re.findall(r"\]\((docs/[^)#]+)", readme):
