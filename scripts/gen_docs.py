@@ -310,11 +310,15 @@ def capture_records(folder: Path, name: str, command: str, note: str) -> Path:
 
     records = load_records(folder)
     env = records[0].environment
-    git = env.get("git") or {}
     packages = env.get("packages") or {}
+    commits = {}  # each run records the checkout it ran from: name them all
+    for r in sorted(records, key=lambda r: r.started_at):
+        git = r.environment.get("git") or {}
+        commits[f"{(git.get('commit') or '?')[:7]}{' (dirty)' if git.get('dirty') else ''}"] = None
     about = {"file": f"{name}.json", "command": command, "note": note,
-             "machine": f"{env.get('cpu')}, {env.get('threads')} threads, {env.get('device')}",
-             "commit": f"{git.get('commit', '?')[:7]}{' (dirty)' if git.get('dirty') else ''}",
+             "machine": f"{env.get('cpu')}, {env.get('threads')} threads" + (
+                 f", {env.get('device')}" if env.get("device_type") != "cpu" else ", no GPU"),
+             "commit": ", ".join(commits),
              "date": min(r.started_at for r in records)[:10],
              "versions": ", ".join(f"{k} {packages[k]}" for k in ("torch", "transformers", "peft") if k in packages)}
     trimmed = [r.model_copy(update={"predictions": [], "curve": []}).model_dump(mode="json") for r in records]
@@ -366,12 +370,17 @@ def run_output(name: str = "quickstart") -> str:
     from bench.terminal import summary_table
 
     about, records = _records(name)
-    console = Console(record=True, width=160, file=io.StringIO(), color_system=None)
-    console.print(summary_table(selected(records)))
+    suite, version = records[0].suite, records[0].config.suite_version
+    console = Console(record=True, width=240, file=io.StringIO(), color_system=None)
+    console.print(summary_table(selected(records), title=f"{suite} (suite version {version})"))
     table = "\n".join(line.rstrip() for line in console.export_text().splitlines())
-    suite = records[0].suite
-    return "\n".join(["```", f"{suite}: {len(records)} run(s) to do, results in results/{suite}/",
-                      "(a progress line per run while it trains, then:)", table,
+    progress = []
+    for r in sorted(records, key=lambda r: r.started_at):  # rich's progress line as each run ends: its bar full, status, first score, time taken
+        score = next((f"{k} {r.metrics[k]:.3f}" for k in r.config.eval.metrics if k in r.metrics), "")
+        seconds = round(r.wall_seconds or 0)
+        progress.append(f"{r.run:<16} {'━' * 40} {r.status} {score} {seconds // 3600}:{seconds // 60 % 60:02d}:"
+                        f"{seconds % 60:02d}")
+    return "\n".join(["```", f"{suite}: {len(records)} run(s) to do, results in results/{suite}/", *progress, table,
                       f"wrote results/{suite}/report.md", f"wrote results/{suite}/report.html", "```", "",
                       provenance(about)])
 
