@@ -382,7 +382,8 @@ def run_output(name: str = "quickstart") -> str:
                         f"{seconds % 60:02d}")
     return "\n".join(["```", f"{suite}: {len(records)} run(s) to do, results in results/{suite}/", *progress, table,
                       f"wrote results/{suite}/report.md", f"wrote results/{suite}/report.html", "```", "",
-                      provenance(about)])
+                      f"*From `docs/results/{about['file']}`: {about['machine']}, {about['date']}; more under the "
+                      "quickstart's table.*"])
 
 
 def overhead_table(name: str = "overhead") -> str:

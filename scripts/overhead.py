@@ -135,8 +135,7 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--trl", action="store_true", help="also time TRL's SFTTrainer")
-    ap.add_argument("--json", metavar="FILE", help="add this run's ratios to FILE (docs/results/overhead.json: the "
-                    "docs' overhead table is rendered from it by scripts/gen_docs.py)")
+    ap.add_argument("--json", metavar="FILE", help="add this run's ratios to FILE (docs/results/overhead.json)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
