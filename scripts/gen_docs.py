@@ -375,7 +375,8 @@ def run_output(name: str = "quickstart") -> str:
     console.print(summary_table(selected(records), title=f"{suite} (suite version {version})"))
     table = "\n".join(line.rstrip() for line in console.export_text().splitlines())
     progress = []
-    for r in sorted(records, key=lambda r: r.started_at):  # rich's progress line as each run ends: its bar full, status, first score, time taken
+    # rich's progress line as each run ends: its bar full, status, first score, time taken
+    for r in sorted(records, key=lambda r: r.started_at):
         score = next((f"{k} {r.metrics[k]:.3f}" for k in r.config.eval.metrics if k in r.metrics), "")
         seconds = round(r.wall_seconds or 0)
         progress.append(f"{r.run:<16} {'━' * 40} {r.status} {score} {seconds // 3600}:{seconds // 60 % 60:02d}:"
@@ -390,11 +391,12 @@ def overhead_table(name: str = "overhead") -> str:
     """scripts/overhead.py's ratios, one row per run of it."""
     data = load_results(name)
     head = ["run", "harness / hand-written loop (CPU time)", "harness / hand-written loop (wall)",
-            "TRL SFTTrainer / harness"]
+            "TRL SFTTrainer / harness", "measured"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, run in enumerate(data["runs"], 1):
         cells = [str(i), *(f"{run[k]:.3f}" if run.get(k) is not None else "-" for k in
-                           ("harness_over_hand_cpu", "harness_over_hand_wall", "trl_over_harness"))]
+                           ("harness_over_hand_cpu", "harness_over_hand_wall", "trl_over_harness")),
+                 run.get("measured", "see below")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join([*lines, "", provenance(data["about"])])
 

@@ -203,9 +203,11 @@ def save_ratios(path: Path, times: dict[str, list[Clock]], args) -> None:
            "settings": f"--blocks {args.blocks} --warmup {args.warmup} --steps {args.steps} --threads {args.threads}"}
     data = json.loads(path.read_text()) if path.exists() else {"runs": []}
     git = git_state(ROOT)
+    run["measured"] = (f"{cpu_model()}, {args.threads} thread(s), {(git.get('commit') or '?')[:7]}"
+                       f"{' (dirty)' if git.get('dirty') else ''}, {time.strftime('%Y-%m-%d')}")
     data["about"] = {"file": path.name, "command": "python scripts/overhead.py --trl --json " + str(path),
-                     "machine": f"{cpu_model()}, {args.threads} thread(s)", "commit": (git.get("commit") or "?")[:7],
-                     "date": time.strftime("%Y-%m-%d"), "note": "Ratios of mean step times (CPU time unless marked)."}
+                     "note": "Ratios of mean step times (TRL: by CPU time); each run's machine, commit and date "
+                             "are in its row."}
     data["runs"].append(run)
     path.write_text(json.dumps(data, indent=1) + "\n")
 
