@@ -228,6 +228,8 @@ class Training(Strict):
         None, description="attention kernel; unset: flash_attention_2 for packed runs on CUDA where flash-attn is "
         "installed (its variable-length path keeps packed examples apart without a mask), else sdpa")
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
+    loss_chunk_bytes: PositiveInt | None = Field(None, description="fp32 logits the output head makes at a time in "
+                                                 "the training and eval losses (unset: 1 GiB; bench/loss.py)")
 
     @model_serializer(mode="wrap")
     def _without_unset_options(self, handler):
@@ -235,7 +237,7 @@ class Training(Strict):
         return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_OPTIONS}
 
 
-_LATER_OPTIONS = ("distributed", "attn_implementation", "optimizer")
+_LATER_OPTIONS = ("distributed", "attn_implementation", "optimizer", "loss_chunk_bytes")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:
