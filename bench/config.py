@@ -185,7 +185,7 @@ class Budget(_WithoutNones):
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Attention = Literal["sdpa", "eager", "flash_attention_2"]
+Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 
 class Distributed(Strict):
@@ -225,8 +225,9 @@ class Training(Strict):
     timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
     distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
     attn_implementation: Attention | None = Field(
-        None, description="attention kernel; unset: flash_attention_2 for packed runs on CUDA where flash-attn is "
-        "installed (its variable-length path keeps packed examples apart without a mask), else sdpa")
+        None, description="attention kernel; unset, for packed runs on CUDA: flash_attention_2 where flash-attn is "
+        "installed, else flex_attention with a document mask where the model has it (both keep packed examples "
+        "apart without a dense mask); sdpa otherwise")
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
     loss_chunk_bytes: PositiveInt | None = Field(None, description="fp32 logits the output head makes at a time in "
                                                  "the training and eval losses (unset: 1 GiB; bench/loss.py)")

@@ -58,16 +58,34 @@ def method_of(cfg: RunConfig) -> Method | None:
     return METHODS[cfg.method] if cfg.trains else None
 
 
-def attention(cfg: RunConfig, method: Method | None, place: Place) -> str:
-    """The attention kernel: the suite's, or flash-attention's variable-length path for packed runs on CUDA where
-    flash-attn is installed (packed rows then need no block-diagonal mask, which keeps SDPA off its flash kernel),
-    else SDPA."""
+def attention(cfg: RunConfig, method: Method | None, place: Place, folder: str | None = None) -> str:
+    """The attention kernel: the suite's; for packed runs on CUDA one that keeps packed examples apart without a
+    dense block-diagonal mask (which keeps SDPA off its flash kernel): flash-attention's variable-length path where
+    flash-attn is installed, else transformers' flex-attention with a document mask (from the restarting position
+    ids; it compiles its kernel once per process) where the model supports it; else SDPA."""
     if cfg.training.attn_implementation is not None:
         return cfg.training.attn_implementation
     packed = method is not None and cfg.training.packing and method.packable
     if packed and place.cuda and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
+    if packed and place.cuda and supports_flex(cfg, folder):
+        return "flex_attention"
     return "sdpa"
+
+
+def supports_flex(cfg: RunConfig, folder: str | None) -> bool:
+    """Whether the run's model class has transformers' flex-attention path (read from its config, no weights)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if folder is not None:
+        config = AutoConfig.from_pretrained(folder)
+    elif cfg.model.preset is not None or cfg.model.config is not None:
+        config = M.build_config(cfg.model)
+    else:
+        return False
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config))
+    return bool(model_class is not None and getattr(model_class, "_supports_flex_attn", False))
 
 
 def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None, plan: Plan | None = None,
@@ -79,7 +97,7 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
     four_bit = bool(method and method.load_in_4bit)
     sharded = cfg.distributed and cfg.training.distributed.config is not None
     model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=four_bit, seed=cfg.training.seed,
-                         device=place.device if place.cuda else None, attention=attention(cfg, method, place),
+                         device=place.device if place.cuda else None, attention=attention(cfg, method, place, folder),
                          shardable_4bit=four_bit and sharded)
     if not four_bit:
         model.to(place.device)

@@ -25,6 +25,7 @@ METRICS: dict[str, Metric] = {
     "peak_memory_bytes": Metric("peak memory (training)", "lower", "B", "bytes", "cost"),
     "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
     "load_peak_memory_bytes": Metric("peak memory (load)", "lower", "B", "bytes"),
+    "load_peak_reserved_bytes": Metric("CUDA max reserved (load)", "lower", "B", "bytes"),
     "eval_peak_memory_bytes": Metric("peak memory (eval)", "lower", "B", "bytes"),
     "merge_peak_memory_bytes": Metric("peak memory (merge check)", "lower", "B", "bytes"),
     "cuda_max_allocated_bytes": Metric("CUDA max allocated (training)", "lower", "B", "bytes", "cost"),
@@ -46,7 +47,9 @@ METRICS: dict[str, Metric] = {
     "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
     "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
     "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
+    # Against the peak of the dtype the run computes in (no figure for fp32 runs), times the devices used.
     "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
+    "mfu_devices": Metric("devices in MFU's peak", "none", "", ".0f"),
     # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
     # device must hold) and the tokens/s above are of all processes together.
     "world_size": Metric("processes", "none", "", ".0f"),
@@ -79,6 +82,9 @@ METRICS: dict[str, Metric] = {
     # Layer by layer in float64: the merge's own relative error, and the rounding of the merged weights to storage.
     "merge_layer_rel_error_fp64": Metric("merge error per layer (fp64, relative)", "lower", "", ".2e"),
     "merge_storage_rel_error": Metric("merged weights' storage rounding (relative)", "lower", "", ".2e"),
+    # The merged weights the model holds against W + ΔW in float64, worst element as a share of its bound
+    # (bench.merge.weight_bound: half an ulp of the storage dtype + fp32 noise); <= 1 passes.
+    "merge_weight_error_of_bound": Metric("merged weights vs fp64 merge (share of bound)", "lower", "", ".3f"),
     # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
     "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
 }

@@ -46,6 +46,9 @@ class MergeCheck(_Part):
     storage_rel_error: float | None = None
     exact: bool | None = None
     logits_compared: str | None = None
+    # The merged weights the model holds against W + ΔW in float64, worst element as a share of its bound
+    # (bench.merge.weight_bound): <= 1 when every weight is the correctly rounded merge. `exact` needs both.
+    weight_error_of_bound: float | None = None
 
 
 class DataNotes(_Part):

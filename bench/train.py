@@ -358,7 +358,9 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
     m |= {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
-    peak, _ = peak_flops(place.device)
+    peak, _ = peak_flops(place.device, place.dtype)
     if peak:
-        m["mfu"] = flops / w["seconds"] / peak
+        # Tokens and FLOPs are every process's: the peak is that of every device they ran on.
+        devices = place.ranks.world if place.ranks else 1
+        m |= {"mfu": flops / w["seconds"] / (peak * devices), "mfu_devices": devices}
     return m

@@ -40,7 +40,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     phases = Phases(record, place)
     record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."),
                                                       "memory": phases.meter.method,
-                                                      "peak_flops": peak_flops(place.device)[1]}
+                                                      "peak_flops": peak_flops(place.device, place.dtype)[1]}
     if ranks:
         record.environment["distributed"] = ranks.describe()
     torch.manual_seed(cfg.training.seed)
@@ -122,7 +122,7 @@ def forgetting(cfg: RunConfig, model, loaded: Loaded, texts: list[str], place: P
 
 # Where each phase's peak goes in the record: training's is peak_memory_bytes, what tables, plots, compare,
 # recommend and the gate use.
-PEAK_METRICS = {"load": ("load_peak_memory_bytes", None),
+PEAK_METRICS = {"load": ("load_peak_memory_bytes", "load_peak_reserved_bytes"),
                 "train": ("peak_memory_bytes", "cuda_max_reserved_bytes"),
                 "eval": ("eval_peak_memory_bytes", "eval_peak_reserved_bytes"),
                 "merge": ("merge_peak_memory_bytes", "merge_peak_reserved_bytes")}

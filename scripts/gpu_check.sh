@@ -4,21 +4,24 @@
 # `bench gpu-check` (the checks that can fail: fp32 masters, QLoRA vs LoRA memory, the merged weights, packed
 # attention, chunked eval memory) and then a trimmed `bench perf` (full fine-tuning, LoRA, QLoRA and their memory
 # runs on TinyLlama-1.1B's shape; checkpoints in a temporary folder, deleted at the end). One line per check.
-# Usage: bash scripts/gpu_check.sh [--bundle DIR] [--out DIR] [--dry-run]
+# Usage: bash scripts/gpu_check.sh [--bundle DIR] [--out DIR] [--dry-run] [--only-install]
 #   --bundle DIR  wheels from scripts/gpu_bundle.sh (default .gpu-bundle; without one, what is installed is used)
 #   --out DIR     summary.txt (one line per check) and at most 5 more small files: gpu-check.log, perf.md,
 #                 records.jsonl (the perf records), environment.txt, install.log
 #   --dry-run     the same on the CPU with tiny shapes; a bundle built for another Python than this one is
 #                 installed for its own Python (the install is checked) but not put on the path
+#   --only-install  install the bundle and check the harness imports, then stop
 set -uo pipefail
 cd "$(dirname "$0")/.."
-bundle=.gpu-bundle out="" dry=()
+bundle=.gpu-bundle out="" dry=() only_install=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --bundle) bundle=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --dry-run) dry=(--dry-run); shift ;;
-    *) echo "gpu_check.sh: unknown argument '$1' (expected --bundle DIR, --out DIR, --dry-run)" >&2; exit 2 ;;
+    --only-install) only_install=1; shift ;;
+    *) echo "gpu_check.sh: unknown argument '$1' (expected --bundle DIR, --out DIR, --dry-run, --only-install)" >&2
+       exit 2 ;;
   esac
 done
 py=${PYTHON:-python3}
@@ -59,6 +62,8 @@ if ! "$py" -c 'import bench.config, bench.gpucheck, transformers, peft, bitsandb
   echo "FAIL imports: the harness cannot import here:"; tail -3 "$logs/import.log"
   exit 1
 fi
+echo "PASS imports: bench, transformers, peft, bitsandbytes, pydantic, ruamel.yaml"
+[ "$only_install" = 1 ] && exit 0
 "$py" -c 'import sys, torch, transformers, peft, accelerate, bitsandbytes
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
       f"{transformers.__version__} ({transformers.__file__}), peft {peft.__version__}, accelerate "
