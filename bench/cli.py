@@ -274,8 +274,8 @@ def _run_parsers(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
     p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
-    p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, the merged "
-                       "weights, packed attention, chunked eval memory (one line per check; --dry-run: CPU)")
+    p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, the "
+                       "merged weights, packed attention, chunked eval memory (one line per check; --dry-run: CPU)")
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
     p.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks")
     p.add_argument("--plant", nargs="+", metavar="CHECK", choices=("fp32-masters", "qlora-memory", "merge",

@@ -127,3 +127,13 @@ def chunk_positions(vocab: int, chunk_bytes: int | None = None) -> int:
     """Positions per chunk at this vocabulary."""
     return max(1, (chunk_bytes or DEFAULT_CHUNK_BYTES) // (vocab * 4))
 
+
+
+def describe(model, chunk_bytes: int | None, distributed: bool) -> str:
+    """How the run's losses are computed, for the record's environment."""
+    why = chunkable(model) or ("training under DDP/FSDP uses the model's own loss; eval is chunked"
+                               if distributed else None)
+    vocab = causal_lm(model).config.get_text_config().vocab_size
+    chunk = chunk_bytes or DEFAULT_CHUNK_BYTES
+    how = f"response positions only, output head per chunk of {chunk_positions(vocab, chunk):,} positions"
+    return f"{how} ({why})" if why else how

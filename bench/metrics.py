@@ -45,6 +45,11 @@ METRICS: dict[str, Metric] = {
     "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
     # After the first few steps (bench.train.steady_after); FLOPs as counted by bench.flops.train_flops.
     "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
+    # The steps left out of the steady figures (kernel selection, allocator growth, optimiser state) and their
+    # time; steady_train_seconds is the rest of train_seconds.
+    "warmup_steps": Metric("warm-up steps", "none", "", ".0f"),
+    "warmup_seconds": Metric("warm-up time", "none", "s", ".1f"),
+    "steady_train_seconds": Metric("steady train time", "lower", "s", ".1f"),
     "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
     "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
     # Against the peak of the dtype the run computes in (no figure for fp32 runs), times the devices used.

@@ -355,7 +355,8 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
     if not w.get("seconds"):
         return m
     flops = train_flops(model, w["real_tokens"], w["attention_pairs"])
-    m |= {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
+    m |= {"warmup_steps": result.steps - w["steps"], "warmup_seconds": result.seconds - w["seconds"],
+          "steady_train_seconds": w["seconds"], "steady_tokens_per_second": w["real_tokens"] / w["seconds"],
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
     peak, _ = peak_flops(place.device, place.dtype)

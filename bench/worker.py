@@ -26,6 +26,7 @@ from bench.flops import peak_flops
 from bench.evaluation import evaluate, general_loss, general_texts
 from bench.layout import RESULT, read_progress
 from bench.load import Loaded, build, count_params, load, method_of, weight_dtypes
+from bench.loss import describe as describe_loss
 from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.optim import describe
@@ -52,7 +53,8 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
-        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
+        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
+                               "loss": describe_loss(model, cfg.training.loss_chunk_bytes, cfg.distributed)}
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
         with measuring(model):

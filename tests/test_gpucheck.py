@@ -78,3 +78,36 @@ def test_gpu_check_sh_refuses_an_unknown_argument():
     out = subprocess.run(["bash", "scripts/gpu_check.sh", "--bundel", "x"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2
     assert "unknown argument '--bundel' (expected --bundle DIR, --out DIR, --dry-run, --only-install)" in out.stderr
+
+
+def test_packed_cuda_runs_get_flex_attention_without_flash_attn():
+    import importlib.util
+
+    from bench.gpucheck import config
+    from bench.load import attention
+    from methods import METHODS
+
+    cuda = Place(torch.device("cuda"), torch.bfloat16)  # no CUDA call: the choice reads the config only
+    cfg = config(SHAPES, "lora")
+    if importlib.util.find_spec("flash_attn") is None:
+        assert attention(cfg, METHODS["lora"], cuda) == "flex_attention"
+    assert attention(cfg, METHODS["lora"], PLACE) == "sdpa"  # a CPU run
+    unpacked = cfg.model_copy(update={"training": cfg.training.model_copy(update={"packing": False})})
+    assert attention(unpacked, METHODS["lora"], cuda) == "sdpa"
+
+
+def test_packed_and_padded_losses_agree_under_flex_attention():
+    """The kernel packed CUDA runs get, here on the CPU (transformers compiles it): packed rows, kept apart by the
+    document mask from their restarting position ids, give the padded rows' loss."""
+    from bench.config import ModelSpec
+    from bench.data import Features, collate
+    from bench.models import load_model
+
+    model = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=0,
+                       attention="flex_attention").eval()
+    assert model.config._attn_implementation == "flex_attention"
+    g = torch.Generator().manual_seed(2)
+    feats = [Features(ids := torch.randint(300, (n,), generator=g).tolist(), ids) for n in (100, 37, 64)]
+    with torch.no_grad():
+        packed, padded = (float(model(**collate(feats, 0, packed=p), use_cache=False).loss) for p in (True, False))
+    assert abs(packed - padded) < 1e-5, (packed, padded)
