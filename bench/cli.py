@@ -236,6 +236,8 @@ def _run_parsers(sub) -> None:
                        "size, base weights at the run's precision and at 4-bit")
     p.add_argument("suite")
     p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
+    p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="a card's memory (24GB, 80GiB) or a card (L4, L40S, "
+                   "A100, H100, H200): whether each run fits, the largest batch that does, and a time estimate")
     p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
