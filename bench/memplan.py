@@ -273,6 +273,34 @@ def _key(t) -> int:
     return t.untyped_storage()._cdata
 
 
+class SavedBytes:
+    """Bytes autograd saves for backward inside the block, each storage once, the module's own parameters and
+    buffers (saved by reference, already counted as weights) left out."""
+
+    def __init__(self, module):
+        self.weights = {_key(t) for t in [*module.parameters(), *module.buffers()]}
+        self.seen: dict[int, int] = {}
+
+    def _pack(self, t):
+        if _key(t) not in self.weights:
+            self.seen[_key(t)] = t.untyped_storage().nbytes()
+        return t
+
+    def __enter__(self) -> SavedBytes:
+        import torch
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+
 def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = None) -> Counted:
     """Run one forward, backward and optimiser step and count the bytes of what each leaves behind."""
     import torch
@@ -284,14 +312,6 @@ def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = No
     mode = FakeTensorMode(allow_non_fake_inputs=True) if how == "fake" else contextlib.nullcontext()
     if how == "fake":
         _fakeify(model, mode)
-    weights = {_key(t) for t in [*model.parameters(), *model.buffers()]}
-    saved: dict[int, int] = {}
-
-    def pack(t):
-        if _key(t) not in weights:
-            saved[_key(t)] = t.untyped_storage().nbytes()
-        return t
-
     autocast = setting.autocast and setting.dtype != "fp32"
     dtype = torch.float16 if setting.dtype == "fp16" else torch.bfloat16
     with mode, warnings.catch_warnings():
@@ -299,16 +319,15 @@ def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = No
         optimizer = make_optimizer(model, setting.optimizer, json.loads(setting.optimizer_kwargs), lr=1e-4,
                                    weight_decay=0.0)
         ids = torch.zeros(rows, tokens or setting.seq_len, dtype=torch.long)
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-                torch.autocast("cpu", dtype=dtype, enabled=autocast):
+        with SavedBytes(model) as saved, torch.autocast("cpu", dtype=dtype, enabled=autocast):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
     return Counted(frozen_bytes(model, setting.four_bit), _unique_bytes(p for p in model.parameters() if p.requires_grad),
                    _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
                    _unique_bytes(t for state in optimizer.state.values() for t in state.values()
-                                 if isinstance(t, torch.Tensor)),
-                   sum(saved.values()), matmul_flops_per_token(model), how)
+                                 if isinstance(t, torch.Tensor) and t.dim() > 0),  # step counters aside
+                   saved.bytes, matmul_flops_per_token(model), how)
 
 
 def _unique_bytes(tensors) -> int:
