@@ -206,20 +206,11 @@ def _real_bytes(arch: dict[str, Any], depth: int, setting: Setting) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bench.tuners import model_config
+    from bench.tuners import at_depth, model_config
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config(at_depth(arch, depth)))
     return sum(p.numel() for p in model.parameters()) * {"fp32": 4}.get(setting.dtype, 2)
-
-
-def at_depth(arch: dict[str, Any], depth: int) -> dict[str, Any]:
-    """The architecture with `depth` decoder layers (per-layer lists, such as layer_types, cut to match)."""
-    out = dict(arch, num_hidden_layers=depth)
-    for key, value in arch.items():
-        if isinstance(value, list) and len(value) == arch["num_hidden_layers"]:
-            out[key] = value[:depth]
-    return out
 
 
 def _small_model(arch, depth: int, method, params, setting: Setting, plan, real: bool = False):
@@ -228,10 +219,13 @@ def _small_model(arch, depth: int, method, params, setting: Setting, plan, real:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bench.tuners import _mica, model_config
+    from bench.tuners import _mica, at_depth, model_config
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[setting.dtype]
     device = "cpu" if real or method.needs_weights or _mica(params) else "meta"
+    if device == "cpu" and _real_bytes(arch, depth, setting) > RANDOM_BUILD_BYTES:
+        raise RuntimeError(f"{method.id} needs real weights and {depth} layer(s) of this model take more than "
+                           f"{RANDOM_BUILD_BYTES / GIB:.0f} GiB here")
     with torch.device(device), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)

@@ -29,7 +29,8 @@ class PlanRow:
     base_bytes: int | None  # the frozen base at the run's precision
     base_bytes_4bit: int | None  # linear layers of the decoder in NF4 (0.5 byte + bitsandbytes' scales), rest 16-bit
     precision: str
-    weights: str  # meta: counted without weights; random: a tuner that needs weights got random ones
+    weights: str  # meta: counted without weights; random: a tuner that needs weights got random ones (at depth 1 and 2,
+    # full width, extended to the model's depth, where the model is too big to build whole here)
     note: str = ""
     memory: dict[str, Any] | None = None  # bench.memplan.Prediction: the GPU training peak and its parts, in bytes
     fits: bool | None = None  # on --gpu-memory's card
@@ -84,7 +85,7 @@ def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
     try:
         applied = apply(arch, METHODS[cfg.method], cfg.params, Plan(total_steps=cfg.budget.max_steps or 1000,
                                                                     special_token_ids=special or (0,)),
-                        spec and spec.name, spec.kwargs if spec else None)
+                        spec and spec.name, spec.kwargs if spec else None, scaled=True)
     except NeedsWeights as e:
         row.weights, row.note = "needs weights", str(e)
         return row
@@ -174,6 +175,26 @@ def cmd_plan(args) -> int:
     return EXIT_OK
 
 
+def fit_warnings(path: str, runs: list[RunConfig], gpu_memory: str) -> int:
+    """Warn, one line a run, of each run predicted not to fit the card; EXIT_USAGE for a card not understood."""
+    from bench.memplan import card_bytes
+
+    try:
+        card = card_bytes(gpu_memory)
+    except ValueError as e:
+        err.print(str(e), markup=False)
+        return EXIT_USAGE
+    rows = [plan_row(cfg, card) for cfg in runs]
+    for r in rows:
+        if r.fits is False:
+            err.print(f"warning: {path}: run {r.run}: predicted GPU training peak {r.memory['need'] / 2**30:.1f} "
+                      f"GiB does not fit {card[1]}; the largest batch that fits: {r.largest_batch} (bench plan "
+                      "shows the parts)", markup=False)
+        elif r.memory is None:
+            err.print(f"warning: {path}: run {r.run}: GPU training peak not predicted ({r.note})", markup=False)
+    return EXIT_OK
+
+
 def say_unknown_architecture(path: str, model, rows: list[PlanRow]) -> None:
     """Once per suite, in one line: the model's config.json cannot be read here, and how to fix that."""
     unknown = [r for r in rows if r.note.startswith("architecture unknown")]
@@ -205,7 +226,7 @@ def plan_table(name: str, rows: list[PlanRow], card: tuple[float, str] | None):
         if card:
             fits = "-" if r.fits is None else f"{'yes' if r.fits else 'NO'} (batch <= {r.largest_batch})"
             cells += [fits, _time(r.time)]
-        table.add_row(*cells, r.note or ("random weights" if r.weights == "random" else ""))
+        table.add_row(*cells, r.note or ("" if r.weights == "meta" else f"{r.weights} weights"))
     return table
 
 
