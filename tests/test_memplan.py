@@ -183,3 +183,18 @@ def test_the_shipped_suites_plan_offline_with_their_real_shapes():
     tinyllama = architecture(load_suite("suites/tinyllama.yaml").resolved_runs()[0])
     assert {k: metamath[k] for k in PRESETS["llama-3.2-3b"]} == PRESETS["llama-3.2-3b"]
     assert {k: tinyllama[k] for k in PRESETS["tinyllama-1.1b"]} == PRESETS["tinyllama-1.1b"]
+
+
+def test_the_cpu_prediction_is_within_15_percent_of_a_measured_training_peak(tmp_path):
+    """The harness trains LoRA on the tiny preset (smoke suite) and records its training phase's resident peak;
+    scripts/plan_vs_cpu.py predicts it (fp32, the measured resident floor of a fresh worker, no allocator)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-m", "bench", "run", "suites/smoke.yaml", "--only", "lora", "--output",
+                          str(tmp_path), "--no-report"], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-2000:]
+    check = subprocess.run([sys.executable, "scripts/plan_vs_cpu.py", "suites/smoke.yaml", str(tmp_path)],
+                           capture_output=True, text=True, timeout=900)
+    assert check.returncode == 0, check.stdout + check.stderr[-2000:]
+    assert "1 runs, 0 outside +-15%" in check.stdout
