@@ -108,7 +108,8 @@ def main() -> int:
     length = args.length
     if length is None:
         two = {}
-        for name in names:
+        for i, name in enumerate(names):
+            print(f"[{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
             try:
                 two[name] = (predict_at(configs[name], 384), predict_at(configs[name], 768))
             except Exception as e:  # noqa: BLE001 - reported per run below
