@@ -81,6 +81,10 @@ def cmd_validate(args) -> int:
             f"model {suite.model.kind}, output {suite.output_dir}",
             markup=False,
         )
+        if args.gpu_memory:
+            from bench.plan import fit_warnings
+
+            code = max(code, fit_warnings(path, runs, args.gpu_memory))
     if code == EXIT_OK:
         console.print("checked: YAML syntax and duplicate keys, every key and type, method ids and their params "
                       "(each PEFT config was built), model and data paths, metrics, the output folder.",
@@ -236,6 +240,8 @@ def _run_parsers(sub) -> None:
                        "size, base weights at the run's precision and at 4-bit")
     p.add_argument("suite")
     p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
+    p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="a card's memory (24GB, 80GiB) or a card (L4, L40S, "
+                   "A100, H100, H200): whether each run fits, the largest batch that does, and a time estimate")
     p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
@@ -251,6 +257,8 @@ def _run_parsers(sub) -> None:
     p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+")
+    p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="also warn of each run whose predicted GPU training peak "
+                   "(bench plan) does not fit this card (24GB, 80GiB, L4, L40S, A100, H100, H200)")
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
     p.add_argument("suite")
