@@ -123,7 +123,7 @@ def cmd_plan(args) -> int:
     from bench.yamlio import SuiteError
 
     try:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, trust_remote_code=args.trust_remote_code)
     except SuiteError as e:
         err.print(e.render(), markup=False)
         return EXIT_USAGE
