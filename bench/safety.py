@@ -21,8 +21,10 @@ FLAG = "--trust-remote-code"
 KEY = "trust_remote_code"
 NOT_A_KEY = (f"{KEY} is not a suite key: whether code a suite brings may run is for the person running it to say, "
              f"with {FLAG} on the command line (bench validate, plan and run)")
-# YAML's own tags (!!str, !!int, ...); any other tag in a task file asks its loader for something else.
-_YAML_TAGS = "tag:yaml.org,2002:"
+# YAML's own tags (!!str, !!int, ...); any other tag in a task file (!!python/name:..., !function) asks its loader
+# for something else.
+_YAML_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map", "binary",
+                                                "timestamp", "set", "omap", "pairs", "merge", "value")}
 _FALSE = ("false", "no", "off", "0", "null", "~", "")
 
 
@@ -119,7 +121,7 @@ def _walk(node: Any, path: Path, seen: set[Path], found: list) -> None:
     line = node.start_mark.line + 1
     if node.tag == "!function":
         found.append((path, line, f"!function {node.value} makes lm-eval {_function_target(node.value, path)}"))
-    elif not node.tag.startswith(_YAML_TAGS):
+    elif node.tag not in _YAML_TAGS:
         found.append((path, line, f"the YAML tag {node.tag} asks lm-eval's loader to build a Python object"))
     if isinstance(node, yaml.SequenceNode):
         for item in node.value:
@@ -135,7 +137,7 @@ def _walk(node: Any, path: Path, seen: set[Path], found: list) -> None:
 def _key_code(key: str | None, value: Any, path: Path, seen: set[Path], found: list) -> None:
     import yaml
 
-    scalar = value.value if isinstance(value, yaml.ScalarNode) and value.tag.startswith(_YAML_TAGS) else None
+    scalar = value.value if isinstance(value, yaml.ScalarNode) and value.tag in _YAML_TAGS else None
     line = value.start_mark.line + 1
     if key == KEY and str(scalar).lower() not in _FALSE:
         found.append((path, line, f"{KEY}: {scalar} asks the datasets library to run a dataset's own loading script"))

@@ -128,8 +128,8 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 # A suite's regex is matched by the `regex` package with a time limit: a pattern that backtracks catastrophically
 # (`(a|aa)+$` on a long run of a's) is an error naming eval.extract, never a scoring loop that does not end.
 MATCH_TIMEOUT_S = 2.0
-_PROBE_TIMEOUT_S = 0.2
-_PROBE_LENGTH = 64
+_PROBE_TIMEOUT_S = 0.1
+_PROBE_LENGTH = 512
 
 
 class PatternTimeout(ValueError):
