@@ -164,6 +164,24 @@ def backtracking(pattern: str) -> str | None:
     return None
 
 
+def pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a suite's eval.extract, or None: a preset, or a regex with a group for the answer that
+    cannot hang scoring. The message of a regex that does not compile is stdlib re's (the `regex` package accepts a
+    superset)."""
+    import regex
+
+    if pattern in EXTRACTORS:
+        return None
+    try:
+        re.compile(pattern)
+        compiled = compile_pattern(pattern)
+    except (re.error, regex.error) as e:
+        return f"not a valid regex: {e}"
+    if compiled.groups < 1:
+        return f"the regex needs one group (the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"
+    return backtracking(pattern)
+
+
 def extract(text: str, pattern: str | None) -> str | None:
     """The suite's answer extraction: a preset of EXTRACTORS, or the first group of the regex `pattern` (None when
     the text has no answer), or the whole text stripped."""

@@ -705,7 +705,7 @@ def _device_problems(suite: Suite, doc: dict) -> list[Problem]:
 
 def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
     """What only the whole, typed suite shows: the output folder, seeds against run seeds, the regex, metrics."""
-    from bench.scoring import EXTRACTORS, SCORERS
+    from bench.scoring import SCORERS, pattern_problem
 
     problems = []
     out_problem = _output_problem(suite.output_dir)
@@ -715,19 +715,8 @@ def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
         problems += [(line_of(doc, ("runs", i, "training", "seed")), f"runs[{i}].training.seed: the suite's seeds "
                       "set every run's seed; remove one of the two")
                      for i, run in enumerate(suite.runs) if run.training.seed is not None]
-    if suite.eval.extract is not None and suite.eval.extract not in EXTRACTORS:
-        import regex
-
-        from bench.scoring import backtracking, compile_pattern
-
-        try:
-            if compile_pattern(suite.eval.extract).groups < 1:
-                problems.append((line_of(doc, ("eval", "extract")), "eval.extract: the regex needs one group "
-                                 f"(the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"))
-            elif (why := backtracking(suite.eval.extract)) is not None:
-                problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: {why}"))
-        except regex.error as e:
-            problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: not a valid regex: {e}"))
+    if suite.eval.extract is not None and (why := pattern_problem(suite.eval.extract)) is not None:
+        problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: {why}"))
     for i, name in enumerate(suite.eval.metrics):
         if name not in SCORERS and not name.startswith("hub:"):
             problems.append((line_of(doc, ("eval", "metrics", i)), f"eval.metrics[{i}]: unknown metric "
