@@ -198,6 +198,14 @@ def test_lm_eval_renders_task_templates_in_the_sandbox(tmp_path):
 # ---- the loaders the harness calls run no code from their inputs --------------------------------------------------
 
 
+def test_a_python_tag_in_a_suite_builds_nothing(tmp_path):
+    marker = tmp_path / "tag.marker"
+    suite = write_suite(tmp_path, "  max_examples: 2\n")
+    suite.write_text(suite.read_text().replace("name: s", f'name: !!python/object/apply:os.system ["touch {marker}"]'))
+    assert problems(suite) == [f"line 1, name: Input should be a valid string, got ['touch {marker}']"]
+    assert not marker.exists()
+
+
 def test_a_model_or_tokenizer_folder_that_asks_for_its_own_code_is_refused(tmp_path):
     """transformers imports a folder's modelling or tokenizer code only with trust_remote_code, which the harness
     never passes."""
