@@ -56,21 +56,37 @@ def cmd_fields(method_id: str) -> int:
     return EXIT_OK
 
 
-def _load(path: str):
+def _load(path: str, trust_remote_code: bool = False):
     from bench.suite import load_suite
     from bench.yamlio import SuiteError
 
     try:
-        return load_suite(path)
+        return load_suite(path, trust_remote_code=trust_remote_code)
     except SuiteError as e:
         err.print(e.render(), markup=False)
         return None
 
 
+def _trust_flag(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="let the suite run code it brings: hub:OWNER/NAME "
+                   "or local-script metrics (evaluate.load imports them), an lm-eval task folder with !function or "
+                   "metrics lm-eval does not ship; never a suite key (README: Security)")
+
+
+def _say_code(suite, trusted: bool) -> None:
+    """What `validate` and `run` say of code that runs: evaluate's own metrics, and what the flag allows."""
+    from bench.safety import notes
+
+    lm = suite.eval.lm_eval
+    include = suite.resolve(lm.include_path) if lm is not None and lm.include_path is not None else None
+    for line in notes(suite.eval.metrics, include, trusted):
+        console.print(f"note: {line}", markup=False, highlight=False)
+
+
 def cmd_validate(args) -> int:
     code = EXIT_OK
     for path in args.suites:
-        suite = _load(path)
+        suite = _load(path, args.trust_remote_code)
         if suite is None:
             code = EXIT_USAGE
             continue
@@ -81,13 +97,15 @@ def cmd_validate(args) -> int:
             f"model {suite.model.kind}, output {suite.output_dir}",
             markup=False,
         )
+        _say_code(suite, args.trust_remote_code)
         if args.gpu_memory:
             from bench.plan import fit_warnings
 
             code = max(code, fit_warnings(path, runs, args.gpu_memory))
     if code == EXIT_OK:
         console.print("checked: YAML syntax and duplicate keys, every key and type, method ids and their params "
-                      "(each PEFT config was built), model and data paths, metrics, the output folder.",
+                      "(each PEFT config was built), model and data paths, metrics, the extract regex (compiled, "
+                      "probed for backtracking), code the suite would run (README: Security), the output folder.",
                       style="dim")
     return code
 
@@ -96,9 +114,10 @@ def cmd_run(args) -> int:
     from bench.runner import DevicesError, parse_devices
     from bench.session import Options, run_suite
 
-    suite = _load(args.suite)
+    suite = _load(args.suite, args.trust_remote_code)
     if suite is None:
         return EXIT_USAGE
+    _say_code(suite, args.trust_remote_code)
     try:
         if args.devices:
             parse_devices(args.devices)
@@ -242,6 +261,7 @@ def _run_parsers(sub) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
     p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="a card's memory (24GB, 80GiB) or a card (L4, L40S, "
                    "A100, H100, H200): whether each run fits, the largest batch that does, and a time estimate")
+    _trust_flag(p)
     p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
@@ -259,6 +279,7 @@ def _run_parsers(sub) -> None:
     p.add_argument("suites", nargs="+")
     p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="also warn of each run whose predicted GPU training peak "
                    "(bench plan) does not fit this card (24GB, 80GiB, L4, L40S, A100, H100, H200)")
+    _trust_flag(p)
     p.set_defaults(func=cmd_validate)
     p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
     p.add_argument("suite")
@@ -272,6 +293,7 @@ def _run_parsers(sub) -> None:
                    "trackers too, with their defaults (tensorboard, mlflow, wandb; the suite's `tracking:` sets "
                    "options); each is an extra: pip install 'peft-bench[mlflow]'")
     _ray_flags(p)
+    _trust_flag(p)
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")

@@ -343,13 +343,16 @@ def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpe
     """With eval.extract, every eval reference must hold an answer to extract: one without is a data problem (an
     unmatched reference would otherwise score against an unmatched prediction as if both were right). With
     numeric_match, that answer must be a number."""
-    from bench.scoring import EXTRACTORS, extract, number
+    from bench.scoring import EXTRACTORS, PatternTimeout, extract, number
 
     if pattern is None and not numeric:
         return evals
     kept = []
     for e in evals:
-        answer = extract(e.response, pattern)
+        try:
+            answer = extract(e.response, pattern)
+        except PatternTimeout as err:
+            raise DataError(f"{e.place}: {err}") from None
         if answer is None:
             problem, reason = f"has no match for eval.extract {pattern!r}", "reference without an answer for " \
                 "eval.extract"

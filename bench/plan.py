@@ -157,7 +157,7 @@ def cmd_plan(args) -> int:
     from bench.yamlio import SuiteError
 
     try:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, trust_remote_code=args.trust_remote_code)
         card = card_bytes(args.gpu_memory) if args.gpu_memory else None
     except (SuiteError, ValueError) as e:
         err.print(e.render() if isinstance(e, SuiteError) else str(e), markup=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -124,6 +125,63 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 }
 
 
+# A suite's regex is matched by the `regex` package with a time limit: a pattern that backtracks catastrophically
+# (`(a|aa)+$` on a long run of a's) is an error naming eval.extract, never a scoring loop that does not end.
+MATCH_TIMEOUT_S = 2.0
+_PROBE_TIMEOUT_S = 0.1
+_PROBE_LENGTH = 512
+
+
+class PatternTimeout(ValueError):
+    """A suite's regex did not finish on a text within MATCH_TIMEOUT_S."""
+
+
+@functools.lru_cache(maxsize=64)
+def compile_pattern(pattern: str):
+    """The suite's regex as scoring matches it (regex.error when it is not one)."""
+    import regex
+
+    return regex.compile(pattern, flags=regex.DOTALL)
+
+
+def _probes(pattern: str) -> list[str]:
+    """Texts on which a backtracking pattern shows itself: one character, or two of the pattern's own, repeated,
+    then a character nothing in the pattern expects (so every way of splitting the run is tried before failing)."""
+    own = sorted({c for c in pattern if c.isprintable() and c not in "\\()[]{}|*+?^$."})
+    units = [c for c in string.printable[:95]] + [a + b for a in own for b in own if a != b]
+    return [u * (_PROBE_LENGTH // len(u)) + "\x00" for u in units]
+
+
+def backtracking(pattern: str) -> str | None:
+    """Why the regex would hang scoring (a probe text it did not finish within a fraction of a second), or None."""
+    compiled = compile_pattern(pattern)
+    for text in _probes(pattern):
+        try:
+            compiled.search(text, timeout=_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return (f"it backtracks catastrophically: on {text[:8]!r}... ({len(text)} characters) it did not finish "
+                    f"within {_PROBE_TIMEOUT_S} s; avoid nested or overlapping repeats such as (a|aa)+ or (a+)+")
+    return None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a suite's eval.extract, or None: a preset, or a regex with a group for the answer that
+    cannot hang scoring. The message of a regex that does not compile is stdlib re's (the `regex` package accepts a
+    superset)."""
+    import regex
+
+    if pattern in EXTRACTORS:
+        return None
+    try:
+        re.compile(pattern)
+        compiled = compile_pattern(pattern)
+    except (re.error, regex.error) as e:
+        return f"not a valid regex: {e}"
+    if compiled.groups < 1:
+        return f"the regex needs one group (the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"
+    return backtracking(pattern)
+
+
 def extract(text: str, pattern: str | None) -> str | None:
     """The suite's answer extraction: a preset of EXTRACTORS, or the first group of the regex `pattern` (None when
     the text has no answer), or the whole text stripped."""
@@ -131,7 +189,11 @@ def extract(text: str, pattern: str | None) -> str | None:
         return text.strip()
     if pattern in EXTRACTORS:
         return EXTRACTORS[pattern](text)
-    match = re.search(pattern, text, flags=re.DOTALL)
+    try:
+        match = compile_pattern(pattern).search(text, timeout=MATCH_TIMEOUT_S)
+    except TimeoutError:
+        raise PatternTimeout(f"eval.extract: the regex {pattern!r} did not finish within {MATCH_TIMEOUT_S} s on a text "
+                             f"of {len(text)} characters (catastrophic backtracking); simplify it") from None
     return match.group(1).strip() if match else None
 
 

@@ -160,7 +160,10 @@ def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfi
     from bench.tracking import Session
 
     console.print(f"tracking: {', '.join(tracking.names)}")
-    return Session(tracking, out_dir, suite.name)
+    session = Session(tracking, out_dir, suite.name)
+    for where in session.destinations:
+        console.print(f"sending run configs, metrics and predictions to {where}", markup=False, highlight=False)
+    return session
 
 
 def warn_trackers(trackers: Session, records: list[RunRecord], reports: list[Path]) -> None:

@@ -7,7 +7,6 @@ import hashlib
 import importlib.util
 import itertools
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,6 +26,7 @@ from bench.config import (
     Tracking,
     TrainingOverrides,
 )
+from bench import safety
 from bench.regression import Regression
 from bench.util import did_you_mean
 from bench.yamlio import SuiteError, line_of, load_yaml, to_plain
@@ -216,6 +216,8 @@ def _pydantic_problems(err: ValidationError, doc: Any) -> list[Problem]:
     for e in err.errors():
         loc = _doc_loc(e["loc"], plain, e["type"])
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden" and loc and loc[-1] == safety.KEY:
+            continue  # safety.problems says where the choice belongs
         if e["type"] == "extra_forbidden" and loc:
             msg = f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], _fields_at(loc[:-1]))}"
         elif e["type"] == "missing":
@@ -703,7 +705,7 @@ def _device_problems(suite: Suite, doc: dict) -> list[Problem]:
 
 def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
     """What only the whole, typed suite shows: the output folder, seeds against run seeds, the regex, metrics."""
-    from bench.scoring import EXTRACTORS, SCORERS
+    from bench.scoring import SCORERS, pattern_problem
 
     problems = []
     out_problem = _output_problem(suite.output_dir)
@@ -713,13 +715,8 @@ def _suite_problems(suite: Suite, doc: dict) -> list[Problem]:
         problems += [(line_of(doc, ("runs", i, "training", "seed")), f"runs[{i}].training.seed: the suite's seeds "
                       "set every run's seed; remove one of the two")
                      for i, run in enumerate(suite.runs) if run.training.seed is not None]
-    if suite.eval.extract is not None and suite.eval.extract not in EXTRACTORS:
-        try:
-            if re.compile(suite.eval.extract).groups < 1:
-                problems.append((line_of(doc, ("eval", "extract")), "eval.extract: the regex needs one group "
-                                 f"(the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"))
-        except re.error as e:
-            problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: not a valid regex: {e}"))
+    if suite.eval.extract is not None and (why := pattern_problem(suite.eval.extract)) is not None:
+        problems.append((line_of(doc, ("eval", "extract")), f"eval.extract: {why}"))
     for i, name in enumerate(suite.eval.metrics):
         if name not in SCORERS and not name.startswith("hub:"):
             problems.append((line_of(doc, ("eval", "metrics", i)), f"eval.metrics[{i}]: unknown metric "
@@ -764,8 +761,15 @@ def _tracking_problems(suite: Suite, doc: dict) -> list[Problem]:
     return problems
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Parse and validate a suite file; raise SuiteError listing every problem with its line."""
+def _trust_problems(suite: Suite, doc: dict, trusted: bool) -> list[Problem]:
+    lm = suite.eval.lm_eval
+    include = suite.resolve(lm.include_path) if lm is not None and lm.include_path is not None else None
+    return safety.problems(doc, suite.eval.metrics, include, trusted)
+
+
+def load_suite(path: str | Path, trust_remote_code: bool = False) -> Suite:
+    """Parse and validate a suite file; raise SuiteError listing every problem with its line. Code the suite would
+    run (bench.safety) is a problem unless the person running it passed --trust-remote-code."""
     path = Path(path)
     doc = load_yaml(path)
     if not isinstance(doc, dict):
@@ -779,10 +783,10 @@ def load_suite(path: str | Path) -> Suite:
     problems += _name_problems(doc) + _method_problems(doc, path.parent) + _sweep_problems(doc)
     problems += _optimizer_problems(doc)
     problems += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
-    problems += _model_problems(doc, path.parent)
+    problems += _model_problems(doc, path.parent) + safety.key_problems(doc)
     if suite is not None:
         problems += (_suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
-                     + _tracking_problems(suite, doc))
+                     + _tracking_problems(suite, doc) + _trust_problems(suite, doc, trust_remote_code))
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])

@@ -69,6 +69,7 @@ def saved_model(run_dir: Path) -> Path | None:
 
 
 class Backend:
+    destination = ""  # where the tracker sends run configs, metrics and predictions, as said before the first run
     """One tracker for one `bench run`. `start` returns a handle for the run that the other calls take."""
 
     def start(self, cfg: RunConfig) -> Any:
@@ -89,6 +90,7 @@ class TensorBoard(Backend):
 
     def __init__(self, options: TensorBoardOptions, out_dir: Path):
         self.root = Path(options.logdir) if options.logdir else out_dir / "tensorboard"
+        self.destination = f"TensorBoard event files in {self.root.resolve()}/"
 
     def start(self, cfg: RunConfig):
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
@@ -152,6 +154,7 @@ class MLflow(Backend):
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = options.experiment or suite
         self._experiment_id: str | None = None
+        self.destination = f"MLflow at {self.uri} (experiment {self.experiment})"
 
     def _experiment_id_or_create(self) -> str:
         if self._experiment_id is None:
@@ -209,6 +212,10 @@ class Wandb(Backend):
         self.mode = options.mode or os.environ.get("WANDB_MODE") or (
             "online" if wandb.login(prompt=False) else "offline")
         self.settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False)
+        where = f"{options.entity or 'your default entity'}/{options.project}"
+        self.destination = (f"W&B {where} (online: the W&B server)" if self.mode == "online" else
+                            f"W&B {where} (offline: files under {(out_dir / 'wandb').resolve()}/, sent only by `wandb "
+                            "sync`)")
 
     def start(self, cfg):
         import wandb
@@ -282,6 +289,11 @@ class Session:
     @property
     def on(self) -> bool:
         return bool(self.tracking.names)
+
+    @property
+    def destinations(self) -> list[str]:
+        """Where each started tracker sends the runs: a shared suite chooses where the user's eval data goes."""
+        return [b.destination for b in self.backends.values()]
 
     def run(self, cfg: RunConfig) -> RunTracking:
         return RunTracking(self, cfg)

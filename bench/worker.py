@@ -31,6 +31,7 @@ from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.optim import describe
 from bench.records import RunRecord, write_record
+from bench.safety import code_that_ran
 from bench.train import Diverged, plan_of, train_metrics, train_stage
 
 
@@ -233,6 +234,9 @@ def main() -> int:
         return leave(0)
     if out.status != "success" and not out.curve:
         out = out.model_copy(update={"curve": read_progress(run_dir), "last_step": len(read_progress(run_dir))})
+    ran = code_that_ran(cfg.eval.lm_eval.include_path if cfg.eval.lm_eval is not None else None)
+    if ran:  # code the suite brought ran (bench.safety): the record names it, file and hash
+        out.environment["remote_code"] = ran
     write_record(run_dir / RESULT, out)
     code = 0 if out.status == "success" else 1
     return leave(code) if cfg.distributed else code

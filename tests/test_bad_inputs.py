@@ -109,6 +109,28 @@ CASES = [
                                                              "  max_examples: 2\n  metrics: [exact_mach]\n")),
     Case("bad-extract-regex", "line 15, eval.extract: not a valid regex: missing ), unterminated subpattern at "
          "position 0", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(\\d+'\n")),
+    Case("extract-regex-backtracks", "line 15, eval.extract: it backtracks catastrophically: on 'aaaaaaaa'... (513 "
+         "characters) it did not finish within 0.1 s; avoid nested or overlapping repeats such as (a|aa)+ or (a+)+",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(a+)+$'\n")),
+    # --- code the suite would run (bench.safety): only with --trust-remote-code on the command line
+    Case("hub-metric-from-a-user", "line 15, eval.metrics[1]: 'hub:someone/x' makes evaluate.load import and run the "
+         "Python script of the Hugging Face Hub Space someone/x (tag v0.4.6, else main); a suite cannot allow that "
+         "itself: run with --trust-remote-code if you trust whoever wrote it",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  metrics: [exact_match, 'hub:someone/x']\n")),
+    Case("task-folder-with-function", "line 15, eval.lm_eval.include_path: {dir}/tasks/t.yaml, line 2: !function "
+         "helpers.keep makes lm-eval import {dir}/tasks/helpers.py and run its keep; a suite cannot allow that itself: "
+         "run with --trust-remote-code if you trust whoever wrote it",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  lm_eval: {tasks: [t], include_path: tasks}\n"),
+         files={"tasks/t.yaml": "task: t\nprocess_docs: !function helpers.keep\n",
+                "tasks/helpers.py": "def keep(docs):\n    return docs\n"}),
+    Case("task-folder-asks-for-dataset-code", "line 15, eval.lm_eval.include_path: {dir}/tasks/t.yaml, line 4: "
+         "trust_remote_code: true asks the datasets library to run a dataset's own loading script; a suite cannot "
+         "allow that itself", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  lm_eval: {tasks: [t], "
+                                         "include_path: tasks}\n"),
+         files={"tasks/t.yaml": "task: t\ndataset_path: json\ndataset_kwargs:\n  trust_remote_code: true\n"}),
+    Case("trust-remote-code-in-the-suite", "line 16, trust_remote_code: trust_remote_code is not a suite key: whether "
+         "code a suite brings may run is for the person running it to say, with --trust-remote-code on the command "
+         "line (bench validate, plan and run)", suite=edit("runs:", "trust_remote_code: true\nruns:")),
     Case("extract-regex-without-group", "line 15, eval.extract: the regex needs one group (the answer), e.g. "
          "'#### (.+)'; or a preset: last_number, answer_delimiters",
          suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '\\d+'\n")),

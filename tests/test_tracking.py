@@ -200,6 +200,9 @@ def test_dead_tracker_address_costs_a_warning_and_every_record_is_complete(tmp_p
     out = tmp_path / "results"
     proc = bench_run(suite, out, "--no-report")
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the timeout, not the tracker
+    said = " ".join(proc.stdout.split())  # where the runs go is said before the first run, whether it answers or not
+    assert f"sending run configs, metrics and predictions to TensorBoard event files in {out.resolve()}/tensorboard/ " \
+           "sending run configs, metrics and predictions to MLflow at http://127.0.0.1:9 (experiment " in said
     warning = " ".join(proc.stderr.split())
     assert "warning: tracker mlflow failed on 3 of 3 run(s)" in warning and "127.0.0.1" in warning
     records = {r.run: r for r in load_records(out)}

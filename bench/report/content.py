@@ -398,6 +398,8 @@ def warnings(records: list[RunRecord]) -> list[str]:
               "Costs and scores may not compare like with like.")
     if records and baseline(records) is None:
         out.append("No successful baseline run: scores have no untrained reference beside them.")
+    out += [f"{names[id(r)]} ran code from outside the harness: {'; '.join(r.environment['remote_code'])}."
+            for r in recs if r.environment.get("remote_code")]
     for suite in dict.fromkeys(r.suite for r in recs):
         trained = [r for r in recs if r.suite == suite and r.method != "baseline"]
         single = [names[id(r)] for r in trained if r.config.group is None]
