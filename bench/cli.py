@@ -327,6 +327,10 @@ def _result_parsers(sub) -> None:
     p.add_argument("--min-score", metavar="METRIC=VALUE", action="append",
                    help="a score at least this good, e.g. exact_match=0.9 (repeatable; eval_loss: at most)")
     p.add_argument("--metric", help="the score to choose by (default: the suite's first eval metric)")
+    p.add_argument("--prefer", default="memory", metavar="COST", help="of the methods not significantly worse than "
+                   "the best score, take the cheapest in memory (default), time, size or params; score: the best score")
+    p.add_argument("--servable", metavar="STACK", help="only methods whose adapter this serving stack loads as it "
+                   "is: vllm, llama.cpp or tgi")
     p.set_defaults(func=_lazy("bench.recommend", "cmd_recommend"))
     p = sub.add_parser("export", help="the seed workflow: merge a run's adapter into a fresh base, save, reload, "
                        "generate, optionally push to the Hub")

@@ -86,3 +86,34 @@ def describe(p: Paired) -> str:
     if p.p is not None:
         return f"{p.a_only} vs {p.b_only} examples only one got right of {p.n}, p = {p.p:.2g}"
     return f"difference {p.delta:+.3f}, 95% interval {p.low:+.3f} to {p.high:+.3f} over {p.n} examples"
+
+
+def example_values(record, name: str) -> list[float] | None:
+    """A record's per-example scores: stored beside its interval; in records from before they were stored, scored
+    again from the stored predictions when every eval example's prediction was kept (eval.keep_predictions) and the
+    rescored mean is the recorded one. None when neither is possible (or the score is not an offline metric)."""
+    stored = record.intervals.get(name)
+    if stored is None:
+        return None
+    if stored.values is not None:
+        return list(stored.values)
+    if len(record.predictions) != stored.n:
+        return None
+    from bench.scoring import SCORERS, per_example
+
+    if name not in SCORERS:
+        return None
+    values = per_example([name], [p.prediction for p in record.predictions],
+                         [p.reference for p in record.predictions], record.config.eval.extract)[name]
+    recorded = record.metrics.get(name)
+    return values if recorded is not None and abs(sum(values) / len(values) - recorded) < 1e-9 else None
+
+
+def same_examples(a, b) -> bool:
+    """Two records scored the same eval examples: the same data fingerprint where both have one, the same
+    references where both kept every prediction."""
+    fa, fb = (r.data.fingerprint if r.data else "" for r in (a, b))
+    if fa and fb and fa != fb:
+        return False
+    ra, rb = ([p.reference for p in r.predictions] for r in (a, b))
+    return not (ra and rb and len(ra) == len(rb) and ra != rb)
