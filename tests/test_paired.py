@@ -63,7 +63,7 @@ def test_paired_bootstrap_agrees_with_the_t_interval_of_the_differences_on_a_lar
 
 
 def test_paired_bootstrap_sees_what_two_separate_intervals_miss():
-    # b is a slightly worse on every one of 30 examples whose F1 spreads widely: separate intervals overlap,
+    # b is slightly worse on every one of 30 examples whose F1 spreads widely: separate intervals overlap,
     # the paired differences are all -0.02.
     a = [0.1 + 0.03 * i for i in range(30)]
     b = [x - 0.02 for x in a]
