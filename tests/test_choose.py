@@ -133,3 +133,20 @@ def test_the_command_says_training_noise_is_not_measured(tmp_path, capsys):
     assert out.startswith("Recommended: ia3 (exact match 1.000)\nWhy: ia3 needs the least peak memory")
     assert SEEDS_HINT + "\n" in out
     assert render_text(explain(recommend(quickstart_like()))) == out
+
+
+def test_compare_uses_the_paired_test_between_two_runs_on_the_same_examples():
+    from bench.compare import compare
+    from bench.regression import Regression
+    from bench.report.gate import _verdict
+
+    before = scored("lora", "lora", [1] * 27 + [0] * 3, GB, 10, MB, 10, 1)
+    worse = scored("lora", "lora", [1] * 15 + [0] * 15, GB, 10, MB, 10, 1)
+    row = next(r for r in compare([before], [worse], Regression()).rows if r.metric == "exact_match")
+    assert row.verdict == "regression" and row.paired_supported is True
+    assert row.paired == "McNemar's exact test: 0 vs 12 examples only one got right of 30, p = 0.00049"
+    assert _verdict(row) == ("**regression**; beyond the noise of the eval examples by McNemar's exact test: 0 vs 12 "
+                             "examples only one got right of 30, p = 0.00049")
+    close = scored("lora", "lora", [1] * 25 + [0] * 5, GB, 10, MB, 10, 1)
+    row = next(r for r in compare([before], [close], Regression()).rows if r.metric == "exact_match")
+    assert row.paired_supported is False and "within the noise of the eval examples" in _verdict(row)
