@@ -211,7 +211,10 @@ def versus(best: Group, g: Group, score: str) -> Versus:
         return Versus(g, False, "the same score")
     if len(a) > 1 and len(b) > 1:
         d = welch(a, b)
-        return Versus(g, d.supported, f"Welch's t-test over seeds, p = {d.p:.2g}")
+        # Not significantly worse is not shown equal: say how large a gap the seeds leave open.
+        gap = "" if d.supported or not d.half_width else \
+            f"; a gap up to {format_value(score, d.delta + d.half_width)} is not ruled out"
+        return Versus(g, d.supported, f"Welch's t-test over seeds, p = {d.p:.2g}{gap}")
     if len(a) > 1 or len(b) > 1:
         return Versus(g, None, "seeds on one side only")
     ra, rb = best.ok[0], g.ok[0]
