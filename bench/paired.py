@@ -84,7 +84,7 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
 def describe(p: Paired) -> str:
     """The test's evidence in a few words: the discordant counts and p, or the interval of the difference."""
     if p.p is not None:
-        return f"{p.a_only} vs {p.b_only} examples only one got right of {p.n}, p = {p.p:.2g}"
+        return f"{p.a_only} vs {p.b_only} of {p.n} examples right for one run only, p = {p.p:.2g}"
     return f"difference {p.delta:+.3f}, 95% interval {p.low:+.3f} to {p.high:+.3f} over {p.n} examples"
 
 

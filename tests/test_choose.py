@@ -46,7 +46,7 @@ def test_four_tied_methods_the_cheapest_by_priority_wins(prefer, chosen):
     assert rec.choice.name == chosen
     assert sorted(v.group.name for v in rec.tied) == ["ia3", "lora", "p_tuning", "qlora"]
     lora = next(v for v in rec.versus if v.group.name == "lora")
-    assert lora.how == "McNemar's exact test: 1 vs 0 examples only one got right of 30, p = 1"
+    assert lora.how == "McNemar's exact test: 1 vs 0 of 30 examples right for one run only, p = 1"
 
 
 def test_the_reason_names_the_tie_and_what_the_choice_saves():
@@ -56,7 +56,7 @@ def test_the_reason_names_the_tie_and_what_the_choice_saves():
         "ia3 needs the least peak memory (870.4 MB) of the 5 methods whose exact match is not significantly worse "
         "than the best, full (1.000). Tied with it: full 1.000, 1.6 GB (the best score); qlora 1.000, 1.0 GB (the "
         "same score); p_tuning 1.000, 921.6 MB (the same score); lora 0.967, 1.1 GB (McNemar's exact test: 1 vs 0 "
-        "examples only one got right of 30, p = 1). Against full it is better on peak memory (1.9x less: 870.4 MB "
+        "of 30 examples right for one run only, p = 1). Against full it is better on peak memory (1.9x less: 870.4 MB "
         "vs 1.6 GB), training time (3.0x faster: 40 s vs 120 s) and size on disk (2226x smaller: 236.0 KB vs "
         "513.0 MB).")
     assert SEEDS_HINT in e.details and "`seeds: [0, 1, 2]`" in SEEDS_HINT
@@ -71,10 +71,10 @@ def test_a_method_significantly_better_on_the_same_examples_wins_whatever_its_co
                scored("ia3", "ia3", weak, 1 * GB, 10, 100 * KB, 10 ** 4, 2)]
     rec = recommend(records)
     assert rec.choice.name == "full" and rec.tied == []
-    assert rec.versus[0].worse and rec.versus[0].how.endswith("12 vs 0 examples only one got right of 30, p = 0.00049")
+    assert rec.versus[0].worse and rec.versus[0].how.endswith("12 vs 0 of 30 examples right for one run only, p = 0.00049")
     assert explain(rec).reason.startswith(
         "full: exact match 0.900 vs ia3 0.500, a difference the eval examples support (McNemar's exact test: 12 vs 0 "
-        "examples only one got right of 30, p = 0.00049).")
+        "of 30 examples right for one run only, p = 0.00049).")
 
 
 def test_without_per_example_scores_a_lower_score_is_not_counted_as_a_tie():
@@ -146,9 +146,9 @@ def test_compare_uses_the_paired_test_between_two_runs_on_the_same_examples():
     worse = scored("lora", "lora", [1] * 15 + [0] * 15, GB, 10, MB, 10, 1)
     row = next(r for r in compare([before], [worse], Regression()).rows if r.metric == "exact_match")
     assert row.verdict == "regression" and row.paired_supported is True
-    assert row.paired == "McNemar's exact test: 0 vs 12 examples only one got right of 30, p = 0.00049"
+    assert row.paired == "McNemar's exact test: 0 vs 12 of 30 examples right for one run only, p = 0.00049"
     assert _verdict(row) == ("**regression**; beyond the noise of the eval examples by McNemar's exact test: 0 vs 12 "
-                             "examples only one got right of 30, p = 0.00049")
+                             "of 30 examples right for one run only, p = 0.00049")
     close = scored("lora", "lora", [1] * 25 + [0] * 5, GB, 10, MB, 10, 1)
     row = next(r for r in compare([before], [close], Regression()).rows if r.metric == "exact_match")
     assert row.paired_supported is False and "within the noise of the eval examples" in _verdict(row)
