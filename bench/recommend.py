@@ -333,8 +333,12 @@ def against_baseline(rec: Recommendation) -> tuple[bool, str] | None:
         return False, text + "."
     d = welch(c.values(score), b.values(score))
     examples = c.ok[0].intervals.get(score) if len(c.ok) == 1 else None
+    pair = versus(c, b, score) if d.supported is None and len(c.ok) == len(b.ok) == 1 else None
     if d.supported is not None:
         text += ", a gap the seeds support" if d.supported else ", a gap the seeds do not support (Welch's t-test)"
+    elif pair is not None and pair.worse is not None:
+        text += (f", by more than the noise of the eval examples ({pair.how})" if pair.worse else
+                 f"; a gap the eval examples do not support ({pair.how})")
     elif examples is not None:
         inside = examples.low <= vb <= examples.high
         text += (f"; the baseline's score lies inside {c.name}'s 95% interval over the {examples.n} eval examples "

@@ -64,6 +64,14 @@ def test_the_reason_names_the_tie_and_what_the_choice_saves():
             "the best (--prefer memory; --prefer score takes the best score).") in e.details
 
 
+def test_the_gap_to_the_baseline_is_judged_by_the_paired_test_too():
+    e = explain(recommend([scored("baseline", "baseline", [0] * 28 + [1] * 2, GB, 0, 0, 0, 0)] +
+                          quickstart_like()[1:]))
+    assert e.details[0] == ("ia3 beats the untrained baseline on exact match (1.000 vs 0.067), by more than the noise "
+                            "of the eval examples (McNemar's exact test: 28 vs 0 of 30 examples right for one run "
+                            "only, p = 7.5e-09).")
+
+
 def test_a_method_significantly_better_on_the_same_examples_wins_whatever_its_cost():
     strong = [1] * 27 + [0] * 3
     weak = [1] * 15 + [0] * 15  # 12 examples only the strong run got right, none the other way: p = 2^-11
