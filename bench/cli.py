@@ -135,9 +135,17 @@ def cmd_run(args) -> int:
     if problem:
         err.print(problem, markup=False)
         return EXIT_USAGE
+    if args.seeds is not None:
+        from bench.moreseeds import seeds_for
+
+        try:
+            suite = suite.model_copy(update={"seeds": seeds_for(suite.seeds, suite.training.seed, args.seeds)})
+        except ValueError as e:
+            err.print(f"{args.suite}: {e}", markup=False)
+            return EXIT_USAGE
     options = Options(output=Path(args.output) if args.output else None, force=args.force,
                       only=tuple(args.only or ()), devices=args.devices, report=not args.no_report,
-                      track=tuple(args.track or ()), ray=ray_options(args))
+                      track=tuple(args.track or ()), ray=ray_options(args), adopt_unseeded=args.seeds is not None)
     return run_suite(suite, options)
 
 
@@ -285,6 +293,8 @@ def _run_parsers(sub) -> None:
     p.add_argument("suite")
     p.add_argument("--force", action="store_true", help="rerun every run, even up-to-date ones")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
+    p.add_argument("--seeds", type=_count(1), metavar="N", help="run every entry over N seeds: the suite's own, then "
+                   "the next ones; a finished run from before counts as its seed, so only the missing seeds run")
     p.add_argument("--output", help="results folder (default: the suite's output)")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
     p.add_argument("--devices", metavar="SLOTS", help="run in parallel, one run per slot at a time: GPU indices "
@@ -359,6 +369,10 @@ def _result_parsers(sub) -> None:
     p.add_argument("--min-score", metavar="METRIC=VALUE", action="append",
                    help="a score at least this good, e.g. exact_match=0.9 (repeatable; eval_loss: at most)")
     p.add_argument("--metric", help="the score to choose by (default: the suite's first eval metric)")
+    p.add_argument("--prefer", default="memory", metavar="COST", help="of the methods not significantly worse than "
+                   "the best score, take the cheapest in memory (default), time, size or params; score: the best score")
+    p.add_argument("--servable", metavar="STACK", help="only methods whose adapter this serving stack loads as it "
+                   "is: vllm, llama.cpp or tgi")
     p.set_defaults(func=_lazy("bench.recommend", "cmd_recommend"))
     p = sub.add_parser("export", help="the seed workflow: merge a run's adapter into a fresh base, save, reload, "
                        "generate, optionally push to the Hub")

@@ -231,7 +231,7 @@ def scores(gens: Generations, examples: list[Example], metric_names: list[str],
     intervals = {}
     for name, values in per_example(metric_names, gens.predictions, refs, pattern).items():
         low, high, how = interval(values)
-        intervals[name] = ScoreInterval(low=low, high=high, method=how, n=len(values))
+        intervals[name] = ScoreInterval(low=low, high=high, method=how, n=len(values), values=values)
     return means, intervals
 
 

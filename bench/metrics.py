@@ -76,6 +76,8 @@ METRICS: dict[str, Metric] = {
     "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),
     # Extracted answers equal as numbers (bench.scoring.numeric_match): 18 = 18.0 = $18, 1,000 = 1000, 3/4 = 0.75.
     "numeric_match": Metric("numeric match", "higher", "", ".3f", "score"),
+    # PEFT's own rule (bench.scoring.numeric_match_peft): 1,000 is text, not 1000, as in PEFT's published accuracy.
+    "numeric_match_peft": Metric("numeric match (PEFT)", "higher", "", ".3f", "score"),
     "generate_tokens_per_second": Metric("generation tok/s", "higher", "tok/s", ",.1f"),
     "merged_generate_tokens_per_second": Metric("merged generation tok/s", "higher", "tok/s", ",.1f"),
     "adapter_bytes": Metric("adapter size", "lower", "B", "bytes", "cost"),

@@ -86,6 +86,9 @@ class ScoreInterval(_Part):
     high: float
     method: str  # wilson or bootstrap
     n: int  # eval examples
+    # The score of each eval example, in the eval set's order: what paired tests between runs read (bench.paired).
+    # None in records from before it was stored; bench.paired.example_values rebuilds it from the predictions.
+    values: list[float] | None = None
 
 
 class LostAttempt(_Part):

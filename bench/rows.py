@@ -68,6 +68,14 @@ def merge_cell(r: RunRecord) -> str:
     return text
 
 
+def serve_cell(r: RunRecord) -> str:
+    """Which serving stacks load the run's adapter as it is, and what the others need (bench.serving); "-" for the
+    baseline and for a run that saved nothing."""
+    from bench.serving import cell, verdicts
+
+    return cell(verdicts(r.method, r.config.params)) if r.trained and r.ok else "-"
+
+
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per run: raw values (for sorting, CSV and best-marking) and their formatted text."""
     scores = score_names(records)
@@ -80,6 +88,7 @@ def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             values[name] = r.metrics.get(name)
         values["adapter_bytes"] = r.metrics.get("adapter_bytes")
         values["merge"] = merge_cell(r)
+        values["serve"] = serve_cell(r)
         values["error"] = error_headline(r.error)
         rows.append(values)
     return rows
@@ -90,7 +99,7 @@ def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
         [("run", "run"), ("method", "method")]
         + SUMMARY
         + [(n, metric(n).label) for n in score_names(records)]
-        + [("adapter_bytes", "adapter"), ("merge", "merge"), ("status", "status")]
+        + [("adapter_bytes", "adapter"), ("merge", "merge"), ("serve", "serve as-is"), ("status", "status")]
     )
 
 
@@ -105,7 +114,7 @@ def best(rows: list[dict[str, Any]], name: str) -> Any:
 
 
 def cell(name: str, value: Any) -> str:
-    if name in ("run", "method", "status", "merge", "error"):
+    if name in ("run", "method", "status", "merge", "serve", "error"):
         return str(value) if value not in (None, "") else "-"
     return format_value(name, value)
 
@@ -205,6 +214,7 @@ def group_rows(groups: list[Group], records: list[RunRecord]) -> list[dict[str, 
             values[name] = None if s is None else s.mean
             values[f"{name}±"] = s.half_width if s is not None and metric(name).kind == "score" else None
         values["merge"] = merge_cell(_worst_merge(g))
+        values["serve"] = serve_cell((g.ok or list(g.records))[0])
         values["error"] = next((error_headline(r.error) for r in g.records if r.status != "success"), "")
         rows.append(values)
     return rows

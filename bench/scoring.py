@@ -89,11 +89,37 @@ def numeric_match(prediction: str, reference: str) -> float:
     return float(float(a) == float(b))
 
 
+def peft_decimal(text: str) -> Decimal | None:
+    """A number as PEFT's benchmark reads one (method_comparison/MetaMathQA/utils.py, convert_to_decimal): the text as
+    a Decimal, or one '/' between two Decimals; nothing else. Unlike `number`, "1,430", "$5" and "50%" are not
+    numbers here (PEFT's parse_answer has already stripped a '$' or '%' at either end)."""
+    s = text.strip()
+    try:
+        if "/" not in s:
+            return Decimal(s)
+        parts = s.split("/")
+        if len(parts) != 2 or Decimal(parts[1].strip()) == 0:
+            return None
+        return Decimal(parts[0].strip()) / Decimal(parts[1].strip())
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def numeric_match_peft(prediction: str, reference: str) -> float:
+    """PEFT's accuracy rule (MetaMathQA/utils.py, get_accuracy), digit for digit: both sides as floats where
+    `peft_decimal` reads them, else as text, and right only when equal; so a number with thousands separators is
+    text and never equals a plain number ("1,430" against "1430" is wrong here, right for numeric_match). Use it
+    where scores must compare with PEFT's published accuracy; numeric_match stays the default."""
+    a, b = peft_decimal(prediction), peft_decimal(reference)
+    return float((prediction if a is None else float(a)) == (reference if b is None else float(b)))
+
+
 SCORERS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "token_f1": token_f1,
     "rouge_l": rouge_l,
     "numeric_match": numeric_match,
+    "numeric_match_peft": numeric_match_peft,
 }
 
 _NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?")

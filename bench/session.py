@@ -29,6 +29,7 @@ class Options:
     report: bool = True
     track: tuple[str, ...] = ()  # --track: trackers on top of the suite's `tracking`
     ray: RayOptions | None = None  # --ray: every run a task on a Ray cluster
+    adopt_unseeded: bool = False  # --seeds: a record from before the suite had seeds counts as the seed it ran at
 
     @property
     def slots(self) -> list[runner.Slot | None]:
@@ -89,6 +90,11 @@ def run_suite(suite: Suite, options: Options) -> int:
 
 
 def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: Options) -> int:
+    if options.adopt_unseeded and not options.force:
+        from bench.moreseeds import adopt_unseeded
+
+        for line in adopt_unseeded(configs, out_dir):
+            console.print(f"[dim]{line}[/]")
     plans = runner.plan(configs, out_dir, force=options.force, only=list(options.only))
     if options.only and not plans:
         err.print(f"--only {' '.join(options.only)}: no run of {suite.source} has that name or method", markup=False)

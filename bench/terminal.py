@@ -15,7 +15,7 @@ def summary_table(records: list[RunRecord], title: str | None = None) -> Table:
     cols = group_columns(records) if seeds else columns(records)
     table = Table(title=title, header_style="bold")
     for name, header in cols:
-        table.add_column(header, justify="left" if name in ("run", "method", "merge", "status") else "right")
+        table.add_column(header, justify="left" if name in ("run", "method", "merge", "serve", "status") else "right")
     for row in rows:
         cells = []
         for name, _ in cols:

@@ -68,10 +68,11 @@ def test_reports_say_what_the_interval_is_and_which_test_judges_pairs():
     assert "95% confidence interval (Student's t with n - 1 degrees of freedom)" in md
     assert "Welch's t-test finds it at the 5% level" in md
     assert "Differences in mean that the seeds do not support:\n\n- exact match: full vs lora; lora vs ia3\n" in md
-    assert "## Recommendation\n\n**Recommended: full (exact match 0.983 ± 0.072, 3 seeds)**" in md
+    # --prefer memory by default: lora ties with full (Welch) and needs less memory.
+    assert "## Recommendation\n\n**Recommended: lora (exact match 0.950 ± 0.124, 3 seeds)**" in md
     html = render_html(records)
     assert "0.983 ± 0.072" in html and '<section id="recommendation">' in html
-    assert "Recommended: full (exact match 0.983 ± 0.072, 3 seeds)" in html
+    assert "Recommended: lora (exact match 0.950 ± 0.124, 3 seeds)" in html
     csv = render_csv(records).splitlines()
     assert csv[0].endswith(",group,seed") and csv[2].endswith(",full,0")
 

@@ -30,7 +30,7 @@ from bench.rows import (
 )
 from bench.util import flatten
 
-TEXT_COLUMNS = ("run", "method", "merge", "status")
+TEXT_COLUMNS = ("run", "method", "merge", "serve", "status")
 EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
 RECOMMEND_HINT = ("With limits: `python -m bench recommend FOLDER --max-memory 8GB --max-train-time 1h "
                   "--max-adapter-size 50MB --min-score exact_match=0.9`.")
