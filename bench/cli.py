@@ -305,6 +305,10 @@ def _run_parsers(sub) -> None:
     _ray_flags(p)
     _trust_flag(p)
     p.set_defaults(func=cmd_run)
+    _gpu_parsers(sub)
+
+
+def _gpu_parsers(sub) -> None:
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks everything but the device")

@@ -35,14 +35,19 @@ from bench.safety import code_that_ran
 from bench.train import Diverged, plan_of, train_metrics, train_stage
 
 
+def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
+    """The record's environment as the run starts: versions and device, the dtype, how memory is measured, and the
+    device's peak for the dtype that runs."""
+    return environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."), "memory": memory,
+                                        "peak_flops": peak_flops(place.device, place.dtype)[1]}
+
+
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:
     """Fill `record` stage by stage; it keeps what was measured if a stage raises. With `ranks` (a distributed
     run), None on every process but the main one."""
     place = Place.create(cfg.training.precision, ranks)
     phases = Phases(record, place)
-    record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."),
-                                                      "memory": phases.meter.method,
-                                                      "peak_flops": peak_flops(place.device, place.dtype)[1]}
+    record.environment = run_environment(cfg, place, phases.meter.method)
     if ranks:
         record.environment["distributed"] = ranks.describe()
     torch.manual_seed(cfg.training.seed)
