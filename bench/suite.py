@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, StrictInt, TypeAdapter, ValidationError, field_validator, model_validator
 
+from bench import safety
 from bench.config import (
     BASELINE,
     Budget,
@@ -26,7 +27,6 @@ from bench.config import (
     Tracking,
     TrainingOverrides,
 )
-from bench import safety
 from bench.regression import Regression
 from bench.util import did_you_mean
 from bench.yamlio import SuiteError, line_of, load_yaml, to_plain
@@ -217,7 +217,7 @@ def _pydantic_problems(err: ValidationError, doc: Any) -> list[Problem]:
         loc = _doc_loc(e["loc"], plain, e["type"])
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden" and loc and loc[-1] == safety.KEY:
-            continue  # safety.problems says where the choice belongs
+            continue  # safety.key_problems says where the choice belongs
         if e["type"] == "extra_forbidden" and loc:
             msg = f"unknown key '{loc[-1]}'{did_you_mean(loc[-1], _fields_at(loc[:-1]))}"
         elif e["type"] == "missing":

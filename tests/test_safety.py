@@ -302,6 +302,28 @@ def test_an_adapter_config_names_no_module_that_gets_imported(tmp_path, monkeypa
     assert not marker.exists()
 
 
+def test_import_peft_reads_experiment_folders_as_data(tmp_path, monkeypatch, capsys):
+    """An experiment folder's adapter_config and training_params are JSON; the module and optimiser names in them
+    are looked up among PEFT's and torch.optim's, never imported."""
+    marker = tmp_path / "import.marker"
+    (tmp_path / "plantedmod.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+                                            "class Evil:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    folder = tmp_path / "experiments" / "lora" / "planted"
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({
+        "peft_type": "LORA", "r": 4, "target_modules": ["q_proj"],
+        "auto_mapping": {"base_model_class": "Evil", "parent_library": "plantedmod"}}))
+    (folder / "training_params.json").write_text(json.dumps({"optimizer_type": "plantedmod.Evil",
+                                                             "optimizer_kwargs": {"lr": 1e-3}}))
+    suite = tmp_path / "imported.yaml"
+    assert main(["import-peft", str(folder), "--out", str(suite), "--model", "tiny-llama", "--data",
+                 str(ROOT / "data" / "smoke.jsonl"), "--max-steps", "1"]) == 0
+    assert main(["validate", str(suite), "--trust-remote-code"]) == 2
+    assert "unknown optimiser 'plantedmod.Evil'; a torch.optim class" in " ".join(capsys.readouterr().err.split())
+    assert not marker.exists()
+
+
 # ---- patterns and destinations ------------------------------------------------------------------------------------
 
 
