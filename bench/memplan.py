@@ -215,17 +215,43 @@ def _real_bytes(arch: dict[str, Any], depth: int, setting: Setting) -> int:
 
 def _small_model(arch, depth: int, method, params, setting: Setting, plan, real: bool = False):
     """The model at `depth` layers with the method applied as the run applies it: on the meta device, or with random
-    weights on the CPU where PEFT reads them as it builds (or `real`)."""
+    weights on the CPU where PEFT reads them as it builds (or `real`). A copy of a cached build: the count consumes
+    it, and a real build with PEFT's decompositions takes seconds."""
+    import copy
+
+    key = json.dumps([arch, depth, method.id, params, setting.dtype, setting.trainable_fp32, plan.total_steps,
+                      list(plan.special_token_ids), real], sort_keys=True, default=str)
+    return copy.deepcopy(_built(key))
+
+
+@functools.lru_cache(maxsize=4)
+def _built(key: str):
+    from bench.tuners import _mica
+    from methods import METHODS, Plan
+
+    arch, depth, method_id, params, dtype, trainable_fp32, total_steps, special, real = json.loads(key)
+    method, plan = METHODS[method_id], Plan(total_steps=total_steps, special_token_ids=tuple(special))
+    setting = Setting(batch_size=1, seq_len=1, dtype=dtype, trainable_fp32=trainable_fp32)
+    if not (real or method.needs_weights or _mica(params)):
+        try:
+            return _construct(arch, depth, method, params, plan, setting, "meta")
+        except (NotImplementedError, RuntimeError) as e:
+            if "meta" not in str(e).lower():
+                raise
+            # This tuner reads the weights as it builds (BOFT, UniLoRA): random ones, as below.
+    if _real_bytes(arch, depth, setting) > RANDOM_BUILD_BYTES:
+        raise RuntimeError(f"{method.id} needs real weights and {depth} layer(s) of this model take more than "
+                           f"{RANDOM_BUILD_BYTES / GIB:.0f} GiB here")
+    return _construct(arch, depth, method, params, plan, setting, "cpu")
+
+
+def _construct(arch, depth: int, method, params, plan, setting: Setting, device: str):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from bench.tuners import _mica, at_depth, model_config
+    from bench.tuners import at_depth, model_config
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[setting.dtype]
-    device = "cpu" if real or method.needs_weights or _mica(params) else "meta"
-    if device == "cpu" and _real_bytes(arch, depth, setting) > RANDOM_BUILD_BYTES:
-        raise RuntimeError(f"{method.id} needs real weights and {depth} layer(s) of this model take more than "
-                           f"{RANDOM_BUILD_BYTES / GIB:.0f} GiB here")
     with torch.device(device), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
@@ -276,8 +302,9 @@ class SavedBytes:
         self.seen: dict[int, int] = {}
 
     def _pack(self, t):
-        if _key(t) not in self.weights:
-            self.seen[_key(t)] = t.untyped_storage().nbytes()
+        for part in (t._indices(), t._values()) if t.is_sparse else (t,):  # a sparse tensor (SHiRA's delta)
+            if _key(part) not in self.weights:
+                self.seen[_key(part)] = part.untyped_storage().nbytes()
         return t
 
     def __enter__(self) -> SavedBytes:

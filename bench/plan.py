@@ -226,7 +226,8 @@ def plan_table(name: str, rows: list[PlanRow], card: tuple[float, str] | None):
         if card:
             fits = "-" if r.fits is None else f"{'yes' if r.fits else 'NO'} (batch <= {r.largest_batch})"
             cells += [fits, _time(r.time)]
-        table.add_row(*cells, r.note or ("" if r.weights == "meta" else f"{r.weights} weights"))
+        weights = {"meta": "", "random": "random weights"}.get(r.weights, f"weights: {r.weights}")
+        table.add_row(*cells, r.note or weights)
     return table
 
 

@@ -42,7 +42,8 @@ def published(peft: Path) -> dict[str, tuple[Path, int]]:
 
 
 def run_configs(folders: list[Path]) -> list:
-    """The experiments as resolved runs of a suite on the llama-3.2-3b preset (Llama-3.2-3B's shape)."""
+    """The experiments as resolved runs of a suite (on the llama-3.2-3b-mini preset, which validates in seconds;
+    predict_at gives them Llama-3.2-3B's shape)."""
     from ruamel.yaml import YAML
 
     from bench.peftimport import suite_of
@@ -50,7 +51,7 @@ def run_configs(folders: list[Path]) -> list:
 
     tmp = Path(tempfile.mkdtemp(prefix="plan-vs-peft-"))
     out = tmp / "suite.yaml"
-    suite, _ = suite_of(folders, out, "llama-3.2-3b", str(ROOT / "data/smoke.jsonl"), max_steps=5000)
+    suite, _ = suite_of(folders, out, "llama-3.2-3b-mini", str(ROOT / "data/smoke.jsonl"), max_steps=5000)
     suite["training"] |= {"batch_size": 4, "max_seq_len": 768, "precision": "bf16"}
     with out.open("w") as f:
         YAML().dump(suite, f)
@@ -59,14 +60,14 @@ def run_configs(folders: list[Path]) -> list:
 
 def predict_at(cfg, length: int):
     from bench.memplan import Setting, predict
-    from bench.plan import architecture
+    from bench.models import PRESETS
     from methods import METHODS, Plan
 
     spec = cfg.training.optimizer
     setting = Setting(batch_size=4, seq_len=length, dtype="bf16", device="cuda", trainable_fp32=False,
                       autocast=False, optimizer=spec and spec.name,
                       optimizer_kwargs=json.dumps(spec.kwargs if spec else {}, sort_keys=True))
-    return predict(architecture(cfg), METHODS[cfg.method], cfg.params, setting,
+    return predict(PRESETS["llama-3.2-3b"], METHODS[cfg.method], cfg.params, setting,
                    Plan(total_steps=5000, special_token_ids=(128000, 128001)))
 
 
