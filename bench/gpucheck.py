@@ -138,7 +138,7 @@ def check_qlora_memory(shapes: Shapes, place: Place, plant: bool = False) -> tup
         _release(place)
         before = meter.now()
         meter.reset()
-        fit(cfg, place, data, 3, 1e-4, built=lambda _: None if plant else meter.reset())
+        fit(cfg, place, data, 3, 1e-4, built=lambda _: None if plant else (_release(place), meter.reset()))
         peaks[method] = meter.peak().used - before
         _release(place)
     ratio = peaks["lora"] / max(peaks["qlora"], 1)
@@ -149,12 +149,19 @@ def check_qlora_memory(shapes: Shapes, place: Place, plant: bool = False) -> tup
 
 
 def _release(place: Place) -> None:
-    """Free what earlier checks left: collected objects and, on CUDA, the allocator's cached blocks."""
+    """Free what earlier work left: collected objects and, on CUDA, the allocator's cached blocks; on a CPU (glibc)
+    the heap's free pages go back to the system, so resident memory is what is alive, not what a load left freed."""
+    import ctypes
     import gc
 
     gc.collect()
     if place.cuda:
         torch.cuda.empty_cache()
+    else:
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: resident memory keeps freed pages
+            pass
 
 
 def check_merge(shapes: Shapes, place: Place, plant: bool = False) -> tuple[str, str]:

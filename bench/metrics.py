@@ -54,7 +54,7 @@ METRICS: dict[str, Metric] = {
     "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
     # Against the peak of the dtype the run computes in (no figure for fp32 runs), times the devices used.
     "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
-    "mfu_devices": Metric("devices in MFU's peak", "none", "", ".0f"),
+    "mfu_devices": Metric("devices throughput and MFU are over", "none", "", ".0f"),
     # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
     # device must hold) and the tokens/s above are of all processes together.
     "world_size": Metric("processes", "none", "", ".0f"),

@@ -359,9 +359,9 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
           "steady_train_seconds": w["seconds"], "steady_tokens_per_second": w["real_tokens"] / w["seconds"],
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
+    # Tokens and FLOPs are every process's: MFU's peak is that of every device they ran on.
+    m["mfu_devices"] = devices = place.ranks.world if place.ranks else 1
     peak, _ = peak_flops(place.device, place.dtype)
     if peak:
-        # Tokens and FLOPs are every process's: the peak is that of every device they ran on.
-        devices = place.ranks.world if place.ranks else 1
-        m |= {"mfu": flops / w["seconds"] / (peak * devices), "mfu_devices": devices}
+        m["mfu"] = flops / w["seconds"] / (peak * devices)
     return m

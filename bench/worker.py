@@ -59,8 +59,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
-        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
-                               "loss": describe_loss(model, cfg.training.loss_chunk_bytes, cfg.distributed)}
+        record.environment |= model_environment(cfg, model)
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
         with measuring(model):
@@ -164,6 +163,12 @@ class Phases:
         if self.cuda and "peak_memory_bytes" in m:
             m["cuda_max_allocated_bytes"] = m["peak_memory_bytes"]
         return m
+
+
+def model_environment(cfg: RunConfig, model) -> dict[str, str]:
+    """What the built model computes with: its weights' dtypes, attention kernel and how its losses are taken."""
+    return {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
+            "loss": describe_loss(model, cfg.training.loss_chunk_bytes, cfg.distributed)}
 
 
 def params_metrics(model) -> dict[str, float]:

@@ -65,10 +65,11 @@ fi
 echo "PASS imports: bench, transformers, peft, bitsandbytes, pydantic, ruamel.yaml"
 [ "$only_install" = 1 ] && exit 0
 "$py" -c 'import sys, torch, transformers, peft, accelerate, bitsandbytes
+device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
       f"{transformers.__version__} ({transformers.__file__}), peft {peft.__version__}, accelerate "
-      f"{accelerate.__version__}, bitsandbytes {bitsandbytes.__version__}; device: "
-      f"{torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")' 2>&1 | tee "$logs/environment.txt"
+      f"{accelerate.__version__}, bitsandbytes {bitsandbytes.__version__}; device: {device}")' 2>&1 \
+  | grep -v -e "^Failed to load" -e "^W[0-9]" | tee "$logs/environment.txt"
 "$py" -m bench gpu-check "${dry[@]}" 2>&1 | tee "$logs/gpu-check.log"
 check=${PIPESTATUS[0]}
 perf_only=(--only full lora qlora lora-memory qlora-memory)

@@ -71,6 +71,8 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
         assert "world_size" not in single.metrics and "distributed" not in single.environment
         env = dist.environment["distributed"]
         assert dist.metrics["world_size"] == env["world_size"] == 2
+        # MFU's peak is two devices' (none on a CPU, but the count is recorded either way)
+        assert (dist.metrics["mfu_devices"], single.metrics["mfu_devices"]) == (2, 1)
         assert (env["distributed_type"], env["backend"], env["num_machines"]) == ("MULTI_CPU", "gloo", 1)
         # Both processes together saw exactly the one-process batches: the same tokens, step by step.
         assert [p["tokens"] for p in dist.curve] == [p["tokens"] for p in single.curve]
