@@ -10,9 +10,12 @@ import sys
 import time
 
 import psutil
+import pytest
 
 from bench.records import load_records
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
 
 SUITE = """
 name: faults

@@ -15,6 +15,8 @@ import pytest
 from bench.records import load_records
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
+
 SUITE = """\
 name: tracked
 version: 1
