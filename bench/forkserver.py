@@ -10,7 +10,8 @@ BENCH_DEVICE and OMP_NUM_THREADS are applied in the child; CUDA is never initial
 
 Runs start as fresh processes (spawn) instead where forking is unsafe or unable to give the same run: a platform
 without fork, a server that holds a CUDA context, an environment that differs from the server's in anything a library
-may have read at import, or BENCH_FORK_SERVER=0; the first such fallback is said once on stderr.
+may have read at import, or BENCH_FORK_SERVER=0 in the runner's or the run's environment; the first such fallback is
+said once on stderr.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class Server:
 
     def refusal(self, env: dict[str, str]) -> str | None:
         """Why a run with this environment cannot be forked from the server; None when it can."""
+        if env.get("BENCH_FORK_SERVER") == "0":
+            return "BENCH_FORK_SERVER=0"
         self.start()
         if self.broken:
             return self.broken
@@ -94,14 +97,20 @@ class Server:
             return f"the run's environment differs from the fork server's in {', '.join(differ)}"
         return None
 
-    def fork(self, argv: list[str], env: dict[str, str], log: str) -> Forked:
-        """Start `python -m argv[0] argv[1:]` as a child of the server, its output appended to the file `log`."""
+    def ready(self) -> str | None:
+        """Start the server and wait for its probe; why runs will be spawned instead, or None."""
+        self.start()
         with self.lock:
-            if not self.probed:
+            if not self.probed and self.broken is None:
                 self.probed = True
                 self._probe()
-            if self.broken:
-                raise ForkRefused(self.broken)
+        return self.broken
+
+    def fork(self, argv: list[str], env: dict[str, str], log: str) -> Forked:
+        """Start `python -m argv[0] argv[1:]` as a child of the server, its output appended to the file `log`."""
+        if self.ready():
+            raise ForkRefused(self.broken)
+        with self.lock:
             process = multiprocessing.get_context("forkserver").Process(target=child, args=(argv, env, log),
                                                                          name=argv[0])
             try:

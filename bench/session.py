@@ -71,12 +71,12 @@ def run_suite(suite: Suite, options: Options) -> int:
     interrupted."""
     configs = suite.resolved_runs()
     out_dir = options.output or suite.output_dir
-    if options.ray is None:
-        runner.warm_up(configs, out_dir, options.force, list(options.only))
     problem = preflight(suite, configs)
     if problem:
         err.print(f"{suite.source}: {problem}", markup=False)
         return EXIT_USAGE
+    if options.ray is None:  # the fork server imports while the runner takes the lock and plans
+        runner.warm_up(configs, out_dir, options.force, list(options.only))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
