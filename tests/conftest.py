@@ -16,10 +16,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
 # The tiers: a test is `fast` (`pytest -m fast`, what a developer runs on every change) unless it starts worker
-# processes or loads the real model; those carry `worker`, `slow` or `gpu` (a module of them says so in its
-# `pytestmark`), and a test taking a session-wide run's fixture is a `worker` test by that alone. `@pytest.mark.fast`
+# processes, trains or generates with a model in its own process, or loads the real model; those carry `worker`,
+# `train`, `slow` or `gpu` (a module of them says so in its `pytestmark`), and a test taking a session-wide run's
+# fixture is a `worker` test by that alone. `@pytest.mark.fast`
 # on a worker test puts it in the fast tier anyway: the one tiny end-to-end run the tier keeps.
-NOT_FAST = ("worker", "slow", "gpu")
+NOT_FAST = ("worker", "train", "slow", "gpu")
 WORKER_FIXTURES = {"smoke_results"}
 FAST_SECONDS = 10.0  # a fast-tier test slower than this is named at the end of the session
 
@@ -44,7 +45,7 @@ def pytest_terminal_summary(terminalreporter):
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
             if r.when == "call" and "fast" in r.keywords and r.duration > FAST_SECONDS]
     if slow:
-        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` unless they are the tier's one run)")
+        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` or `train` unless they are the tier's one run)")
         for r in sorted(slow, key=lambda r: -r.duration):
             terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 
