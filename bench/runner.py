@@ -293,7 +293,8 @@ def _watch(proc: subprocess.Popen | forkserver.Forked, timeout: float, run_dir: 
     return None
 
 
-def _outcome(cfg: RunConfig, proc: subprocess.Popen | forkserver.Forked, ended: tuple[str, str] | None, run_dir: Path) -> RunRecord:
+def _outcome(cfg: RunConfig, proc: subprocess.Popen | forkserver.Forked, ended: tuple[str, str] | None,
+             run_dir: Path) -> RunRecord:
     """The worker's own record where it left one; otherwise one saying how the process ended, with the steps its
     progress file holds. A run that did not succeed carries the tail of its log."""
     result = run_dir / RESULT

@@ -48,7 +48,7 @@ def pytest_terminal_summary(terminalreporter):
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
             if r.when == "call" and r.nodeid in FAST_TESTS and r.duration > FAST_SECONDS]
     if slow:
-        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` or `train`, but for the tier's one run)")
+        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` or `train`, but the tier's one run)")
         for r in sorted(slow, key=lambda r: -r.duration):
             terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 
