@@ -11,10 +11,10 @@ from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
 from bench.records import RunRecord, error_headline, load_records
-from bench.suite import Suite
 
 if TYPE_CHECKING:
     from bench.cluster import RayOptions
+    from bench.suite import Suite  # the schema imports PEFT's configs: `bench report` needs none of it
     from bench.tracking import RunTracking, Session
 
 
@@ -76,6 +76,8 @@ def run_suite(suite: Suite, options: Options) -> int:
     if problem:
         err.print(f"{suite.source}: {problem}", markup=False)
         return EXIT_USAGE
+    if options.ray is None:  # the fork server imports while the runner takes the lock and plans
+        runner.warm_up(configs, out_dir, options.force, list(options.only))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

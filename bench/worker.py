@@ -219,10 +219,11 @@ def failed(record: RunRecord, e: BaseException) -> RunRecord:
     return record.model_copy(update={"status": status, "error": error})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`argv`: CONFIG RUN_DIR (default: the command line's; a run forked by bench.forkserver passes them)."""
     # bitsandbytes warns on every CPU start that it cannot download an optional kernel; the fallback is used.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg_path, run_dir = map(Path, (argv or sys.argv[1:])[:2])
     cfg = RunConfig.model_validate_json(cfg_path.read_text())
     record = RunRecord.start(cfg)
     refused = False

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from bench.memory import Meter, reset_rss_peak, rss_peak
@@ -59,6 +60,7 @@ def run_suite(tmp_path, name: str, examples: int, new: int) -> dict:
     return {p.stem: json.loads(p.read_text())["metrics"] for p in out.glob("*.json")}
 
 
+@pytest.mark.worker
 def test_heavier_evaluation_moves_the_eval_peak_and_not_the_training_peak(tmp_path):
     """An 8k vocabulary makes eval logits big: 48 rows of some 300 tokens are about 1.2 GB of them, against a
     few megabytes per training step. The old whole-process figure took whatever evaluation needed."""

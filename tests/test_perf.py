@@ -62,6 +62,7 @@ def test_perf_refuses_without_a_gpu_unless_dry_run(tmp_path):
     assert "no CUDA device here" in out.stderr and "--dry-run" in out.stderr
 
 
+@pytest.mark.worker
 def test_perf_dry_run_end_to_end(tmp_path):
     runs = ["lora", "lora-memory", "qlora-memory"]
     out = subprocess.run([sys.executable, "-m", "bench", "perf", "--dry-run", "--seq-len", "512", "--output",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from bench.compare import compare
 from bench.records import load_records
 from bench.regression import Regression
@@ -106,6 +108,7 @@ def test_compare_uses_group_means_and_shows_their_intervals():
     assert (row.run, row.current, row.current_half_width is not None, row.verdict) == ("lora", 0.95, True, "ok")
 
 
+@pytest.mark.worker
 def test_real_cli_runs_a_suite_over_three_seeds_and_reports_intervals(tmp_path):
     """bench run with seeds [0, 1, 2]: --only a named entry runs its three seeds; the rest resumes; the report
     has one row per entry with intervals; recommend picks a method and compare reads group means."""
