@@ -30,7 +30,7 @@ BASELINE = "baseline"  # the run name and method of the untrained base model
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _WithoutNones(Strict):

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
+from bench.layout import run_path
 from bench.records import RunRecord, error_headline, load_records
 from bench.suite import Suite
 
@@ -214,7 +215,7 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
 
         def record(cfg: RunConfig, record: RunRecord) -> RunRecord:
-            return tracked.pop(cfg.run).finish(record, out_dir / cfg.run) if cfg.run in tracked else record
+            return tracked.pop(cfg.run).finish(record, run_path(out_dir, cfg.run)) if cfg.run in tracked else record
 
         if on_ray is not None:
             from bench import cluster
