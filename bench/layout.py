@@ -55,6 +55,6 @@ def run_path(out_dir: Path, run: str, suffix: str = "") -> Path:
     parent = Path(os.path.abspath(out_dir))
     if any(sep in run for sep in ("/", "\\", "\0")) or Path(os.path.abspath(path)).parent != parent \
             or run in ("", ".", ".."):
-        raise UnsafeRunName(f"run name {run!r} would write {path}, outside the folder {out_dir}; a run name is a plain "
-                            "file name")
+        raise UnsafeRunName(f"run name {run!r} cannot name a file in {out_dir}: a run name is a plain file name "
+                            "(no '/', '\\' or NUL, not '.' or '..')")
     return path

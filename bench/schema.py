@@ -55,7 +55,7 @@ class RunSpec(Strict):
     def _file_name(cls, name: str | None) -> str | None:
         why = None if name is None else name_problem(name)
         if why:
-            raise ValueError(f"{why}; got {name!r}")
+            raise ValueError(why)
         return name
 
     @model_validator(mode="after")

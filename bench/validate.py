@@ -300,9 +300,8 @@ def _name_problem(suite: Suite, doc: dict, i: int, cfg: RunConfig) -> list[Probl
     try:
         run_path(suite.output_dir, cfg.run, ".json")
     except UnsafeRunName as e:
-        keys = list(cfg.sweep or {})
-        return [(line_of(doc, ("runs", i, "sweep", *keys[:1])), f"runs[{i}]: {e}; choose sweep values without "
-                 "path separators")]
+        line, place = _point_place(doc, i, cfg)
+        return [(line, f"{place}: {e}; choose values without path separators")]
     return []
 
 
