@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, StrictInt, field_validator, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from bench.adapterfile import adapter_params
 from bench.config import (
     BASELINE,
+    TRACKERS,
     Budget,
     DatasetSpec,
     Eval,
@@ -89,7 +91,7 @@ class Suite(Strict):
                                "wandb (each an optional extra)")
 
     # Set by load_suite: where the file lives, so relative data paths resolve against it.
-    source: str = Field("", exclude=True)
+    source: SkipJsonSchema[str] = Field("", exclude=True)
 
     @field_validator("seeds")
     @classmethod
@@ -189,6 +191,17 @@ class Suite(Strict):
         elif dist is not None:
             dist = ResolvedDistributed(num_processes=dist.num_processes)
         return ResolvedTraining(**fields | {"distributed": dist})
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a suite file, from the models above (`bench schema`); editors with a YAML language server
+    check and complete a suite whose first line is `# yaml-language-server: $schema=PATH`."""
+    schema = Suite.model_json_schema()
+    # `tracking` also takes a list of tracker names, which the model's before-validator turns into the mapping.
+    tracking = schema["properties"]["tracking"]
+    schema["properties"]["tracking"] = {"description": tracking.pop("description", ""), "anyOf": [
+        tracking, {"type": "array", "items": {"enum": list(TRACKERS)}}]}
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema, "title": "peft-bench suite"}
 
 
 _SHORT = {"learning_rate": "lr"}

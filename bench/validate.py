@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from bench.adapterfile import adapter_method, adapter_params
+from bench.adapterfile import adapter_method
 from bench.config import BASELINE, RunConfig, Training, TrainingOverrides
 from bench.layout import UnsafeRunName, run_path
 from bench.schema import Suite
@@ -164,8 +164,8 @@ def _name_problems(doc: dict) -> list[Problem]:
 
 
 def _run_method(doc: dict, i: int, run: dict, files: dict[int, dict | str]) -> tuple[str | None, dict, list[Problem]]:
-    """The run's method id and its params (an adapter_config's fields under the run's own), with the problems of
-    the adapter_config file (`files`: each file's content as load_suite read it, or why it could not)."""
+    """The run's method id and its own params, with the problems of the adapter_config file (`files`: each file's
+    content as load_suite read it, or why it could not)."""
     from methods import METHODS
 
     mid, params = run.get("method"), run.get("params") or {}
@@ -193,7 +193,7 @@ def _run_method(doc: dict, i: int, run: dict, files: dict[int, dict | str]) -> t
 
     problems = [(line, f"runs[{i}].adapter_config: field '{k}' (set to {file[k]!r}) is not a {method.config_name} "
                  f"field in PEFT {peft_version}{did_you_mean(k, method.parameters())}") for k in unknown]
-    return mid, adapter_params(file, method) | (params if isinstance(params, dict) else {}), problems
+    return mid, params, problems  # the file's fields merge in resolution, and PEFT builds the result
 
 
 def _method_problems(doc: dict, files: dict[int, dict | str]) -> tuple[list[Problem], set[int]]:
