@@ -6,6 +6,7 @@ Each command imports what it needs when it runs, so `--help` and `bench list` lo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -103,11 +104,19 @@ def cmd_validate(args) -> int:
 
             code = max(code, fit_warnings(path, runs, args.gpu_memory))
     if code == EXIT_OK:
-        console.print("checked: YAML syntax and duplicate keys, every key and type, method ids and their params "
-                      "(each PEFT config was built), model and data paths, metrics, the extract regex (compiled, "
-                      "probed for backtracking), code the suite would run (README: Security), the output folder.",
-                      style="dim")
+        console.print("checked: YAML syntax and duplicate keys, every key and type (numbers finite), run names "
+                      "(plain file names), method ids and their params, every run as resolved with each sweep point "
+                      "(its PEFT config built, and applied where the suite gives the architecture), model and data "
+                      "paths, metrics, the extract regex (compiled, probed for backtracking), code the suite would "
+                      "run (README: Security), the output folder.", style="dim")
     return code
+
+
+def cmd_schema(args) -> int:
+    from bench.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
 
 
 def cmd_run(args) -> int:
@@ -289,6 +298,9 @@ def _run_parsers(sub) -> None:
                    "(bench plan) does not fit this card (24GB, 80GiB, L4, L40S, A100, H100, H200)")
     _trust_flag(p)
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="the JSON Schema of suite files (bench schema > suite.schema.json), for editors "
+                       "that check and complete suites as they are typed")
+    p.set_defaults(func=cmd_schema)
     p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
     p.add_argument("suite")
     p.add_argument("--force", action="store_true", help="rerun every run, even up-to-date ones")

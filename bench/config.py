@@ -1,8 +1,9 @@
 """The typed settings of a run: the pieces a suite is written in, and `RunConfig`, one run fully resolved.
 
 A `RunConfig` goes from the suite to the run's `config.json`, into the worker, and back into the run's record
-unchanged; its JSON form (and so its hash) keeps only what a run sets, so a suite gains a field without every
-stored record going stale. Schema only: no torch, no PEFT, nothing that loads.
+unchanged. Its JSON form (and so its hash) leaves out every field at its default but those marked KEPT (the fields
+records have held since the first schema): a field added later with a default changes no stored record's hash.
+NOT_HASHED marks what is stored but is no part of what a run computes. Schema only: no torch, no PEFT.
 """
 
 from __future__ import annotations
@@ -30,18 +31,39 @@ BASELINE = "baseline"  # the run name and method of the untrained base model
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class _WithoutNones(Strict):
-    """Serialises without its unset (None) fields: the record holds what was given, nothing more."""
+class _Marker:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# In a field's Annotated metadata: stored (and hashed) even at its default, as every record since schema 1 holds it.
+KEPT = _Marker("KEPT")
+# Stored in the record, but changing it changes no result (a tolerance, the hash itself): the hash leaves it out.
+NOT_HASHED = _Marker("NOT_HASHED")
+
+
+def _marked(field: Any, marker: _Marker) -> bool:
+    return any(m is marker for m in field.metadata)
+
+
+class Versioned(Strict):
+    """A part of a run's config: its JSON form leaves out each field at its default unless the field is KEPT."""
 
     @model_serializer(mode="wrap")
-    def _drop_nones(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None}
+    def _without_defaults(self, handler):
+        fields = type(self).model_fields
+        return {k: v for k, v in handler(self).items() if k not in fields or _marked(fields[k], KEPT)
+                or getattr(self, k) != fields[k].get_default(call_default_factory=True)}
 
 
-class ModelSpec(_WithoutNones):
+
+class ModelSpec(Versioned):
     """Where the base model comes from: exactly one of hub, path, gguf, preset or config."""
 
     hub: str | None = None
@@ -72,25 +94,25 @@ class ModelSpec(_WithoutNones):
 Role = Literal["user", "assistant", "system"]
 
 
-class Messages(Strict):
+class Messages(Versioned):
     """A conversations column whose messages use other key names or roles than {role, content} and
     user/assistant/system, as ShareGPT's {from, value} with human/gpt."""
 
     column: str
-    role: str = Field("role", description="the key of a message's role")
-    content: str = Field("content", description="the key of a message's text")
-    roles: dict[str, Role] = Field({}, description="each role name in the data to user, assistant or system; empty: "
+    role: Annotated[str, KEPT] = Field("role", description="the key of a message's role")
+    content: Annotated[str, KEPT] = Field("content", description="the key of a message's text")
+    roles: Annotated[dict[str, Role], KEPT] = Field({}, description="each role name in the data to user, assistant or system; empty: "
                                    "the data already says user, assistant and system")
 
 
-class Source(_WithoutNones):
+class Source(Versioned):
     """Another file or Hub dataset for the eval or validation rows, with its own column mapping where its columns
     differ (GSM8K's question/answer beside MetaMathQA's query/response); unset mappings are the dataset's."""
 
     path: str | None = None
     hub: str | None = None
     subset: str | None = None
-    split: str = "train"
+    split: Annotated[str, KEPT] = "train"
     prompt: str | None = None
     response: str | None = None
     messages: str | Messages | None = None
@@ -102,22 +124,22 @@ class Source(_WithoutNones):
         return self
 
 
-class DatasetSpec(_WithoutNones):
+class DatasetSpec(Versioned):
     """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response (a column, or a template
     over columns) or chat messages."""
 
     path: str | None = None
     hub: str | None = None
     subset: str | None = Field(None, description="Hub dataset configuration name")
-    split: str = "train"
+    split: Annotated[str, KEPT] = "train"
     eval_path: str | None = None
     eval_split: str | None = None
     eval_data: Source | None = Field(None, description="eval rows from another file or Hub dataset")
     validation_data: Source | None = Field(None, description="validation rows from another file or Hub dataset: "
                                            "validation_size of them, picked as PEFT's benchmark picks its 50")
-    eval_size: PositiveFloat = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
-    prompt: str = Field("prompt", description="a column, or a template over columns: '{instruction}\\n\\n{input}'")
-    response: str = Field("response", description="a column, or a template over columns")
+    eval_size: Annotated[PositiveFloat, KEPT] = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
+    prompt: Annotated[str, KEPT] = Field("prompt", description="a column, or a template over columns: '{instruction}\\n\\n{input}'")
+    response: Annotated[str, KEPT] = Field("response", description="a column, or a template over columns")
     messages: str | Messages | None = Field(None, description="a column of conversations: {role, content} "
                                             "messages, or a mapping naming other keys and roles")
     system: str | None = None
@@ -135,8 +157,8 @@ class DatasetSpec(_WithoutNones):
     validation_size: PositiveFloat | None = Field(
         None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
         "run has a sweep")
-    seed: int = 0
-    on_bad_row: Literal["error", "skip"] = "error"
+    seed: Annotated[int, KEPT] = 0
+    on_bad_row: Annotated[Literal["error", "skip"], KEPT] = "error"
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -161,14 +183,8 @@ class DatasetSpec(_WithoutNones):
     def message_map(self) -> Messages | None:
         return Messages(column=self.messages) if isinstance(self.messages, str) else self.messages
 
-    @model_serializer(mode="wrap")
-    def _without_defaults_of_later_options(self, handler):
-        # Unset options drop out (None), and so does train_on at its default: stored records' hashes stay valid.
-        return {k: v for k, v in handler(self).items()
-                if v is not None and not (k == "train_on" and v == "last")}
 
-
-class Budget(_WithoutNones):
+class Budget(Versioned):
     """The one budget that binds every method alike."""
 
     max_steps: PositiveInt | None = None
@@ -188,41 +204,41 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 
-class Distributed(Strict):
+class Distributed(Versioned):
     """One run across several processes, started by `accelerate launch`: DDP without a config file; with one,
     whatever it sets up (FSDP, several machines)."""
 
     num_processes: PositiveInt = Field(description="processes in all, across machines (accelerate's num_processes)")
-    config: str | None = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
+    config: Annotated[str | None, KEPT] = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
                                "to the suite file")
 
 
-class Optimizer(Strict):
+class Optimizer(Versioned):
     """The optimiser: a torch.optim class by name, or one of PEFT's (lora+, lora-fa, riemannian); lr and weight_decay
     are the training fields."""
 
     name: str = Field(description="a torch.optim class (AdamW, SGD, Adafactor, ...) or lora+, lora-fa, riemannian")
-    kwargs: dict[str, Any] = Field({}, description="its other arguments (betas, momentum; loraplus_lr_ratio; "
+    kwargs: Annotated[dict[str, Any], KEPT] = Field({}, description="its other arguments (betas, momentum; loraplus_lr_ratio; "
                                    "optimizer_cls: the torch.optim class PEFT's optimisers wrap)")
 
 
-class Training(Strict):
-    learning_rate: PositiveFloat = 2e-4
-    batch_size: PositiveInt = 4
-    grad_accum: PositiveInt = 1
-    max_seq_len: PositiveInt = 512
-    epochs: PositiveFloat = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
-    seed: int = 0
-    scheduler: Scheduler = "linear"
-    warmup_ratio: NonNegativeFloat = 0.0
-    weight_decay: NonNegativeFloat = 0.0
-    max_grad_norm: PositiveFloat | None = 1.0
-    precision: Precision = "auto"
-    packing: bool = Field(True, description="pack examples padding-free where the method allows it")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+class Training(Versioned):
+    learning_rate: Annotated[PositiveFloat, KEPT] = 2e-4
+    batch_size: Annotated[PositiveInt, KEPT] = 4
+    grad_accum: Annotated[PositiveInt, KEPT] = 1
+    max_seq_len: Annotated[PositiveInt, KEPT] = 512
+    epochs: Annotated[PositiveFloat, KEPT] = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
+    seed: Annotated[int, KEPT] = 0
+    scheduler: Annotated[Scheduler, KEPT] = "linear"
+    warmup_ratio: Annotated[NonNegativeFloat, KEPT] = 0.0
+    weight_decay: Annotated[NonNegativeFloat, KEPT] = 0.0
+    max_grad_norm: Annotated[PositiveFloat | None, KEPT] = 1.0
+    precision: Annotated[Precision, KEPT] = "auto"
+    packing: Annotated[bool, KEPT] = Field(True, description="pack examples padding-free where the method allows it")
+    gradient_checkpointing: Annotated[bool, KEPT] = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, about a third more compute")
-    save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
-    timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
+    save_every: Annotated[Literal["epoch"] | PositiveInt | None, KEPT] = Field(None, description="checkpoint each epoch or every N steps")
+    timeout_s: Annotated[PositiveFloat, KEPT] = Field(3600.0, description="wall-clock limit of one run's process")
     distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
     attn_implementation: Attention | None = Field(
         None, description="attention kernel; unset, for packed runs on CUDA: flash_attention_2 where flash-attn is "
@@ -231,14 +247,6 @@ class Training(Strict):
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
     loss_chunk_bytes: PositiveInt | None = Field(None, description="fp32 logits the output head makes at a time in "
                                                  "the training and eval losses (unset: 1 GiB; bench/loss.py)")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler):
-        # Options added after records were first stored are left out while unset, so those records' hashes stay valid.
-        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_OPTIONS}
-
-
-_LATER_OPTIONS = ("distributed", "attn_implementation", "optimizer", "loss_chunk_bytes")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:
@@ -258,10 +266,6 @@ class ResolvedDistributed(Distributed):
     # The accelerate config file's content is part of the run: editing it reruns the run.
     config_sha256: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_hash(self, handler):
-        return {k: v for k, v in handler(self).items() if k != "config_sha256" or v is not None}
-
 
 class ResolvedTraining(Training):
     """A run's training settings once resolved: the accelerate config file's path is absolute and its hash known."""
@@ -269,7 +273,7 @@ class ResolvedTraining(Training):
     distributed: ResolvedDistributed | None = None
 
 
-class LmEval(_WithoutNones):
+class LmEval(Versioned):
     """General benchmarks through lm-evaluation-harness (the `lm-eval` extra) on the model as trained, adapter on."""
 
     tasks: list[str] = Field(min_length=1, description="task names, lm-eval's own or from include_path")
@@ -277,28 +281,21 @@ class LmEval(_WithoutNones):
                                      "files relative to this folder), relative to the suite file")
     num_fewshot: int | None = None
     limit: PositiveInt | None = Field(None, description="at most this many documents per task")
-    batch_size: PositiveInt = 8
+    batch_size: Annotated[PositiveInt, KEPT] = 8
 
 
-class Eval(Strict):
-    enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
-    forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
+class Eval(Versioned):
+    enabled: Annotated[bool, KEPT] = Field(True, description="false: train and measure cost only (no scores, no merge check)")
+    forgetting: Annotated[bool | str, KEPT] = Field(True, description="loss on general text before and after training: true uses "
                                    "the bundled corpus, a path a text file of paragraphs, false skips it")
-    max_examples: PositiveInt = 50
-    batch_size: PositiveInt = 16
-    max_new_tokens: PositiveInt = 32
-    metrics: list[str] = ["exact_match", "token_f1", "rouge_l"]
-    extract: str | None = Field(None, description="regex whose first group is the answer to score, or a preset: "
+    max_examples: Annotated[PositiveInt, KEPT] = 50
+    batch_size: Annotated[PositiveInt, KEPT] = 16
+    max_new_tokens: Annotated[PositiveInt, KEPT] = 32
+    metrics: Annotated[list[str], KEPT] = ["exact_match", "token_f1", "rouge_l"]
+    extract: Annotated[str | None, KEPT] = Field(None, description="regex whose first group is the answer to score, or a preset: "
                                 "last_number, answer_delimiters")
-    keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
+    keep_predictions: Annotated[PositiveInt, KEPT] = Field(50, description="how many (prompt, reference, prediction) to store")
     lm_eval: LmEval | None = Field(None, description="lm-evaluation-harness tasks run on the trained model")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_EVAL_OPTIONS}
-
-
-_LATER_EVAL_OPTIONS = ("lm_eval",)
 
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -357,7 +354,7 @@ class Tracking(Strict):
 _OPTIONS = {"tensorboard": TensorBoardOptions, "mlflow": MlflowOptions, "wandb": WandbOptions}
 
 
-class RunConfig(Strict):
+class RunConfig(Versioned):
     """One run, fully resolved: what the worker runs and what its record stores. Paths are absolute; the method's
     defaults are merged into `params`; `config_hash` identifies what the run computes (tolerances excluded)."""
 
@@ -368,20 +365,15 @@ class RunConfig(Strict):
     seed: int | None = None  # with the suite's `seeds`
     sweep: dict[str, Any] | None = None  # the values this sweep point sets
     method: str
-    method_version: int = 0
-    params: dict[str, Any] = {}
+    method_version: Annotated[int, KEPT] = 0
+    params: Annotated[dict[str, Any], KEPT] = {}
     model: ModelSpec
     dataset: DatasetSpec
     budget: Budget
     training: ResolvedTraining
     eval: Eval
-    regression: Regression = Regression()
-    config_hash: str = ""
-
-    @model_serializer(mode="wrap")
-    def _without_unused(self, handler):
-        # Without seeds or sweeps nothing is added, so config hashes (and every stored record) stay valid.
-        return {k: v for k, v in handler(self).items() if v is not None or k not in ("group", "seed", "sweep")}
+    regression: Annotated[Regression, KEPT, NOT_HASHED] = Regression()
+    config_hash: Annotated[str, KEPT, NOT_HASHED] = ""
 
     @property
     def trains(self) -> bool:
@@ -397,10 +389,8 @@ class RunConfig(Strict):
         return self.model_copy(update={"config_hash": config_hash(self)})
 
 
-# Not part of what a run computes: changing a regression tolerance must not rerun anything.
-_NOT_HASHED = ("config_hash", "regression")
-
-
 def config_hash(config: RunConfig) -> str:
-    body = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_HASHED}
+    """What the run computes, as its JSON form says it: changing a regression tolerance must not rerun anything."""
+    fields = type(config).model_fields
+    body = {k: v for k, v in config.model_dump(mode="json").items() if not _marked(fields[k], NOT_HASHED)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -20,7 +20,7 @@ from bench.console import EXIT_FAIL, EXIT_OK, EXIT_USAGE, console, err
 from bench.device import Place
 from bench.memory import Meter
 from bench.metrics import human_bytes
-from bench.models import PRESETS
+from bench.presets import PRESETS
 
 
 @dataclass(frozen=True)

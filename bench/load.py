@@ -34,23 +34,44 @@ class Loaded:
         return self.tokenizer.pad_token_id
 
 
-def load(cfg: RunConfig) -> Loaded:
-    """Resolve the model source (a GGUF converts once into the cache), load the tokenizer, load, split and tokenise
-    the data."""
+@dataclass
+class Inputs:
+    """What loading reads before tokenising: the model's folder and tokenizer, the data split into its parts."""
+
+    folder: str | None
+    model_info: dict[str, Any]
+    tokenizer: Any
+    train: list[D.Example]
+    eval: list[D.Example]
+    validation: list[D.Example]
+    notes: DataNotes
+
+
+def read_inputs(cfg: RunConfig) -> Inputs:
+    """Resolve the model source (a GGUF converts once into the cache), load the tokenizer, load and split the data:
+    the same for every run of a suite (bench.session's pre-flight reads them once before any run starts)."""
     folder, model_info = M.resolve(cfg.model)
     tokenizer = M.load_tokenizer(cfg.model, folder)
     train_ex, eval_ex, notes = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
     notes.formatting = D.use_formatting(tokenizer, cfg.dataset, notes.source)
     eval_ex = D.check_references(eval_ex, cfg.eval.extract, cfg.dataset, notes, numeric=D.numeric(cfg.eval))
     train_ex, val_ex = D.split_validation(train_ex, cfg.dataset, notes)
+    return Inputs(folder, model_info, tokenizer, train_ex, eval_ex, val_ex, notes)
 
-    def tokenize(examples: list[D.Example]) -> list[D.Features]:
-        return D.tokenize(examples, tokenizer, cfg.training.max_seq_len, cfg.dataset, notes, notes.source)
 
-    train_f, eval_f, val_f = tokenize(train_ex), tokenize(eval_ex), tokenize(val_ex)
-    if val_ex:
+def tokenize(inputs: Inputs, examples: list[D.Example], max_seq_len: int, cfg: RunConfig) -> list[D.Features]:
+    return D.tokenize(examples, inputs.tokenizer, max_seq_len, cfg.dataset, inputs.notes, inputs.notes.source)
+
+
+def load(cfg: RunConfig) -> Loaded:
+    """The run's inputs (read_inputs), tokenised to its max_seq_len."""
+    inputs = read_inputs(cfg)
+    train_f, eval_f, val_f = (tokenize(inputs, part, cfg.training.max_seq_len, cfg)
+                              for part in (inputs.train, inputs.eval, inputs.validation))
+    notes = inputs.notes
+    if inputs.validation:
         notes.validation_rows, notes.train_rows = len(val_f), len(train_f)
-    return Loaded(folder, model_info, tokenizer, train_f, eval_ex, eval_f, val_f, notes)
+    return Loaded(inputs.folder, inputs.model_info, inputs.tokenizer, train_f, inputs.eval, eval_f, val_f, notes)
 
 
 def method_of(cfg: RunConfig) -> Method | None:

@@ -41,7 +41,7 @@ class PlanRow:
 def architecture(cfg: RunConfig) -> dict[str, Any]:
     """The model's config as a dict with its model_type: a preset, the suite's config, a folder's config.json, or
     the Hub's (a config file only, never weights)."""
-    from bench.models import PRESETS
+    from bench.presets import PRESETS
 
     m = cfg.model
     if m.preset is not None:

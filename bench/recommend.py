@@ -18,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.paired import describe, example_values, paired, same_examples
 from bench.records import RunRecord
@@ -262,7 +263,7 @@ def recommend(records: list[RunRecord], constraints: Constraints = Constraints()
     _named("--prefer", check_prefer, prefer)
     for name, _ in constraints.min_scores:
         _named("--min-score", check_metric, records, name)
-    trained = [g for g in seed_groups(records) if g.method != "baseline"]
+    trained = [g for g in seed_groups(records) if g.method != BASELINE]
     unfinished = [(g.name, g.status + (f" on {len(g.records) - len(g.ok)} of {len(g.records)} seeds"
                                        if g.seeded else "")) for g in trained if g.status != "success"]
     finished = [g for g in trained if g.status == "success"]
@@ -276,7 +277,7 @@ def recommend(records: list[RunRecord], constraints: Constraints = Constraints()
         pts = [(g.mean(cost), g.mean(score), g) for g in ranking if g.mean(cost) is not None]
         if pts:
             fronts.append((cost, [p[2] for p in metric_front(pts, cost, score)]))
-    base = next((g for g in seed_groups(records) if g.method == "baseline" and g.ok and g.mean(score) is not None),
+    base = next((g for g in seed_groups(records) if g.method == BASELINE and g.ok and g.mean(score) is not None),
                 None)
     chosen, against = _choose(ranking, score, prefer)
     return Recommendation(score, ranking, fronts, exclusions, unfinished, unscored,

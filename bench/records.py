@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from bench.config import BASELINE, RunConfig
+from bench.layout import run_path
 from bench.util import atomic_write
 
 # lost: the run's node died or Ray lost its task, on every attempt it was given (bench.cluster).
@@ -177,7 +178,7 @@ class RunRecord(BaseModel):
 
 
 def record_path(out_dir: Path, run: str) -> Path:
-    return Path(out_dir) / f"{run}.json"
+    return run_path(out_dir, run, ".json")
 
 
 def write_record(path: Path, record: RunRecord) -> None:

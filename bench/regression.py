@@ -36,7 +36,7 @@ from bench.util import did_you_mean
 class Tolerance(BaseModel):
     """How far a metric may move in its worse direction: an absolute amount, or a share of the baseline value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     absolute: NonNegativeFloat | None = None
     relative: NonNegativeFloat | None = None  # 0.25 = 25% of the baseline value
@@ -90,7 +90,7 @@ class Regression(BaseModel):
     verdict but never fail the gate.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     tolerances: dict[str, Tolerance] = DEFAULT_TOLERANCES
     score_tolerance: Tolerance = Tolerance(absolute=0.02)  # any score the suite computes and tolerances omit

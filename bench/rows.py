@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.records import RunRecord, error_headline
 from bench.stats import Difference, Summary, summarize, welch
@@ -32,7 +33,7 @@ def score_names(records: list[RunRecord]) -> list[str]:
 
 def ordered(records: list[RunRecord]) -> list[RunRecord]:
     """Baseline first, then the suite's order (records carry no order, so by start time), failures last."""
-    return sorted(records, key=lambda r: (r.method != "baseline", r.status != "success", r.started_at, r.run))
+    return sorted(records, key=lambda r: (r.method != BASELINE, r.status != "success", r.started_at, r.run))
 
 
 def labels(records: list[RunRecord]) -> dict[int, str]:
@@ -52,7 +53,7 @@ def labels(records: list[RunRecord]) -> dict[int, str]:
 
 
 def baseline(records: list[RunRecord]) -> RunRecord | None:
-    return next((r for r in records if r.method == "baseline" and r.status == "success"), None)
+    return next((r for r in records if r.method == BASELINE and r.status == "success"), None)
 
 
 def merge_cell(r: RunRecord) -> str:
@@ -106,7 +107,7 @@ def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
 def best(rows: list[dict[str, Any]], name: str) -> Any:
     """The best value of a column among successful trained runs, by the metric's direction."""
     direction = metric(name).better
-    vals = [r[name] for r in rows if r["status"] == "success" and r["method"] != "baseline"
+    vals = [r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
             and isinstance(r.get(name), (int, float))]
     if not vals or direction == "none":
         return None
@@ -177,7 +178,7 @@ def seed_groups(records: list[RunRecord]) -> list[Group]:
             groups.append(Group(name, recs[0].method, tuple(recs), True))
         else:
             groups.append(Group(base[key], recs[0].method, tuple(recs), False))
-    return sorted(groups, key=lambda g: (g.method != "baseline", g.status != "success",
+    return sorted(groups, key=lambda g: (g.method != BASELINE, g.status != "success",
                                          min(r.started_at for r in g.records), g.name))
 
 
@@ -239,7 +240,7 @@ def unsupported(groups: list[Group], name: str) -> list[tuple[Group, Group, Diff
     Pairs that scored the same on every seed are left out: a tie is not a difference to doubt. The better mean
     comes first in each pair."""
     sign = -1 if metric(name).better == "higher" else 1
-    trained = [g for g in groups if g.status == "success" and g.method != "baseline" and len(g.values(name)) > 1]
+    trained = [g for g in groups if g.status == "success" and g.method != BASELINE and len(g.values(name)) > 1]
     trained.sort(key=lambda g: sign * g.mean(name))
     out = []
     for i, a in enumerate(trained):

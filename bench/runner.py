@@ -22,7 +22,7 @@ import psutil
 
 from bench import forkserver
 from bench.config import RunConfig
-from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress
+from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress, run_path
 from bench.records import Placement, RecordError, RunRecord, read_record, record_path, write_record
 
 # Written into the run folder when the suite names no accelerate config: plain DDP on this machine. accelerate starts
@@ -195,7 +195,7 @@ def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lam
     """Run one config in its own process and return its record (already written to disk). `slot` says where (its
     environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C;
     `on_record` sees the finished record before it is written and returns it, amended (the trackers' errors)."""
-    record = on_record(attempt(cfg, out_dir / cfg.run, on_poll, env, slot, stop))
+    record = on_record(attempt(cfg, run_path(out_dir, cfg.run), on_poll, env, slot, stop))
     store(out_dir, record)
     if record.status == "interrupted":
         raise KeyboardInterrupt
@@ -382,4 +382,4 @@ def _keep_previous(out_dir: Path, run: str) -> None:
         history = out_dir / "history"
         history.mkdir(exist_ok=True)
         stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
-        os.replace(path, history / f"{run}.{stamp}.json")
+        os.replace(path, run_path(history, run, f".{stamp}.json"))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
+from bench.layout import run_path
 from bench.records import RunRecord, error_headline, load_records
 
 if TYPE_CHECKING:
@@ -37,33 +38,29 @@ class Options:
 
 
 def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
-    """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not a failed
-    record per run. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
+    """Read the inputs every run shares (bench.load.read_inputs: model source, tokenizer, data) once before any run
+    starts: a data problem is one clear error, not a failed record per run. Prompts are measured with the model's own
+    tokenizer against the smallest max_seq_len of any run."""
     from bench import models as M
-    from bench.data import DataError, check_references, load_examples, numeric, tokenize, use_formatting
+    from bench.data import DataError
+    from bench.load import read_inputs, tokenize
 
-    cfg = configs[0]
     tightest = min(configs, key=lambda r: r.training.max_seq_len)
     max_seq_len = tightest.training.max_seq_len
     # A per-run override is the one to change; name the run that has it.
     who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest.run}: "
     try:
-        train, evals, report = load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-        evals = check_references(evals, cfg.eval.extract, cfg.dataset, report, numeric=numeric(cfg.eval))
-        # Resolving a GGUF converts it here, once, instead of in the first run.
-        folder, _ = M.resolve(cfg.model)
-        tokenizer = M.load_tokenizer(cfg.model, folder)
-        use_formatting(tokenizer, cfg.dataset, report.source)
+        inputs = read_inputs(configs[0])
     except (DataError, M.ModelSourceError) as e:
         return str(e)
-    for part, examples in (("train", train), ("eval", evals)):
+    for part, examples in (("train", inputs.train + inputs.validation), ("eval", inputs.eval)):
         try:
-            kept = tokenize(examples, tokenizer, max_seq_len, cfg.dataset, report, report.source)
+            kept = tokenize(inputs, examples, max_seq_len, configs[0])
         except DataError as e:
             return f"{who}{e}"
         if not kept:
-            return (f"{who}{report.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so none "
-                    "is left to run on (raise training.max_seq_len)")
+            return (f"{who}{inputs.notes.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so "
+                    "none is left to run on (raise training.max_seq_len)")
     return None
 
 
@@ -225,7 +222,7 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
 
         def record(cfg: RunConfig, record: RunRecord) -> RunRecord:
-            return tracked.pop(cfg.run).finish(record, out_dir / cfg.run) if cfg.run in tracked else record
+            return tracked.pop(cfg.run).finish(record, run_path(out_dir, cfg.run)) if cfg.run in tracked else record
 
         if on_ray is not None:
             from bench import cluster

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from bench.config import BASELINE
 from bench.records import RunRecord
 from bench.rows import best, cell, columns, group_cell, group_columns, group_rows, multi_seed, seed_groups, summary_rows
 
@@ -20,7 +21,7 @@ def summary_table(records: list[RunRecord], title: str | None = None) -> Table:
         cells = []
         for name, _ in cols:
             text = group_cell(name, row) if seeds else cell(name, row.get(name))
-            if row["status"] == "success" and row["method"] != "baseline" and row.get(name) is not None \
+            if row["status"] == "success" and row["method"] != BASELINE and row.get(name) is not None \
                     and row.get(name) == best(rows, name):
                 text = f"[bold green]{text}[/]"
             if name == "status" and row["status"] != "success":

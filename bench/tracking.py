@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import TRACKERS, MlflowOptions, RunConfig, TensorBoardOptions, Tracking, WandbOptions
+from bench.layout import run_path
 from bench.records import RunRecord
 from bench.util import flatten
 
@@ -97,12 +98,12 @@ class TensorBoard(Backend):
         from tensorboard.plugins.text.summary_v2 import text_pb
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        folder = self.root / cfg.run
+        folder = run_path(self.root, cfg.run)
         if folder.exists():
             stamp = datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
             history = self.root.parent / f"{self.root.name}-history"
             history.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(folder), str(history / f"{cfg.run}.{stamp}"))
+            shutil.move(str(folder), str(run_path(history, cfg.run, f".{stamp}")))
         writer = EventFileWriter(str(folder))
         config = cfg.model_dump(mode="json")
         hparams = {k: v for k, v in flatten(config).items() if isinstance(v, (str, bool, int, float))} | tags(cfg)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.recommend import Explanation, explain, recommend
 from bench.records import ENVIRONMENT_KEYS, RunRecord, environment_signature, error_headline
@@ -167,7 +168,7 @@ def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str,
     for name, _ in cols:
         if name in TEXT_COLUMNS:
             continue
-        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != "baseline"
+        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
                 and isinstance(r.get(name), (int, float))}
         # A best is only news when runs differ; marking every tied cell says nothing.
         marks[name] = best(rows, name) if len(vals) > 1 else None
@@ -175,7 +176,7 @@ def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str,
 
 
 def base_group(groups: list[Group]) -> Group | None:
-    return next((g for g in groups if g.method == "baseline" and g.status == "success"), None)
+    return next((g for g in groups if g.method == BASELINE and g.status == "success"), None)
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: 
                 note = f"{cell('trainable_pct', row['trainable_pct'])}%"
             elif metric(name).kind == "score" and value is not None and name not in TEXT_COLUMNS:
                 note = e.base_note(name)
-            is_best = ok and e.method != "baseline" and marks.get(name) is not None and value == marks[name]
+            is_best = ok and e.method != BASELINE and marks.get(name) is not None and value == marks[name]
             cells.append(Cell(text, is_best, note))
         out.append(Row(cells, ok))
     return Table([renamed.get(n, h) for n, h in cols], [n not in TEXT_COLUMNS for n, _ in cols], out)
@@ -285,7 +286,7 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
     for name, label, log_x in TRADEOFFS:
         pts = [Point(g.name, g.mean(name), g.mean(score), *style[id(g.records[0])])
                for g in groups
-               if g.status == "success" and g.method != "baseline" and g.mean(name) is not None
+               if g.status == "success" and g.method != BASELINE and g.mean(name) is not None
                and g.mean(score) is not None]
         if not pts:
             continue
@@ -401,7 +402,7 @@ def warnings(records: list[RunRecord]) -> list[str]:
     out += [f"{names[id(r)]} ran code from outside the harness: {'; '.join(r.environment['remote_code'])}."
             for r in recs if r.environment.get("remote_code")]
     for suite in dict.fromkeys(r.suite for r in recs):
-        trained = [r for r in recs if r.suite == suite and r.method != "baseline"]
+        trained = [r for r in recs if r.suite == suite and r.method != BASELINE]
         single = [names[id(r)] for r in trained if r.config.group is None]
         if single and len(single) < len(trained):
             out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "
