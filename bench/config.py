@@ -229,8 +229,9 @@ class Training(Strict):
         "installed, else flex_attention with a document mask where the model has it (both keep packed examples "
         "apart without a dense mask); sdpa otherwise")
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
-    loss_chunk_bytes: PositiveInt | None = Field(None, description="fp32 logits the output head makes at a time in "
-                                                 "the training and eval losses (unset: 1 GiB; bench/loss.py)")
+    loss_chunk_bytes: PositiveInt | Literal["off"] | None = Field(
+        None, description="fp32 logits the output head makes at a time in the training and eval losses, over "
+        "response positions only (unset: 1 GiB; bench/loss.py); off: the model's own loss over every position")
 
     @model_serializer(mode="wrap")
     def _without_unset_options(self, handler):
