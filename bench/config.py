@@ -245,8 +245,9 @@ class Training(Versioned):
         "installed, else flex_attention with a document mask where the model has it (both keep packed examples "
         "apart without a dense mask); sdpa otherwise")
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
-    loss_chunk_bytes: PositiveInt | None = Field(None, description="fp32 logits the output head makes at a time in "
-                                                 "the training and eval losses (unset: 1 GiB; bench/loss.py)")
+    loss_chunk_bytes: PositiveInt | Literal["off"] | None = Field(
+        None, description="fp32 logits the output head makes at a time in the training and eval losses, over "
+        "response positions only (unset: 1 GiB; bench/loss.py); off: the model's own loss over every position")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:

@@ -257,6 +257,7 @@ def evaluate(cfg: RunConfig, method: Method | None, model, loaded: Loaded, place
     cached = method is None or method.kv_cache_generate
     with place.autocast():
         chunk = cfg.training.loss_chunk_bytes or DEFAULT_CHUNK_BYTES
+        chunk = None if chunk == "off" else chunk
         loss = eval_loss(model, loaded.eval, ev.batch_size, loaded.pad_id, place.device, chunk_bytes=chunk)
         metrics = {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
         if loaded.validation:

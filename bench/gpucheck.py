@@ -142,10 +142,12 @@ def check_qlora_memory(shapes: Shapes, place: Place, plant: bool = False) -> tup
         peaks[method] = meter.peak().used - before
         _release(place)
     ratio = peaks["lora"] / max(peaks["qlora"], 1)
-    return ("PASS" if ratio >= MEMORY_GOAL else "FAIL",
-            f"training peak above what was in use before the load, reset after the load: LoRA "
+    # A CPU's resident memory is not its tensors': bitsandbytes' CPU kernels de-quantise in full precision, and
+    # freed pages stay resident. Measured here 0.94x (trimmed heap) to 0.51x: nothing to judge QLoRA's goal by.
+    status = ("PASS" if ratio >= MEMORY_GOAL else "FAIL") if place.cuda else "SKIP"
+    return (status, f"training peak above what was in use before the load, reset after the load: LoRA "
             f"{human_bytes(peaks['lora'])}, QLoRA {human_bytes(peaks['qlora'])}: {ratio:.2f}x lower (bound: >= "
-            f"{MEMORY_GOAL}x, the goal)")
+            f"{MEMORY_GOAL}x, the goal{'' if place.cuda else '; judged on CUDA only'})")
 
 
 def _release(place: Place) -> None:

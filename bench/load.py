@@ -105,7 +105,7 @@ def supports_flex(cfg: RunConfig, folder: str | None) -> bool:
         config = M.build_config(cfg.model)
     else:
         return False
-    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config))
+    model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
     return bool(model_class is not None and getattr(model_class, "_supports_flex_attn", False))
 
 

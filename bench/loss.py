@@ -90,10 +90,11 @@ def response_loss_sum(head: _Head, hidden: torch.Tensor, labels: torch.Tensor, c
 
 
 @contextlib.contextmanager
-def chunked(model, chunk_bytes: int | None = None):
+def chunked(model, chunk_bytes: int | str | None = None):
     """Within the block the model's forward with `labels` returns the chunked loss as its `loss` (and one
-    position's logits). Models the chunked loss cannot stand in for (see `chunkable`) keep their own loss."""
-    if chunkable(model) is not None:
+    position's logits). Models the chunked loss cannot stand in for (see `chunkable`), and `chunk_bytes` "off"
+    (training.loss_chunk_bytes), keep the model's own loss."""
+    if chunk_bytes == "off" or chunkable(model) is not None:
         yield
         return
     lm = causal_lm(model)
@@ -129,8 +130,10 @@ def chunk_positions(vocab: int, chunk_bytes: int | None = None) -> int:
 
 
 
-def describe(model, chunk_bytes: int | None, distributed: bool) -> str:
+def describe(model, chunk_bytes: int | str | None, distributed: bool) -> str:
     """How the run's losses are computed, for the record's environment."""
+    if chunk_bytes == "off":
+        return "the model's own loss over every position's logits (training.loss_chunk_bytes: off)"
     why = chunkable(model) or ("training under DDP/FSDP uses the model's own loss; eval is chunked"
                                if distributed else None)
     vocab = causal_lm(model).config.get_text_config().vocab_size

@@ -48,7 +48,7 @@ class MergeCheck(_Part):
     exact: bool | None = None
     logits_compared: str | None = None
     # The merged weights the model holds against W + ΔW in float64, worst element as a share of its bound
-    # (bench.merge.weight_bound): <= 1 when every weight is the correctly rounded merge. `exact` needs both.
+    # (bench.merge.weight_bound): <= 1 when every weight is the correctly rounded merge (a LoRA-shaped ΔW's fp32 noise).
     weight_error_of_bound: float | None = None
 
 
