@@ -14,11 +14,12 @@ import torch
 
 from bench import evaluation as E
 from bench import models as M
-from bench.config import RunConfig
+from bench.config import Quantization, RunConfig
 from bench.device import Place
 from bench.load import count_params
 from bench.memory import Meter, Peak
 from bench.metrics import human_bytes
+from bench.quantization import describe, in_place_merge, of_run
 from bench.records import MergeCheck
 
 if TYPE_CHECKING:
@@ -59,11 +60,14 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
       merged weights to the dtype they are stored in (bf16 on a GPU); one layer in memory at a time;
     - end to end in the run's precision: logits at the last positions of the eval prompts and greedy answers of the
       merged model against the adapter model, what a user serving the merged model sees.
-    QLoRA merges into a de-quantised copy of its base; that copy is built only where it fits in what training used
-    (`train_peak`), else the merge is recorded as skipped with the sizes."""
+    Over a bitsandbytes base (QLoRA's NF4, 8-bit) the merge goes into a de-quantised copy of it, built only where
+    it fits in what training used (`train_peak`), else recorded as skipped with the sizes; over a torchao or HQQ
+    base PEFT merges into the quantised layers themselves (de-quantise, add, re-quantise): lossy either way."""
+    quant = of_run(cfg, method)
+    kind = "none" if method.merge == "none" else "lossy" if quant is not None else "exact"
     if saved.full:
         return Merged(MergeCheck(status="nothing to merge", note="full fine-tuning changes the weights themselves"))
-    if method.merge == "none":
+    if kind == "none":
         return Merged(MergeCheck(status="not mergeable", note=f"{method.id} adds virtual tokens at inference; there "
                                  "are no weights to fold in"))
     if gens is None:
@@ -72,35 +76,55 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
     t = time.perf_counter()
     examples, tokenizer, device = loaded.eval_examples, loaded.tokenizer, place.device
     m: dict[str, float] = {}
+    # PEFT refuses some merges (BEFT: a bias adapter on a layer without bias; Lily, Shadow: not a static weight
+    # delta; IA3 or LoHa into quantised layers); a quantised layer may also refuse the arithmetic a merge needs.
+    refused = (ValueError, NotImplementedError) + ((RuntimeError, TypeError) if quant is not None else ())
     with place.autocast():
         before = E.prompt_logits(model, tokenizer, examples, device)
-        if method.merge == "exact":
-            try:
+        try:
+            if quant is None:
                 layers = layer_errors(model)
                 merged, how = model.merge_and_unload(), "merge_and_unload into the base weights"
-            except (ValueError, NotImplementedError) as e:  # PEFT refuses this model's merge (BEFT: a bias adapter
-                # on a layer without bias; Lily, Shadow: not a static weight delta)
-                return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
-        else:
-            with model.disable_adapter():
-                base_4bit = E.prompt_logits(model, tokenizer, examples, device)
-            too_big = dequantized_too_big(model, place, train_peak)
-            if too_big:
-                return Merged(MergeCheck(status="skipped", kind=method.merge, note=too_big,
-                                         seconds=time.perf_counter() - t))
-            peft_deq, base_deq = dequantized(cfg, loaded, saved.folder, place)
-            # How far the 4-bit kernels alone are from the de-quantised weights, adapter off: the part of the merge
-            # difference that is not the merge's doing.
-            m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_4bit, base_deq)["max_abs"]
-            layers = layer_errors(peft_deq)
-            merged = peft_deq.merge_and_unload()
-            how = "merge_and_unload into a de-quantised copy of the 4-bit base the adapter trained against"
+            elif in_place_merge(quant):
+                layers, merged = LayerErrors(), model.merge_and_unload()
+                how = (f"merge_and_unload into the {describe(quant)} base itself (PEFT de-quantises each layer, adds "
+                       "the adapter, re-quantises)")
+            else:
+                done = _into_dequantized(cfg, model, loaded, saved, place, train_peak, quant, m)
+                if isinstance(done, str):
+                    return Merged(MergeCheck(status="skipped", kind=kind, note=done, seconds=time.perf_counter() - t))
+                layers, merged, how = done
+        except refused as e:
+            return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {type(e).__name__}: {e}"))
         after = E.prompt_logits(merged, tokenizer, examples, device)
         merged_gens = E.generate(merged, tokenizer, examples, cfg.eval.batch_size, cfg.eval.max_new_tokens, device)
-    return Merged(*_verdict(method, how, layers, before, after, gens, merged_gens, m, time.perf_counter() - t))
+    check, m = _verdict(kind, how, layers, before, after, gens, merged_gens, m, time.perf_counter() - t)
+    if quant is not None and in_place_merge(quant):
+        # The layers are quantised tensors that do not copy to float64: the check is end to end only.
+        check = check.model_copy(update={"exact": None, "layer_rel_error_fp64": None, "storage_rel_error": None})
+        m = {k: v for k, v in m.items() if k not in ("merge_layer_rel_error_fp64", "merge_storage_rel_error")}
+    return Merged(check, m)
 
 
-def _verdict(method: Method, how: str, layers: LayerErrors, before, after, gens: E.Generations,
+def _into_dequantized(cfg: RunConfig, model, loaded: Loaded, saved: Saved, place: Place, train_peak: Peak | None,
+                      quant: Quantization, m: dict[str, float]):
+    """A bitsandbytes base: the adapter merged into a de-quantised copy of the base it trained against, and how far
+    the quantised kernels alone are from the de-quantised weights (adapter off); a string saying why not where the
+    copy does not fit."""
+    with model.disable_adapter():
+        base_quantized = E.prompt_logits(model, loaded.tokenizer, loaded.eval_examples, place.device)
+    too_big = dequantized_too_big(model, place, train_peak)
+    if too_big:
+        return too_big
+    peft_deq, base_deq = dequantized(cfg, loaded, saved.folder, place, quant)
+    # The part of the merge difference that is not the merge's doing.
+    m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_quantized, base_deq)["max_abs"]
+    layers = layer_errors(peft_deq)
+    return layers, peft_deq.merge_and_unload(), ("merge_and_unload into a de-quantised copy of the "
+                                                 f"{describe(quant)} base the adapter trained against")
+
+
+def _verdict(kind: str, how: str, layers: LayerErrors, before, after, gens: E.Generations,
              merged_gens: E.Generations, m: dict[str, float], seconds: float) -> tuple[MergeCheck, dict[str, float]]:
     diff = E.logit_diff(before, after)
     m |= {"merge_max_abs_logit_diff": diff["max_abs"], "merge_mean_abs_logit_diff": diff["mean_abs"],
@@ -108,7 +132,7 @@ def _verdict(method: Method, how: str, layers: LayerErrors, before, after, gens:
           "merge_layer_rel_error_fp64": layers.own, "merge_storage_rel_error": layers.rounding}
     same = sum(a == b for a, b in zip(gens.token_ids, merged_gens.token_ids))
     check = MergeCheck(
-        status="merged", kind=method.merge, how=how, max_abs_logit_diff=diff["max_abs"],
+        status="merged", kind=kind, how=how, max_abs_logit_diff=diff["max_abs"],
         quantized_base_max_abs_logit_diff=m.get("quantized_base_max_abs_logit_diff"),
         mean_abs_logit_diff=diff["mean_abs"], greedy_identical=same == len(gens.token_ids),
         greedy_identical_count=same, compared=len(gens.token_ids), seconds=seconds,
@@ -201,13 +225,13 @@ def dequantized_too_big(model, place: Place, train_peak: Peak | None) -> str | N
             "python -m bench export RUN --out DIR")
 
 
-def dequantized(cfg: RunConfig, loaded: Loaded, adapter_dir: Path, place: Place):
-    """QLoRA: the same NF4 base, de-quantised to the run's dtype, with the adapter loaded on it (not merged yet);
-    also the de-quantised base's own logits."""
+def dequantized(cfg: RunConfig, loaded: Loaded, adapter_dir: Path, place: Place, quant: Quantization):
+    """The same bitsandbytes base (QLoRA's NF4, 8-bit), de-quantised to the run's dtype, with the adapter loaded on
+    it (not merged yet); also the de-quantised base's own logits."""
     from peft import PeftModel
 
-    base = M.load_model(cfg.model, loaded.folder, dtype=place.dtype, load_in_4bit=True, seed=cfg.training.seed,
-                        device=place.device if place.cuda else None)
+    base = M.load_model(cfg.model, loaded.folder, dtype=place.dtype, load_in_4bit=False, seed=cfg.training.seed,
+                        device=place.device if place.cuda else None, quantization=quant)
     base = base.dequantize(dtype=place.dtype)
     base.to(place.device)
     base_logits = E.prompt_logits(base, loaded.tokenizer, loaded.eval_examples, place.device)

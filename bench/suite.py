@@ -118,8 +118,10 @@ class Suite(Strict):
             from_file = adapter_params(read_adapter_config(spec.adapter_config), method) if spec.adapter_config else {}
             # A PEFT field is replaced whole: `rank_pattern: {}` over a file's patterns means no patterns.
             params = method.defaults() | from_file | spec.params
-            training = Training(**deep_merge(self.training.model_dump(),
-                                             spec.training.model_dump(exclude_unset=True)))
+            merged = deep_merge(self.training.model_dump(), spec.training.model_dump(exclude_unset=True))
+            if spec.training.quantization is not None:  # replaced whole: 8-bit over a suite's NF4 keeps no 4-bit setting
+                merged["quantization"] = spec.training.quantization.model_dump()
+            training = Training(**merged)
             for point in sweep_points(spec, method):
                 name = spec.run_name + "".join(f"@{_SHORT.get(k, k)}={_text(v)}" for k, v in point.items())
                 t = training.model_copy(update={k: v for k, v in point.items() if k in Training.model_fields})
@@ -176,6 +178,8 @@ _SHORT = {"learning_rate": "lr"}
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, dict):  # a sweep over a section (quantization: [{bits: 8}, {bits: 4}]): its values
+        return "-".join(_text(v) for v in value.values())
     return format(value, "g") if isinstance(value, float) else str(value)
 
 
@@ -770,6 +774,8 @@ def load_suite(path: str | Path) -> Suite:
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise SuiteError(path, [f"expected a mapping of suite keys at the top level, got {type(doc).__name__}"])
+    from bench.quantcheck import quantization_problems
+
     problems: list[Problem] = []
     suite = None
     try:
@@ -782,7 +788,7 @@ def load_suite(path: str | Path) -> Suite:
     problems += _model_problems(doc, path.parent)
     if suite is not None:
         problems += (_suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
-                     + _tracking_problems(suite, doc))
+                     + _tracking_problems(suite, doc) + quantization_problems(suite, doc))
     if problems:
         problems.sort(key=lambda p: (p[0] or 0))
         raise SuiteError(path, [f"line {line}, {msg}" if line else msg for line, msg in problems])

@@ -29,6 +29,8 @@ from bench.load import Loaded, build, count_params, load, method_of, weight_dtyp
 from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.optim import describe
+from bench.quantization import environment as quantization_environment
+from bench.quantization import of_run
 from bench.records import RunRecord, write_record
 from bench.train import Diverged, plan_of, train_metrics, train_stage
 
@@ -52,7 +54,8 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
-        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
+        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
+                               **quantization_environment(of_run(cfg, method), place.dtype, cfg.training.master_weights)}
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
         with measuring(model):
