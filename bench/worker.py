@@ -35,14 +35,20 @@ from bench.records import RunRecord, write_record
 from bench.train import Diverged, plan_of, train_metrics, train_stage
 
 
+def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
+    """The record's environment as the run starts: versions and device, the dtype, how memory is measured, the
+    device's peak, and the base's quantisation and master weights where the run sets them."""
+    return environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."), "memory": memory,
+                                        "peak_flops": peak_flops(place.device)[1]} | \
+        quantization_environment(of_run(cfg, method_of(cfg)), place.dtype, cfg.training.master_weights)
+
+
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:
     """Fill `record` stage by stage; it keeps what was measured if a stage raises. With `ranks` (a distributed
     run), None on every process but the main one."""
     place = Place.create(cfg.training.precision, ranks)
     phases = Phases(record, place)
-    record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."),
-                                                      "memory": phases.meter.method,
-                                                      "peak_flops": peak_flops(place.device)[1]}
+    record.environment = run_environment(cfg, place, phases.meter.method)
     if ranks:
         record.environment["distributed"] = ranks.describe()
     torch.manual_seed(cfg.training.seed)
@@ -54,8 +60,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
-        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
-                               **quantization_environment(of_run(cfg, method), place.dtype, cfg.training.master_weights)}
+        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
         with measuring(model):
