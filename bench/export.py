@@ -72,6 +72,9 @@ def merge_to_folder(record: RunRecord, run_dir: Path, out: Path) -> str:
         if quant is not None and not in_place_merge(quant):
             # Merging into quantised weights re-quantises them; merge into the de-quantised base instead.
             base = base.dequantize(dtype=dtype)
+            # transformers leaves the load-time flags set on the de-quantised model, and PEFT's IA3 will not merge while
+            # they say 8-bit or 4-bit.
+            base.is_loaded_in_8bit = base.is_loaded_in_4bit = False
         model = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
         kind = method.merge if quant is None or method.merge == "none" else "lossy"
         how = f"PeftModel.from_pretrained(fresh base, adapter).merge_and_unload() ({kind} merge)"

@@ -233,6 +233,9 @@ def dequantized(cfg: RunConfig, loaded: Loaded, adapter_dir: Path, place: Place,
     base = M.load_model(cfg.model, loaded.folder, dtype=place.dtype, load_in_4bit=False, seed=cfg.training.seed,
                         device=place.device if place.cuda else None, quantization=quant)
     base = base.dequantize(dtype=place.dtype)
+    # transformers leaves the load-time flags set on the de-quantised model, and PEFT's IA3 will not merge while
+    # they say 8-bit or 4-bit.
+    base.is_loaded_in_8bit = base.is_loaded_in_4bit = False
     base.to(place.device)
     base_logits = E.prompt_logits(base, loaded.tokenizer, loaded.eval_examples, place.device)
     return PeftModel.from_pretrained(base, adapter_dir), base_logits

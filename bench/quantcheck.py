@@ -101,10 +101,14 @@ def _trial(config: str, method_id: str, params: str, q: str) -> str | None:
         from peft import get_peft_model
 
         model = get_peft_model(base, method.config(Plan(total_steps=10, special_token_ids=(0,)), **json.loads(params)))
-        ids = torch.arange(1, 9).unsqueeze(0)
-        model(input_ids=ids, labels=ids).loss.backward()
     except Exception as e:  # whatever PEFT or the backend raises is the reason
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+    ids = torch.arange(1, 9).unsqueeze(0)
+    for n in (1, 2):  # twice: DoRA over a bitsandbytes 8-bit base on the CPU breaks the base on its first pass
+        try:
+            model(input_ids=ids, labels=ids).loss.backward()
+        except Exception as e:
+            return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]} (forward and backward pass {n})"
     if not any(p.requires_grad for p in model.parameters()):
         from methods.base import NOTHING_TRAINS
 
