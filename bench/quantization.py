@@ -100,6 +100,7 @@ def environment(q: Quantization | None, dtype: torch.dtype, master_weights: bool
     if q is not None:
         out["quantization"] = q.model_dump() | {
             "name": describe(q), "package": f"{PACKAGES[q.backend]}=={importlib.metadata.version(PACKAGES[q.backend])}",
-            **({"compute_dtype": str(compute_dtype(q, dtype)).removeprefix("torch.")}
+            **({"computes_in": str(compute_dtype(q, dtype)).removeprefix("torch.")}
                if q.compute_dtype is not None else {})}
     return out
+

@@ -176,6 +176,7 @@ def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_ch
     if q is not None:
         assert {k: env["quantization"][k] for k in q.model_dump()} == q.model_dump()
         assert env["quantization"]["package"].startswith(q.backend + "==")
+        assert env["quantization"].get("computes_in", "float32") == "float32"
         frozen = {"bitsandbytes": {8: "int8", 4: q.quant_type}, "torchao": {8: "int8tensor"},
                   "hqq": {4: "uint8"}}[q.backend][q.bits]
         assert frozen in env["weights"]["frozen"].split("+")
@@ -194,3 +195,17 @@ def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_ch
         assert merge.quantized_base_max_abs_logit_diff is not None
     else:  # into the quantised layers: re-quantising is lossy, measured end to end
         assert "base itself" in merge.how and merge.exact is None
+
+
+def test_bytes_per_weight_of_each_quantised_base_are_measured():
+    from bench.quantsize import base_bytes_per_param
+
+    assert base_bytes_per_param(None) == 4.0 and base_bytes_per_param(None, "bfloat16") == 2.0
+    assert base_bytes_per_param(Quantization(bits=8)) == 1 + 4 / 1024  # int8 and a float32 scale per row
+    nf4 = base_bytes_per_param(Quantization(bits=4))
+    assert nf4 == base_bytes_per_param(Quantization(bits=4, quant_type="fp4")) == 0.5 + 4 / 64
+    # Double quantisation: the per-64 scales in 8 bits, with a float32 scale per 256 of them.
+    assert base_bytes_per_param(Quantization(bits=4, double_quant=True)) == 0.5 + 1 / 64 + 4 / (64 * 256)
+    assert base_bytes_per_param(Quantization(backend="torchao", bits=8)) == pytest.approx(1 + 4 / 1024, abs=2 / 1024)
+    hqq = base_bytes_per_param(Quantization(backend="hqq", bits=4, group_size=64))
+    assert hqq == 0.5 + 2 * 4 / 64  # a scale and a zero per 64, in the fp32 compute dtype
