@@ -222,6 +222,52 @@ class Optimizer(Versioned):
                                    "optimizer_cls: the torch.optim class PEFT's optimisers wrap)")
 
 
+Backend = Literal["bitsandbytes", "torchao", "hqq"]
+# Which bit widths each backend quantises to (HQQ: 1 to 8; torchao: int8 and int4 weight-only).
+BACKEND_BITS = {"bitsandbytes": (4, 8), "torchao": (4, 8), "hqq": (1, 2, 3, 4, 8)}
+# The settings each backend takes, with its default where the suite leaves one unset (bench.quantization loads them).
+BACKEND_SETTINGS: dict[tuple[str, int | None], dict[str, Any]] = {
+    ("bitsandbytes", 4): {"quant_type": "nf4", "double_quant": False, "compute_dtype": "auto", "quant_storage": "uint8",
+                          "skip_modules": []},
+    ("bitsandbytes", 8): {"skip_modules": []},
+    ("torchao", 8): {"skip_modules": []},
+    ("torchao", 4): {"group_size": 128, "skip_modules": []},
+    ("hqq", None): {"group_size": 64, "compute_dtype": "auto", "skip_modules": []},
+}
+
+
+class Quantization(Versioned):
+    """The base model's quantisation (loaded by bench.quantization): bitsandbytes 8- or 4-bit, torchao weight-only or
+    HQQ. Every setting the backend takes is written out in the resolved config, its default where unset."""
+
+    backend: Annotated[Backend, KEPT] = "bitsandbytes"
+    bits: int = Field(description="bitsandbytes: 4 or 8; torchao: 8 (int8 weight-only) or 4; hqq: 1, 2, 3, 4 or 8")
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="bitsandbytes 4-bit data type")
+    double_quant: bool | None = Field(None, description="bitsandbytes 4-bit: quantise the quantisation constants too")
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(
+        None, description="dtype the de-quantised weights compute in (bitsandbytes 4-bit, hqq); auto: the run's")
+    quant_storage: Literal["uint8", "fp32", "bf16", "fp16"] | None = Field(
+        None, description="bitsandbytes 4-bit: the dtype packed weights are stored as (FSDP shards a float one)")
+    group_size: PositiveInt | None = Field(None, description="torchao int4 and hqq: weights sharing one scale")
+    skip_modules: list[str] | None = Field(None, description="modules left unquantised beside the output head")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not isinstance(value.get("bits"), int):
+            return value
+        backend = value.get("backend", "bitsandbytes")
+        key = (backend, value["bits"]) if (backend, value["bits"]) in BACKEND_SETTINGS else (backend, None)
+        if value["bits"] not in BACKEND_BITS.get(backend, (value["bits"],)):
+            raise ValueError(f"{backend} quantises to {' or '.join(map(str, BACKEND_BITS[backend]))} bits, not "
+                             f"{value['bits']}")
+        takes = BACKEND_SETTINGS.get(key, {})
+        extra = [k for k in value if k not in ("backend", "bits", *takes)]
+        if extra:
+            raise ValueError(f"{backend} {value['bits']}-bit takes {', '.join(takes)} - not {', '.join(extra)}")
+        return {"backend": backend} | takes | value
+
+
 class Training(Versioned):
     learning_rate: Annotated[PositiveFloat, KEPT] = 2e-4
     batch_size: Annotated[PositiveInt, KEPT] = 4
@@ -248,6 +294,12 @@ class Training(Versioned):
     loss_chunk_bytes: PositiveInt | Literal["off"] | None = Field(
         None, description="fp32 logits the output head makes at a time in the training and eval losses, over "
         "response positions only (unset: 1 GiB; bench/loss.py); off: the model's own loss over every position")
+    quantization: Quantization | None = Field(None, description="quantise the frozen base: bitsandbytes, torchao "
+                                              "or hqq (unset: as loaded; qlora is LoRA over bitsandbytes NF4 with "
+                                              "double quantisation)")
+    master_weights: bool | None = Field(None, description="false: pure bf16, the weights that train, their "
+                                        "gradients and optimiser states in bf16 (needs precision bf16 on a device "
+                                        "with native bf16); unset: fp32 master weights under bf16 autocast")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:

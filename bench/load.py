@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,12 +116,15 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
     then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`), and the
     method's `after_build` hook (which may read the tokenizer); with no method, the frozen base. `plan`
     (bench.train.plan_of; default: the step budget) is what the method's hooks read."""
-    four_bit = bool(method and method.load_in_4bit)
+    from bench.quantization import of_run
+
+    quant = of_run(cfg, method)
     sharded = cfg.distributed and cfg.training.distributed.config is not None
-    model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=four_bit, seed=cfg.training.seed,
-                         device=place.device if place.cuda else None, attention=attention(cfg, method, place, folder),
-                         shardable_4bit=four_bit and sharded)
-    if not four_bit:
+    model = M.load_model(cfg.model, folder, dtype=place.dtype, load_in_4bit=False, seed=cfg.training.seed,
+                         device=place.device if place.cuda or quant and quant.backend == "hqq" else None,
+                         attention=attention(cfg, method, place, folder), quantization=quant,
+                         shardable_4bit=bool(quant and quant.bits == 4 and sharded))
+    if quant is None:
         model.to(place.device)
     model.requires_grad_(False)
     if method is None:
@@ -141,7 +145,10 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
             peft_config.revision = cfg.model.revision
         torch.manual_seed(cfg.training.seed)  # adapter initialisation is seeded too
         model = get_peft_model(model, peft_config)
-    trainable_in_fp32(model)
+    if cfg.training.master_weights is False:
+        trainable_in(model, place.dtype)
+    else:
+        trainable_in_fp32(model)
     if not any(p.requires_grad for p in model.parameters()):
         from methods.base import NOTHING_TRAINS
 
@@ -161,11 +168,20 @@ def trainable_in_fp32(model: torch.nn.Module) -> None:
             p.data = p.data.float()
 
 
+def trainable_in(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Pure bf16 (`training.master_weights: false`), as PEFT's benchmark, litgpt's bf16-true and torchtune train:
+    the weights that train, and so their gradients and optimiser states, in the compute dtype. PEFT upcasts its
+    adapter layers to fp32 (autocast_adapter_dtype); this undoes it. Updates below half a bf16 step round away
+    (tests/test_precision.py measures how many)."""
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
 def weight_dtypes(model: torch.nn.Module) -> dict[str, str]:
     """What the record says of the weights: the dtype of those that train and of those that do not."""
     def names(params) -> str:
-        kinds = sorted({"nf4" if p.__class__.__name__ == "Params4bit" else str(p.dtype).removeprefix("torch.")
-                        for p in params})
+        kinds = sorted({_kind(p) for p in params})
         return "+".join(kinds) or "-"
 
     params = list(model.parameters())
@@ -173,10 +189,26 @@ def weight_dtypes(model: torch.nn.Module) -> dict[str, str]:
             "frozen": names(p for p in params if not p.requires_grad)}
 
 
+def _kind(p: torch.nn.Parameter) -> str:
+    """A weight's dtype, or its quantised format: nf4 or fp4 (bitsandbytes 4-bit), int8 (bitsandbytes 8-bit),
+    torchao's tensor subclass (int8tensor), hqq's packed uint8."""
+    if p.__class__.__name__ == "Params4bit":
+        return p.quant_type
+    if type(p.data) is not torch.Tensor and p.data.__class__.__module__.startswith("torchao"):
+        return p.data.__class__.__name__.lower()
+    return str(p.dtype).removeprefix("torch.")
+
+
 def count_params(model: torch.nn.Module) -> tuple[int, int]:
-    """Trainable and total parameters, 4-bit layers counted at their real parameter count (as PEFT counts them)."""
+    """Trainable and total parameters, 4-bit layers counted at their real parameter count (as PEFT counts them);
+    an HQQ layer at its weight's shape (its packed bytes say less)."""
     trainable = total = 0
+    hqq = [m for m in model.modules() if m.__class__.__name__ == "HQQLinear"]
+    packed = {id(p) for m in hqq for p in m.parameters()}
+    total = sum(math.prod(m.meta["shape"]) for m in hqq)
     for p in model.parameters():
+        if id(p) in packed:
+            continue
         n = p.numel()
         if p.__class__.__name__ == "Params4bit":
             n = n * 2 * p.element_size()
@@ -184,3 +216,4 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
         if p.requires_grad:
             trainable += n
     return trainable, total
+

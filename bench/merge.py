@@ -16,11 +16,12 @@ import torch
 
 from bench import evaluation as E
 from bench import models as M
-from bench.config import RunConfig
+from bench.config import Quantization, RunConfig
 from bench.device import Place
 from bench.load import count_params
 from bench.memory import Meter, Peak
 from bench.metrics import human_bytes
+from bench.quantization import describe, in_place_merge, of_run
 from bench.records import MergeCheck
 
 if TYPE_CHECKING:
@@ -63,12 +64,16 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
       W + ΔW in float64 within a stated bound; one layer in float64 at a time;
     - end to end in the run's precision: logits at the last positions of the eval prompts and greedy answers of the
       merged model against the adapter model, what a user serving the merged model sees.
-    QLoRA merges into a de-quantised copy of its base: its layers are checked one de-quantised layer at a time
-    (`quantized_layers`, always); the whole copy for the end-to-end figures is built only where it fits in what
-    training used (`train_peak`), else the record says "checked by layer" with the sizes."""
+    Over a bitsandbytes base (QLoRA's NF4, 8-bit) the merge goes into a de-quantised copy of it; LoRA over 4-bit is
+    also checked one de-quantised layer at a time on the quantised model (`quantized_layers`, always), and where the
+    whole copy does not fit in what training used (`train_peak`) the record says "checked by layer" with the sizes
+    (other bitsandbytes bases: "skipped", with the sizes). Over a torchao or HQQ base PEFT merges into the quantised
+    layers themselves (de-quantise, add, re-quantise), checked end to end: lossy either way."""
+    quant = of_run(cfg, method)
+    kind = "none" if method.merge == "none" else "lossy" if quant is not None else "exact"
     if saved.full:
         return Merged(MergeCheck(status="nothing to merge", note="full fine-tuning changes the weights themselves"))
-    if method.merge == "none":
+    if kind == "none":
         return Merged(MergeCheck(status="not mergeable", note=f"{method.id} adds virtual tokens at inference; there "
                                  "are no weights to fold in"))
     if gens is None:
@@ -77,39 +82,68 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
     t = time.perf_counter()
     examples, tokenizer, device = loaded.eval_examples, loaded.tokenizer, place.device
     m: dict[str, float] = {}
+    # PEFT refuses some merges (BEFT: a bias adapter on a layer without bias; Lily, Shadow: not a static weight
+    # delta; IA3 or LoHa into quantised layers); a quantised layer may also refuse the arithmetic a merge needs.
+    refused = (ValueError, NotImplementedError) + ((RuntimeError, TypeError) if quant is not None else ())
     with place.autocast():
         before = E.prompt_logits(model, tokenizer, examples, device)
-    if method.merge == "exact":
-        try:
+    try:
+        if quant is None:
             # Outside autocast: PEFT computes each ΔW in fp32 and adds it into the stored weight, rounding once.
             layers = merge_layers(model)
             merged, how = model.merge_and_unload(), "merge_and_unload into the base weights (fp32 ΔW, no autocast)"
-        except (ValueError, NotImplementedError) as e:  # PEFT refuses this model's merge (BEFT: a bias adapter
-            # on a layer without bias; Lily, Shadow: not a static weight delta)
-            return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {e}"))
-    else:
-        layers = quantized_layers(model, place.dtype)  # one de-quantised layer at a time: always fits
-        with model.disable_adapter(), place.autocast():
-            base_4bit = E.prompt_logits(model, tokenizer, examples, device)
-        too_big = dequantized_too_big(model, place, train_peak)
-        if too_big:
-            check, m = _verdict(method, "layer by layer only", layers, None, None, gens, None, m,
-                                time.perf_counter() - t)
-            return Merged(check.model_copy(update={"status": "checked by layer", "note": too_big}), m)
-        with place.autocast():
-            peft_deq, base_deq = dequantized(cfg, loaded, saved.folder, place)
-        # How far the 4-bit kernels alone are from the de-quantised weights, adapter off: the part of the merge
-        # difference that is not the merge's doing.
-        m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_4bit, base_deq)["max_abs"]
-        merged = peft_deq.merge_and_unload()
-        how = "merge_and_unload into a de-quantised copy of the 4-bit base the adapter trained against"
+        elif in_place_merge(quant):
+            layers, merged = LayerErrors(), model.merge_and_unload()
+            how = (f"merge_and_unload into the {describe(quant)} base itself (PEFT de-quantises each layer, adds "
+                   "the adapter, re-quantises)")
+        else:
+            done = _into_dequantized(cfg, model, loaded, saved, place, train_peak, quant, m, gens, t)
+            if isinstance(done, Merged):
+                return done
+            layers, merged, how = done
+    except refused as e:
+        return Merged(MergeCheck(status="not mergeable", note=f"PEFT refused the merge: {type(e).__name__}: {e}"))
     with place.autocast():
         after = E.prompt_logits(merged, tokenizer, examples, device)
         merged_gens = E.generate(merged, tokenizer, examples, cfg.eval.batch_size, cfg.eval.max_new_tokens, device)
-    return Merged(*_verdict(method, how, layers, before, after, gens, merged_gens, m, time.perf_counter() - t))
+    check, m = _verdict(kind, how, layers, before, after, gens, merged_gens, m, time.perf_counter() - t)
+    return Merged(*_end_to_end_only(check, m) if quant is not None and in_place_merge(quant) else (check, m))
 
 
-def _verdict(method: Method, how: str, layers: LayerErrors, before, after, gens: E.Generations,
+def _end_to_end_only(check: MergeCheck, m: dict[str, float]) -> tuple[MergeCheck, dict[str, float]]:
+    """A merge into quantised layers (torchao, HQQ), which do not copy to float64: no per-layer figures to show."""
+    per_layer = ("merge_layer_rel_error_fp64", "merge_storage_rel_error", "merge_weight_error_of_bound")
+    return (check.model_copy(update={"exact": None, "layer_rel_error_fp64": None, "storage_rel_error": None,
+                                     "weight_error_of_bound": None}),
+            {k: v for k, v in m.items() if k not in per_layer})
+
+
+def _into_dequantized(cfg: RunConfig, model, loaded: Loaded, saved: Saved, place: Place, train_peak: Peak | None,
+                      quant: Quantization, m: dict[str, float], gens: E.Generations, t: float):
+    """A bitsandbytes base: the adapter merged into a de-quantised copy of the base it trained against, its merged
+    weights judged against W + ΔW in float64, and how far the quantised kernels alone are from the de-quantised
+    weights (adapter off). Where the copy does not fit: LoRA over 4-bit checked layer by layer, else skipped, with
+    the sizes."""
+    by_layer = quantized_layers(model, place.dtype)  # LoRA over 4-bit, one de-quantised layer at a time: always fits
+    with model.disable_adapter(), place.autocast():
+        base_quantized = E.prompt_logits(model, loaded.tokenizer, loaded.eval_examples, place.device)
+    too_big = dequantized_too_big(model, place, train_peak)
+    if too_big and by_layer.checked:
+        check, m = _verdict("lossy", "layer by layer only", by_layer, None, None, gens, None, m,
+                            time.perf_counter() - t)
+        return Merged(check.model_copy(update={"status": "checked by layer", "note": too_big}), m)
+    if too_big:
+        return Merged(MergeCheck(status="skipped", kind="lossy", note=too_big, seconds=time.perf_counter() - t))
+    with place.autocast():
+        peft_deq, base_deq = dequantized(cfg, loaded, saved.folder, place, quant)
+    # The part of the merge difference that is not the merge's doing.
+    m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_quantized, base_deq)["max_abs"]
+    layers = merge_layers(peft_deq)
+    return layers, peft_deq.merge_and_unload(), ("merge_and_unload into a de-quantised copy of the "
+                                                 f"{describe(quant)} base the adapter trained against")
+
+
+def _verdict(kind: str, how: str, layers: LayerErrors, before, after, gens: E.Generations,
              merged_gens: E.Generations | None, m: dict[str, float],
              seconds: float) -> tuple[MergeCheck, dict[str, float]]:
     """The merge check's record; `before`/`after` None where only the layers were checked."""
@@ -127,7 +161,7 @@ def _verdict(method: Method, how: str, layers: LayerErrors, before, after, gens:
                           logits_compared=f"{len(before)} prompts x last {before[0].shape[0] if before else 0} "
                                           "positions, run precision, logits in fp32")
     check = MergeCheck(
-        status="merged", kind=method.merge, how=how,
+        status="merged", kind=kind, how=how,
         quantized_base_max_abs_logit_diff=m.get("quantized_base_max_abs_logit_diff"), seconds=seconds,
         layers_checked=layers.checked, layers_replaced=layers.replaced, layer_rel_error_fp64=layers.own,
         storage_dtype=layers.storage, storage_rel_error=layers.rounding, weight_error_of_bound=layers.weights,
@@ -265,8 +299,8 @@ def quantized_layers(model, dtype: torch.dtype) -> LayerErrors:
     out = LayerErrors()
     generator = torch.Generator().manual_seed(0)
     for module, base in list(_adapter_layers(model, out)):
-        if base.weight.dtype.itemsize >= 2:
-            continue
+        if not hasattr(base.weight, "quant_state") or not hasattr(module, "lora_A"):
+            continue  # 8-bit weights, or a method other than LoRA: checked in the de-quantised copy
         deq = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).to(dtype)
         original = deq.to(torch.float64)
         reference = original.clone()
@@ -309,14 +343,17 @@ def dequantized_too_big(model, place: Place, train_peak: Peak | None) -> str | N
             "python -m bench export RUN --out DIR")
 
 
-def dequantized(cfg: RunConfig, loaded: Loaded, adapter_dir: Path, place: Place):
-    """QLoRA: the same NF4 base, de-quantised to the run's dtype, with the adapter loaded on it (not merged yet);
-    also the de-quantised base's own logits."""
+def dequantized(cfg: RunConfig, loaded: Loaded, adapter_dir: Path, place: Place, quant: Quantization):
+    """The same bitsandbytes base (QLoRA's NF4, 8-bit), de-quantised to the run's dtype, with the adapter loaded on
+    it (not merged yet); also the de-quantised base's own logits."""
     from peft import PeftModel
 
-    base = M.load_model(cfg.model, loaded.folder, dtype=place.dtype, load_in_4bit=True, seed=cfg.training.seed,
-                        device=place.device if place.cuda else None)
+    base = M.load_model(cfg.model, loaded.folder, dtype=place.dtype, load_in_4bit=False, seed=cfg.training.seed,
+                        device=place.device if place.cuda else None, quantization=quant)
     base = base.dequantize(dtype=place.dtype)
+    # transformers leaves the load-time flags set on the de-quantised model, and PEFT's IA3 will not merge while
+    # they say 8-bit or 4-bit.
+    base.is_loaded_in_8bit = base.is_loaded_in_4bit = False
     base.to(place.device)
     base_logits = E.prompt_logits(base, loaded.tokenizer, loaded.eval_examples, place.device)
     return PeftModel.from_pretrained(base, adapter_dir), base_logits

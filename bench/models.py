@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.config import ModelSpec
+from bench.config import ModelSpec, Quantization
 from bench.presets import PRESETS
 from bench.util import local_path
 
@@ -181,8 +181,10 @@ def build_config(model: ModelSpec):
 
 
 def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
-               device: torch.device | None = None, attention: str | None = None, shardable_4bit: bool = False):
-    """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA.
+               device: torch.device | None = None, attention: str | None = None, shardable_4bit: bool = False,
+               quantization: Quantization | None = None):
+    """The base model, in `dtype`, or quantised: `quantization` (bench.quantization), or with `load_in_4bit` NF4
+    4-bit with double quantisation and `dtype` compute, for QLoRA.
 
     A config-built model is initialised directly on `device` when given (a 1.1B model's random init takes seconds
     on a GPU and a minute on a CPU); its weights then depend on the device's random generator as well as the seed.
@@ -190,40 +192,41 @@ def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load
     in `dtype` (bitsandbytes' quant_storage), which FSDP needs to shard them beside the other weights."""
     from transformers import AutoModelForCausalLM
 
+    from bench import quantization as Q
+
+    quant = Q.QLORA if load_in_4bit else quantization
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attention is not None:
         kwargs["attn_implementation"] = attention
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, **({"bnb_4bit_quant_storage": dtype} if shardable_4bit else {}),
-        )
+    hf = Q.hf_config(quant, dtype, shardable_4bit) if quant is not None else None
+    if hf is not None:
+        kwargs["quantization_config"] = hf
         if device is not None:
             kwargs["device_map"] = {"": device}  # bitsandbytes quantises as the weights land on the GPU
     if folder is None:
         torch.manual_seed(seed)
         config = build_config(model)
-        # Built on the same device for every method, so QLoRA quantises the very weights the others train.
+        # Built on the same device for every method, so a quantised base quantises the very weights the others train.
         with torch.device(device or "cpu"):
             built = AutoModelForCausalLM.from_config(config, dtype=dtype, **({"attn_implementation": attention}
                                                                               if attention else {}))
-        if not load_in_4bit:
-            return built
-        # bitsandbytes quantises at load time: save the seeded random weights, then load them quantised.
+        if hf is None:
+            return built if quant is None else Q.quantize_hqq(built, quant, dtype, device or torch.device("cpu"))
+        # bitsandbytes and torchao quantise at load time: save the seeded random weights, then load them quantised.
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             built.save_pretrained(tmp)
             del built
-            # Params4bit keep no reference to the files once quantised; safe to delete the folder.
+            # Quantised weights keep no reference to the files; safe to delete the folder.
             return no_cpu_repacking(AutoModelForCausalLM.from_pretrained(tmp, **kwargs))
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, revision=model.revision, **kwargs)
     except OSError as e:
         raise ModelSourceError(_hub_hint(folder, e)) from None
-    return no_cpu_repacking(loaded) if load_in_4bit else loaded
+    if quant is not None and hf is None:
+        return Q.quantize_hqq(loaded.to(device or "cpu"), quant, dtype, device or torch.device("cpu"))
+    return no_cpu_repacking(loaded) if quant is not None else loaded
 
 
 def no_cpu_repacking(model):

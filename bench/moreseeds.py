@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from bench.config import RunConfig
+from bench.layout import run_path
 from bench.records import RecordError, read_record, record_path
 from bench.runner import _keep_previous, store  # the runner's own move of a replaced record to history/
 
@@ -48,7 +49,7 @@ def adopt_unseeded(configs: list[RunConfig], out_dir: Path) -> list[str]:
             continue  # another config, or another training seed: this seed has to run
         store(out_dir, old.model_copy(update={"run": cfg.run, "config": cfg, "config_hash": cfg.config_hash}))
         _keep_previous(out_dir, plain)
-        if (out_dir / plain).is_dir():
-            os.replace(out_dir / plain, out_dir / cfg.run)
+        if run_path(out_dir, plain).is_dir():
+            os.replace(run_path(out_dir, plain), run_path(out_dir, cfg.run))
         said.append(f"{cfg.run}: the record of {plain} ran this config at seed {cfg.seed}; adopted, not rerun")
     return said

@@ -139,7 +139,10 @@ class Suite(Strict):
         from_file = adapter_params(spec._adapter, method) if spec._adapter is not None else {}
         # A PEFT field is replaced whole: `rank_pattern: {}` over a file's patterns means no patterns.
         params = method.defaults() | from_file | spec.params
-        training = Training(**deep_merge(self.training.model_dump(), spec.training.model_dump(exclude_unset=True)))
+        merged = deep_merge(self.training.model_dump(), spec.training.model_dump(exclude_unset=True))
+        if spec.training.quantization is not None:  # replaced whole: 8-bit over a suite's NF4 keeps no 4-bit setting
+            merged["quantization"] = spec.training.quantization.model_dump()
+        training = Training(**merged)
         shared, runs = self._shared(), []
         for point in sweep_points(spec, method):
             name = spec.run_name + "".join(f"@{_SHORT.get(k, k)}={_text(v)}" for k, v in point.items())
@@ -208,6 +211,8 @@ _SHORT = {"learning_rate": "lr"}
 
 
 def _text(value: Any) -> str:
+    if isinstance(value, dict):  # a sweep over a section (quantization: [{bits: 8}, {bits: 4}]): its values
+        return "-".join(_text(v) for v in value.values())
     return format(value, "g") if isinstance(value, float) else str(value)
 
 

@@ -610,6 +610,12 @@ def _trust_problems(suite: Suite, doc: dict, trusted: bool) -> list[Problem]:
     return safety.problems(doc, suite.eval.metrics, include, trusted)
 
 
+def _quantization_problems(suite: Suite, doc: dict) -> list[Problem]:
+    from bench.quantcheck import quantization_problems  # tries each quantised base: loads torch and PEFT
+
+    return quantization_problems(suite, doc)
+
+
 def problems(doc: dict, path: Path, suite: Suite | None, error: ValidationError | None,
              files: dict[int, dict | str], trust_remote_code: bool = False) -> list[str]:
     """Every problem of the suite file, sorted by line, each as 'line N, place: what'. `suite` is the typed suite
@@ -624,6 +630,6 @@ def problems(doc: dict, path: Path, suite: Suite | None, error: ValidationError 
     if suite is not None:
         found += (_suite_problems(suite, doc) + _device_problems(suite, doc) + _format_problems(suite, doc)
                   + _tracking_problems(suite, doc) + _resolved_problems(suite, doc, bad | bad_sweeps)
-                  + _trust_problems(suite, doc, trust_remote_code))
+                  + _trust_problems(suite, doc, trust_remote_code) + _quantization_problems(suite, doc))
     found.sort(key=lambda p: (p[0] or 0))
     return [f"line {line}, {msg}" if line else msg for line, msg in found]

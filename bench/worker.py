@@ -30,16 +30,19 @@ from bench.loss import describe as describe_loss
 from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.optim import describe
+from bench.quantization import environment as quantization_environment
+from bench.quantization import of_run
 from bench.records import RunRecord, write_record
 from bench.safety import code_that_ran
 from bench.train import Diverged, plan_of, train_metrics, train_stage
 
 
 def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
-    """The record's environment as the run starts: versions and device, the dtype, how memory is measured, and the
-    device's peak for the dtype that runs."""
+    """The record's environment as the run starts: versions and device, the dtype, how memory is measured, the
+    device's peak for the dtype that runs, and the base's quantisation and master weights where the run sets them."""
     return environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."), "memory": memory,
-                                        "peak_flops": peak_flops(place.device, place.dtype)[1]}
+                                        "peak_flops": peak_flops(place.device, place.dtype)[1]} | \
+        quantization_environment(of_run(cfg, method_of(cfg)), place.dtype, cfg.training.master_weights)
 
 
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:

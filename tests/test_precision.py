@@ -158,3 +158,26 @@ def test_device_peaks_by_their_real_names():
     assert none is None and "MIG slice" in why
     assert peak_for("NVIDIA GeForce RTX 4090") == (None, "no peak known for 'NVIDIA GeForce RTX 4090' "
                                                          "(bench.flops.BF16_PEAK)")
+
+
+def test_pure_bf16_saves_half_the_bytes_per_trained_weight_and_rounds_small_updates_away():
+    """`training.master_weights: false` (PEFT's benchmark, litgpt's bf16-true): weights that train, their gradients and
+    AdamW's states in bf16. What it saves, per trainable parameter: 16 bytes (fp32 weight, gradient, two states) down
+    to 8. What it costs: a 2e-5 step is below half a bf16 step on most weights, so most updates round away."""
+    from bench.optim import state_bytes_per_param
+
+    batch = batches(320, 64, 2, 1)[0][1]
+    masters = config(TINY, "full", precision="bf16")
+    pure = config(TINY, "full", precision="bf16", master_weights=False)
+    kept = build(masters, None, BF16, METHODS["full"])
+    bare = build(pure, None, BF16, METHODS["full"])
+    assert {p.dtype for p in bare.parameters() if p.requires_grad} == {torch.bfloat16}
+    per_param = {name: 2 * torch.finfo(dtype).bits // 8 + state_bytes_per_param("AdamW", "{}", str(dtype)[6:])
+                 for name, dtype in (("masters", torch.float32), ("pure", torch.bfloat16))}
+    assert per_param == {"masters": 16.0, "pure": 8.0}
+    landed_masters, landed_pure = one_step_changed(kept, batch), one_step_changed(bare, batch)
+    assert landed_masters > 0.99 and landed_pure < 0.6
+    # The same holds for the adapters PEFT upcasts to fp32 by itself: pure bf16 casts them back.
+    lora = build(config(TINY, "lora", {"r": 8}, precision="bf16", master_weights=False), None, BF16, METHODS["lora"])
+    assert {p.dtype for p in lora.parameters() if p.requires_grad} == {torch.bfloat16}
+

@@ -13,6 +13,7 @@ from bench.records import ENVIRONMENT_KEYS, RunRecord, environment_signature, er
 from bench.report.plots import MARKERS, PALETTE, pareto_front
 from bench.rows import (
     Group,
+    base_marks,
     baseline,
     best,
     cell,
@@ -211,7 +212,7 @@ def summary_table(records: list[RunRecord]) -> Table:
             if base is None or rec is base or base.metrics.get(name) is None:
                 return None
             return f"base {format_value(name, base.metrics[name])}"
-        return _Entry(names[id(rec)], rec.method, lambda name: cell(name, row.get(name)), note,
+        return _Entry(names[id(rec)] + base_marks(rec), rec.method, lambda name: cell(name, row.get(name)), note,
                       rec.ok or rec.merge is not None)
 
     return _table(rows, columns(records), [run_entry(r, row) for r, row in zip(ordered(records), rows)])
