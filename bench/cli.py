@@ -6,6 +6,7 @@ Each command imports what it needs when it runs, so `--help` and `bench list` lo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -56,21 +57,37 @@ def cmd_fields(method_id: str) -> int:
     return EXIT_OK
 
 
-def _load(path: str):
+def _load(path: str, trust_remote_code: bool = False):
     from bench.suite import load_suite
     from bench.yamlio import SuiteError
 
     try:
-        return load_suite(path)
+        return load_suite(path, trust_remote_code=trust_remote_code)
     except SuiteError as e:
         err.print(e.render(), markup=False)
         return None
 
 
+def _trust_flag(p) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="let the suite run code it brings: hub:OWNER/NAME "
+                   "or local-script metrics (evaluate.load imports them), an lm-eval task folder with !function or "
+                   "metrics lm-eval does not ship; never a suite key (README: Security)")
+
+
+def _say_code(suite, trusted: bool) -> None:
+    """What `validate` and `run` say of code that runs: evaluate's own metrics, and what the flag allows."""
+    from bench.safety import notes
+
+    lm = suite.eval.lm_eval
+    include = suite.resolve(lm.include_path) if lm is not None and lm.include_path is not None else None
+    for line in notes(suite.eval.metrics, include, trusted):
+        console.print(f"note: {line}", markup=False, highlight=False)
+
+
 def cmd_validate(args) -> int:
     code = EXIT_OK
     for path in args.suites:
-        suite = _load(path)
+        suite = _load(path, args.trust_remote_code)
         if suite is None:
             code = EXIT_USAGE
             continue
@@ -81,20 +98,35 @@ def cmd_validate(args) -> int:
             f"model {suite.model.kind}, output {suite.output_dir}",
             markup=False,
         )
+        _say_code(suite, args.trust_remote_code)
+        if args.gpu_memory:
+            from bench.plan import fit_warnings
+
+            code = max(code, fit_warnings(path, runs, args.gpu_memory))
     if code == EXIT_OK:
-        console.print("checked: YAML syntax and duplicate keys, every key and type, method ids and their params "
-                      "(each PEFT config was built), model and data paths, metrics, the output folder.",
-                      style="dim")
+        console.print("checked: YAML syntax and duplicate keys, every key and type (numbers finite), run names "
+                      "(plain file names), method ids and their params, every run as resolved with each sweep point "
+                      "(its PEFT config built, and applied where the suite gives the architecture), model and data "
+                      "paths, metrics, the extract regex (compiled, probed for backtracking), code the suite would "
+                      "run (README: Security), the output folder.", style="dim")
     return code
+
+
+def cmd_schema(args) -> int:
+    from bench.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
 
 
 def cmd_run(args) -> int:
     from bench.runner import DevicesError, parse_devices
     from bench.session import Options, run_suite
 
-    suite = _load(args.suite)
+    suite = _load(args.suite, args.trust_remote_code)
     if suite is None:
         return EXIT_USAGE
+    _say_code(suite, args.trust_remote_code)
     try:
         if args.devices:
             parse_devices(args.devices)
@@ -112,9 +144,17 @@ def cmd_run(args) -> int:
     if problem:
         err.print(problem, markup=False)
         return EXIT_USAGE
+    if args.seeds is not None:
+        from bench.moreseeds import seeds_for
+
+        try:
+            suite = suite.model_copy(update={"seeds": seeds_for(suite.seeds, suite.training.seed, args.seeds)})
+        except ValueError as e:
+            err.print(f"{args.suite}: {e}", markup=False)
+            return EXIT_USAGE
     options = Options(output=Path(args.output) if args.output else None, force=args.force,
                       only=tuple(args.only or ()), devices=args.devices, report=not args.no_report,
-                      track=tuple(args.track or ()), ray=ray_options(args))
+                      track=tuple(args.track or ()), ray=ray_options(args), adopt_unseeded=args.seeds is not None)
     return run_suite(suite, options)
 
 
@@ -236,6 +276,9 @@ def _run_parsers(sub) -> None:
                        "size, base weights at the run's precision and at 4-bit")
     p.add_argument("suite", help="suite YAML file")
     p.add_argument("--json", action="store_true", help="one JSON object per line, one per run")
+    p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="a card's memory (24GB, 80GiB) or a card (L4, L40S, "
+                   "A100, H100, H200): whether each run fits, the largest batch that does, and a time estimate")
+    _trust_flag(p)
     p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
@@ -251,11 +294,19 @@ def _run_parsers(sub) -> None:
     p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+", help="suite YAML files")
+    p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="also warn of each run whose predicted GPU training peak "
+                   "(bench plan) does not fit this card (24GB, 80GiB, L4, L40S, A100, H100, H200)")
+    _trust_flag(p)
     p.set_defaults(func=cmd_validate)
+    p = sub.add_parser("schema", help="the JSON Schema of suite files (bench schema > suite.schema.json), for editors "
+                       "that check and complete suites as they are typed")
+    p.set_defaults(func=cmd_schema)
     p = sub.add_parser("run", help="run a suite (resumes: finished runs with the same config are skipped)")
     p.add_argument("suite", help="suite YAML file")
     p.add_argument("--force", action="store_true", help="rerun every run, even up-to-date ones")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
+    p.add_argument("--seeds", type=_count(1), metavar="N", help="run every entry over N seeds: the suite's own, then "
+                   "the next ones; a finished run from before counts as its seed, so only the missing seeds run")
     p.add_argument("--output", help="results folder (default: the suite's output)")
     p.add_argument("--no-report", action="store_true", help="skip writing report.md / report.html")
     p.add_argument("--devices", metavar="SLOTS", help="run in parallel, one run per slot at a time: GPU indices "
@@ -264,7 +315,12 @@ def _run_parsers(sub) -> None:
                    "trackers too, with their defaults (tensorboard, mlflow, wandb; the suite's `tracking:` sets "
                    "options); each is an extra: pip install 'peft-bench[mlflow]'")
     _ray_flags(p)
+    _trust_flag(p)
     p.set_defaults(func=cmd_run)
+    _gpu_parsers(sub)
+
+
+def _gpu_parsers(sub) -> None:
     p = sub.add_parser("perf", help="GPU throughput and memory check: every method on TinyLlama-1.1B's shape, random "
                        "weights, seq 2048, bf16 (--dry-run: the same on the CPU, tiny model)")
     p.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks everything but the device")
@@ -274,10 +330,12 @@ def _run_parsers(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
     p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
-    p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, a bf16 "
-                       "merge, packed attention, a 128k-vocabulary eval (one line per check; --dry-run: CPU)")
+    p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, the "
+                       "merged weights, packed attention, chunked eval memory (one line per check; --dry-run: CPU)")
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
     p.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks")
+    p.add_argument("--plant", nargs="+", metavar="CHECK", choices=("fp32-masters", "qlora-memory", "merge",
+                   "eval-memory"), help="plant the fault each of these checks looks for: it must FAIL")
     p.set_defaults(func=_lazy("bench.gpucheck", "cmd_gpu_check"))
 
 
@@ -327,6 +385,10 @@ def _result_parsers(sub) -> None:
     p.add_argument("--min-score", metavar="METRIC=VALUE", action="append",
                    help="a score at least this good, e.g. exact_match=0.9 (repeatable; eval_loss: at most)")
     p.add_argument("--metric", help="the score to choose by (default: the suite's first eval metric)")
+    p.add_argument("--prefer", default="memory", metavar="COST", help="of the methods not significantly worse than "
+                   "the best score, take the cheapest in memory (default), time, size or params; score: the best score")
+    p.add_argument("--servable", metavar="STACK", help="only methods whose adapter this serving stack loads as it "
+                   "is: vllm, llama.cpp or tgi")
     p.set_defaults(func=_lazy("bench.recommend", "cmd_recommend"))
     p = sub.add_parser("export", help="the seed workflow: merge a run's adapter into a fresh base, save, reload, "
                        "generate, optionally push to the Hub")

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from bench import runner
 from bench.config import RunConfig
-from bench.layout import LOG, PROGRESS, RESULT
+from bench.layout import LOG, PROGRESS, RESULT, run_path
 from bench.records import LostAttempt, Placement, RunRecord
 
 # What Ray raises when a task's node or worker went away, or its result did: the run itself never failed.
@@ -169,7 +169,7 @@ def run_task(cfg_json: str, attempt: int, shared_dir: str | None, board) -> tupl
         record = RunRecord.start(cfg, error=error, placement=Placement(node=node["host"], **where))
         return record.model_dump_json(), None
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
-        run_dir = Path(shared_dir or tmp) / cfg.run
+        run_dir = run_path(Path(shared_dir or tmp), cfg.run)
         record = runner.attempt(cfg, run_dir, post, slot=slot, die_with_parent=True)
         shared = {"artifacts": str(run_dir)} if shared_dir else {}
         record = record.model_copy(update={"placement": record.placement.model_copy(update=where | shared)})
@@ -253,7 +253,7 @@ class Driver:
             return
         record = RunRecord.model_validate_json(record_json)
         if blob is not None:
-            unpack(blob, self.out_dir / job.cfg.run)
+            unpack(blob, run_path(self.out_dir, job.cfg.run))
         self.store(record, job)
 
     def store(self, record: RunRecord, job: Job) -> None:
@@ -306,7 +306,7 @@ class Driver:
             else:
                 record = RunRecord.model_validate_json(record_json)
                 if blob is not None:
-                    unpack(blob, self.out_dir / job.cfg.run)
+                    unpack(blob, run_path(self.out_dir, job.cfg.run))
             self.store(record, job)
 
 

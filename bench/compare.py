@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bench.metrics import metric
+from bench.paired import describe
 from bench.records import RunRecord, environment_signature
 from bench.regression import Regression
 from bench.stats import Summary
@@ -41,6 +42,10 @@ class Row:
     current_half_width: float | None = None
     # A score's 95% interval over the current run's eval examples, and how many: whether the change is within it.
     current_interval: tuple[float, float, int] | None = None
+    # Both runs scored the same eval examples, one seed each: a paired test of current against baseline over them
+    # (bench.paired), its evidence in words and whether the difference is more than the examples' noise.
+    paired: str | None = None
+    paired_supported: bool | None = None
 
     @property
     def within_noise(self) -> bool | None:
@@ -187,11 +192,24 @@ def _metric_rows(name: str, b: RunRecord, c: RunRecord, settings: Regression,
         delta = cur - base
         bs, cs = spread[0].get(m), spread[1].get(m)
         ci = c.intervals.get(m)
+        test = paired_row(b, c, m) if not (bs or cs) else None
         rows.append(Row(name, m, base, cur, verdict(better, base, cur, tol.allowed(base)), gated, better,
                         tol.label(), delta, delta / abs(base) if base else None,
                         bs.half_width if bs else None, cs.half_width if cs else None,
-                        (ci.low, ci.high, ci.n) if ci else None))
+                        (ci.low, ci.high, ci.n) if ci else None,
+                        *((f"{test.method}: {describe(test)}", test.supported) if test else (None, None))))
     return rows
+
+
+def paired_row(b: RunRecord, c: RunRecord, name: str):
+    """The paired test of current against baseline on a score, where both stored (or can rebuild) per-example
+    scores on the same eval examples; None otherwise."""
+    from bench.paired import example_values, paired, same_examples
+
+    vb, vc = example_values(b, name), example_values(c, name)
+    if vb is None or vc is None or len(vb) != len(vc) or not same_examples(b, c):
+        return None
+    return paired(vc, vb)
 
 
 # What identifies a model in record.model_info; file and cache paths differ between machines and are left out.

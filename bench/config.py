@@ -1,8 +1,9 @@
 """The typed settings of a run: the pieces a suite is written in, and `RunConfig`, one run fully resolved.
 
 A `RunConfig` goes from the suite to the run's `config.json`, into the worker, and back into the run's record
-unchanged; its JSON form (and so its hash) keeps only what a run sets, so a suite gains a field without every
-stored record going stale. Schema only: no torch, no PEFT, nothing that loads.
+unchanged. Its JSON form (and so its hash) leaves out every field at its default but those marked KEPT (the fields
+records have held since the first schema): a field added later with a default changes no stored record's hash.
+NOT_HASHED marks what is stored but is no part of what a run computes. Schema only: no torch, no PEFT.
 """
 
 from __future__ import annotations
@@ -30,18 +31,39 @@ BASELINE = "baseline"  # the run name and method of the untrained base model
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class _WithoutNones(Strict):
-    """Serialises without its unset (None) fields: the record holds what was given, nothing more."""
+class _Marker:
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# In a field's Annotated metadata: stored (and hashed) even at its default, as every record since schema 1 holds it.
+KEPT = _Marker("KEPT")
+# Stored in the record, but changing it changes no result (a tolerance, the hash itself): the hash leaves it out.
+NOT_HASHED = _Marker("NOT_HASHED")
+
+
+def _marked(field: Any, marker: _Marker) -> bool:
+    return any(m is marker for m in field.metadata)
+
+
+class Versioned(Strict):
+    """A part of a run's config: its JSON form leaves out each field at its default unless the field is KEPT."""
 
     @model_serializer(mode="wrap")
-    def _drop_nones(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None}
+    def _without_defaults(self, handler):
+        fields = type(self).model_fields
+        return {k: v for k, v in handler(self).items() if k not in fields or _marked(fields[k], KEPT)
+                or getattr(self, k) != fields[k].get_default(call_default_factory=True)}
 
 
-class ModelSpec(_WithoutNones):
+
+class ModelSpec(Versioned):
     """Where the base model comes from: exactly one of hub, path, gguf, preset or config."""
 
     hub: str | None = Field(None, description="a Hugging Face Hub model id (needs the Hub at run time), e.g. "
@@ -79,25 +101,26 @@ class ModelSpec(_WithoutNones):
 Role = Literal["user", "assistant", "system"]
 
 
-class Messages(Strict):
+class Messages(Versioned):
     """A conversations column whose messages use other key names or roles than {role, content} and
     user/assistant/system, as ShareGPT's {from, value} with human/gpt."""
 
     column: str = Field(description="the column that holds each row's list of messages")
-    role: str = Field("role", description="the key of a message's role")
-    content: str = Field("content", description="the key of a message's text")
-    roles: dict[str, Role] = Field({}, description="each role name in the data to user, assistant or system; empty: "
-                                   "the data already says user, assistant and system")
+    role: Annotated[str, KEPT] = Field("role", description="the key of a message's role")
+    content: Annotated[str, KEPT] = Field("content", description="the key of a message's text")
+    roles: Annotated[dict[str, Role], KEPT] = Field({}, description="each role name in the data to user, "
+                                                    "assistant or system; empty: the data already says user, "
+                                                    "assistant and system")
 
 
-class Source(_WithoutNones):
+class Source(Versioned):
     """Another file or Hub dataset for the eval or validation rows, with its own column mapping where its columns
     differ (GSM8K's question/answer beside MetaMathQA's query/response); unset mappings are the dataset's."""
 
     path: str | None = Field(None, description="a local JSON, JSONL or CSV file, relative to the suite file")
     hub: str | None = Field(None, description="a Hub dataset id")
     subset: str | None = Field(None, description="Hub dataset configuration name")
-    split: str = Field("train", description="the split to read")
+    split: Annotated[str, KEPT] = Field("train", description="the split to read")
     prompt: str | None = Field(None, description="a column, or a template over columns; unset: the dataset's own "
                                "mapping")
     response: str | None = Field(None, description="a column, or a template over columns; unset: the dataset's own "
@@ -112,7 +135,7 @@ class Source(_WithoutNones):
         return self
 
 
-class DatasetSpec(_WithoutNones):
+class DatasetSpec(Versioned):
     """Instruction data: local JSON/JSONL/CSV or a Hub dataset, mapped to prompt/response (a column, or a template
     over columns) or chat messages."""
 
@@ -120,8 +143,8 @@ class DatasetSpec(_WithoutNones):
                              "suite file")
     hub: str | None = Field(None, description="a Hub dataset id (needs the Hub at run time)")
     subset: str | None = Field(None, description="Hub dataset configuration name")
-    split: str = Field("train", description="the split training rows come from (a local file has one: "
-                       "train)")
+    split: Annotated[str, KEPT] = Field("train", description="the split training rows come from (a local file has "
+                                        "one: train)")
     eval_path: str | None = Field(None, description="eval rows from another local file with the same columns, instead "
                                   "of a held-out share")
     eval_split: str | None = Field(None, description="eval rows from another split of the same Hub dataset, instead "
@@ -129,9 +152,9 @@ class DatasetSpec(_WithoutNones):
     eval_data: Source | None = Field(None, description="eval rows from another file or Hub dataset")
     validation_data: Source | None = Field(None, description="validation rows from another file or Hub dataset: "
                                            "validation_size of them, picked as PEFT's benchmark picks its 50")
-    eval_size: PositiveFloat = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
-    prompt: str = Field("prompt", description="a column, or a template over columns: '{instruction}\\n\\n{input}'")
-    response: str = Field("response", description="a column, or a template over columns")
+    eval_size: Annotated[PositiveFloat, KEPT] = Field(0.1, description="held-out share (< 1) or count (>= 1) when no eval split is named")
+    prompt: Annotated[str, KEPT] = Field("prompt", description="a column, or a template over columns: '{instruction}\\n\\n{input}'")
+    response: Annotated[str, KEPT] = Field("response", description="a column, or a template over columns")
     messages: str | Messages | None = Field(None, description="a column of conversations: {role, content} "
                                             "messages, or a mapping naming other keys and roles")
     system: str | None = Field(None, description="a system message put before every prompt")
@@ -150,11 +173,11 @@ class DatasetSpec(_WithoutNones):
     validation_size: PositiveFloat | None = Field(
         None, description="share (< 1) or count (>= 1) of the train rows held out to pick sweep values; 0.1 when a "
         "run has a sweep")
-    seed: int = Field(0, description="seed of the shuffle that splits train from held-out rows; training.seed does "
-                      "not move it")
-    on_bad_row: Literal["error", "skip"] = Field("error", description="a row that cannot be used (bad JSON, missing "
-                                                 "column, empty text): error stops the run naming it; skip leaves it "
-                                                 "out and counts it in the record")
+    seed: Annotated[int, KEPT] = Field(0, description="seed of the shuffle that splits train from held-out rows; "
+                                       "training.seed does not move it")
+    on_bad_row: Annotated[Literal["error", "skip"], KEPT] = Field(
+        "error", description="a row that cannot be used (bad JSON, missing column, empty text): error stops the run "
+        "naming it; skip leaves it out and counts it in the record")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -179,14 +202,8 @@ class DatasetSpec(_WithoutNones):
     def message_map(self) -> Messages | None:
         return Messages(column=self.messages) if isinstance(self.messages, str) else self.messages
 
-    @model_serializer(mode="wrap")
-    def _without_defaults_of_later_options(self, handler):
-        # Unset options drop out (None), and so does train_on at its default: stored records' hashes stay valid.
-        return {k: v for k, v in handler(self).items()
-                if v is not None and not (k == "train_on" and v == "last")}
 
-
-class Budget(_WithoutNones):
+class Budget(Versioned):
     """The one budget that binds every method alike."""
 
     max_steps: PositiveInt | None = Field(None, description="optimiser steps per run")
@@ -205,64 +222,116 @@ class Budget(_WithoutNones):
 
 Scheduler = Literal["linear", "cosine", "constant", "constant_with_warmup"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Attention = Literal["sdpa", "eager", "flash_attention_2"]
+Attention = Literal["sdpa", "eager", "flash_attention_2", "flex_attention"]
 
 
-class Distributed(Strict):
+class Distributed(Versioned):
     """One run across several processes, started by `accelerate launch`: DDP without a config file; with one,
     whatever it sets up (FSDP, several machines)."""
 
     num_processes: PositiveInt = Field(description="processes in all, across machines (accelerate's num_processes)")
-    config: str | None = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
+    config: Annotated[str | None, KEPT] = Field(None, description="accelerate config file (`accelerate config` writes one), relative "
                                "to the suite file")
 
 
-class Optimizer(Strict):
+class Optimizer(Versioned):
     """The optimiser: a torch.optim class by name, or one of PEFT's (lora+, lora-fa, riemannian); lr and weight_decay
     are the training fields."""
 
     name: str = Field(description="a torch.optim class (AdamW, SGD, Adafactor, ...) or lora+, lora-fa, riemannian")
-    kwargs: dict[str, Any] = Field({}, description="its other arguments (betas, momentum; loraplus_lr_ratio; "
+    kwargs: Annotated[dict[str, Any], KEPT] = Field({}, description="its other arguments (betas, momentum; loraplus_lr_ratio; "
                                    "optimizer_cls: the torch.optim class PEFT's optimisers wrap)")
 
 
-class Training(Strict):
-    learning_rate: PositiveFloat = Field(2e-4, description="peak learning rate of the schedule; prompt learning and "
-                                         "IA3 need far larger ones than full fine-tuning (see sweeps)")
-    batch_size: PositiveInt = Field(4, description="examples per micro-batch")
-    grad_accum: PositiveInt = Field(1, description="micro-batches per optimiser step; the loss is averaged over every "
-                                    "response token of the step")
-    max_seq_len: PositiveInt = Field(512, description="tokens per example at most; longer examples are truncated and "
-                                     "counted in the record")
-    epochs: PositiveFloat = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
-    seed: int = Field(0, description="seed of the adapter's initialisation, random weights and batch order")
-    scheduler: Scheduler = Field("linear", description="learning-rate schedule over the run's planned steps")
-    warmup_ratio: NonNegativeFloat = Field(0.0, description="share of the planned steps spent warming the learning "
-                                           "rate up from 0")
-    weight_decay: NonNegativeFloat = Field(0.0, description="AdamW's weight decay")
-    max_grad_norm: PositiveFloat | None = Field(1.0, description="clip the gradient's global norm to this; null: no "
-                                                "clipping")
-    precision: Precision = Field("auto", description="what the forward pass computes in: auto is bf16 on a GPU that "
-                                 "computes it natively, else fp32; trainable weights stay fp32 either way; fp16 needs "
-                                 "CUDA")
-    packing: bool = Field(True, description="pack examples padding-free where the method allows it")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+Backend = Literal["bitsandbytes", "torchao", "hqq"]
+# Which bit widths each backend quantises to (HQQ: 1 to 8; torchao: int8 and int4 weight-only).
+BACKEND_BITS = {"bitsandbytes": (4, 8), "torchao": (4, 8), "hqq": (1, 2, 3, 4, 8)}
+# The settings each backend takes, with its default where the suite leaves one unset (bench.quantization loads them).
+BACKEND_SETTINGS: dict[tuple[str, int | None], dict[str, Any]] = {
+    ("bitsandbytes", 4): {"quant_type": "nf4", "double_quant": False, "compute_dtype": "auto", "quant_storage": "uint8",
+                          "skip_modules": []},
+    ("bitsandbytes", 8): {"skip_modules": []},
+    ("torchao", 8): {"skip_modules": []},
+    ("torchao", 4): {"group_size": 128, "skip_modules": []},
+    ("hqq", None): {"group_size": 64, "compute_dtype": "auto", "skip_modules": []},
+}
+
+
+class Quantization(Versioned):
+    """The base model's quantisation (loaded by bench.quantization): bitsandbytes 8- or 4-bit, torchao weight-only or
+    HQQ. Every setting the backend takes is written out in the resolved config, its default where unset."""
+
+    backend: Annotated[Backend, KEPT] = Field("bitsandbytes", description="the library that quantises the base: "
+                                              "bitsandbytes, torchao (weight-only) or hqq")
+    bits: int = Field(description="bitsandbytes: 4 or 8; torchao: 8 (int8 weight-only) or 4; hqq: 1, 2, 3, 4 or 8")
+    quant_type: Literal["nf4", "fp4"] | None = Field(None, description="bitsandbytes 4-bit data type")
+    double_quant: bool | None = Field(None, description="bitsandbytes 4-bit: quantise the quantisation constants too")
+    compute_dtype: Literal["auto", "fp32", "bf16", "fp16"] | None = Field(
+        None, description="dtype the de-quantised weights compute in (bitsandbytes 4-bit, hqq); auto: the run's")
+    quant_storage: Literal["uint8", "fp32", "bf16", "fp16"] | None = Field(
+        None, description="bitsandbytes 4-bit: the dtype packed weights are stored as (FSDP shards a float one)")
+    group_size: PositiveInt | None = Field(None, description="torchao int4 and hqq: weights sharing one scale")
+    skip_modules: list[str] | None = Field(None, description="modules left unquantised beside the output head")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or not isinstance(value.get("bits"), int):
+            return value
+        backend = value.get("backend", "bitsandbytes")
+        key = (backend, value["bits"]) if (backend, value["bits"]) in BACKEND_SETTINGS else (backend, None)
+        if value["bits"] not in BACKEND_BITS.get(backend, (value["bits"],)):
+            raise ValueError(f"{backend} quantises to {' or '.join(map(str, BACKEND_BITS[backend]))} bits, not "
+                             f"{value['bits']}")
+        takes = BACKEND_SETTINGS.get(key, {})
+        extra = [k for k in value if k not in ("backend", "bits", *takes)]
+        if extra:
+            raise ValueError(f"{backend} {value['bits']}-bit takes {', '.join(takes)} - not {', '.join(extra)}")
+        return {"backend": backend} | takes | value
+
+
+class Training(Versioned):
+    learning_rate: Annotated[PositiveFloat, KEPT] = Field(2e-4, description="peak learning rate of the schedule; "
+                                                          "prompt learning and IA3 need far larger ones than full "
+                                                          "fine-tuning (see sweeps)")
+    batch_size: Annotated[PositiveInt, KEPT] = Field(4, description="examples per micro-batch")
+    grad_accum: Annotated[PositiveInt, KEPT] = Field(1, description="micro-batches per optimiser step; the loss is "
+                                                     "averaged over every response token of the step")
+    max_seq_len: Annotated[PositiveInt, KEPT] = Field(512, description="tokens per example at most; longer examples "
+                                                      "are truncated and counted in the record")
+    epochs: Annotated[PositiveFloat, KEPT] = Field(1000.0, description="upper bound on passes over the data; the budget usually binds first")
+    seed: Annotated[int, KEPT] = Field(0, description="seed of the adapter's initialisation, random weights and batch "
+                                       "order")
+    scheduler: Annotated[Scheduler, KEPT] = Field("linear", description="learning-rate schedule over the run's "
+                                                  "planned steps")
+    warmup_ratio: Annotated[NonNegativeFloat, KEPT] = Field(0.0, description="share of the planned steps spent "
+                                                            "warming the learning rate up from 0")
+    weight_decay: Annotated[NonNegativeFloat, KEPT] = Field(0.0, description="AdamW's weight decay")
+    max_grad_norm: Annotated[PositiveFloat | None, KEPT] = Field(1.0, description="clip the gradient's global norm to "
+                                                                 "this; null: no clipping")
+    precision: Annotated[Precision, KEPT] = Field("auto", description="what the forward pass computes in: auto is "
+                                                  "bf16 on a GPU that computes it natively, else fp32; trainable "
+                                                  "weights stay fp32 either way; fp16 needs CUDA")
+    packing: Annotated[bool, KEPT] = Field(True, description="pack examples padding-free where the method allows it")
+    gradient_checkpointing: Annotated[bool, KEPT] = Field(False, description="recompute activations in the backward pass: less "
                                          "memory, about a third more compute")
-    save_every: Literal["epoch"] | PositiveInt | None = Field(None, description="checkpoint each epoch or every N steps")
-    timeout_s: PositiveFloat = Field(3600.0, description="wall-clock limit of one run's process")
+    save_every: Annotated[Literal["epoch"] | PositiveInt | None, KEPT] = Field(None, description="checkpoint each epoch or every N steps")
+    timeout_s: Annotated[PositiveFloat, KEPT] = Field(3600.0, description="wall-clock limit of one run's process")
     distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
     attn_implementation: Attention | None = Field(
-        None, description="attention kernel; unset: flash_attention_2 for packed runs on CUDA where flash-attn is "
-        "installed (its variable-length path keeps packed examples apart without a mask), else sdpa")
+        None, description="attention kernel; unset, for packed runs on CUDA: flash_attention_2 where flash-attn is "
+        "installed, else flex_attention with a document mask where the model has it (both keep packed examples "
+        "apart without a dense mask); sdpa otherwise")
     optimizer: Optimizer | None = Field(None, description="unset: torch.optim.AdamW")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler):
-        # Options added after records were first stored are left out while unset, so those records' hashes stay valid.
-        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_OPTIONS}
-
-
-_LATER_OPTIONS = ("distributed", "attn_implementation", "optimizer")
+    loss_chunk_bytes: PositiveInt | Literal["off"] | None = Field(
+        None, description="fp32 logits the output head makes at a time in the training and eval losses, over "
+        "response positions only (unset: 1 GiB; bench/loss.py); off: the model's own loss over every position")
+    quantization: Quantization | None = Field(None, description="quantise the frozen base: bitsandbytes, torchao "
+                                              "or hqq (unset: as loaded; qlora is LoRA over bitsandbytes NF4 with "
+                                              "double quantisation)")
+    master_weights: bool | None = Field(None, description="false: pure bf16, the weights that train, their "
+                                        "gradients and optimiser states in bf16 (needs precision bf16 on a device "
+                                        "with native bf16); unset: fp32 master weights under bf16 autocast")
 
 
 def overrides_of(model: type[Strict], name: str) -> type[Strict]:
@@ -282,10 +351,6 @@ class ResolvedDistributed(Distributed):
     # The accelerate config file's content is part of the run: editing it reruns the run.
     config_sha256: str | None = None
 
-    @model_serializer(mode="wrap")
-    def _without_hash(self, handler):
-        return {k: v for k, v in handler(self).items() if k != "config_sha256" or v is not None}
-
 
 class ResolvedTraining(Training):
     """A run's training settings once resolved: the accelerate config file's path is absolute and its hash known."""
@@ -293,7 +358,7 @@ class ResolvedTraining(Training):
     distributed: ResolvedDistributed | None = None
 
 
-class LmEval(_WithoutNones):
+class LmEval(Versioned):
     """General benchmarks through lm-evaluation-harness (the `lm-eval` extra) on the model as trained, adapter on."""
 
     tasks: list[str] = Field(min_length=1, description="task names, lm-eval's own or from include_path")
@@ -301,31 +366,27 @@ class LmEval(_WithoutNones):
                                      "files relative to this folder), relative to the suite file")
     num_fewshot: int | None = Field(None, description="few-shot examples per prompt; unset: each task's own default")
     limit: PositiveInt | None = Field(None, description="at most this many documents per task")
-    batch_size: PositiveInt = Field(8, description="lm-eval's batch size")
+    batch_size: Annotated[PositiveInt, KEPT] = Field(8, description="lm-eval's batch size")
 
 
-class Eval(Strict):
-    enabled: bool = Field(True, description="false: train and measure cost only (no scores, no merge check)")
-    forgetting: bool | str = Field(True, description="loss on general text before and after training: true uses "
+class Eval(Versioned):
+    enabled: Annotated[bool, KEPT] = Field(True, description="false: train and measure cost only (no scores, no merge check)")
+    forgetting: Annotated[bool | str, KEPT] = Field(True, description="loss on general text before and after training: true uses "
                                    "the bundled corpus, a path a text file of paragraphs, false skips it")
-    max_examples: PositiveInt = Field(50, description="eval examples at most (scores and intervals are over these)")
-    batch_size: PositiveInt = Field(16, description="batch size of eval loss, generation and the forgetting "
-                                    "measurement")
-    max_new_tokens: PositiveInt = Field(32, description="tokens generated per eval prompt at most (greedy)")
-    metrics: list[str] = Field(["exact_match", "token_f1", "rouge_l"],
-                               description="scores to compute on each answer: exact_match, token_f1, rouge_l, "
-                               "numeric_match, or hub:NAME (evaluate.load, online)")
-    extract: str | None = Field(None, description="regex whose first group is the answer to score, or a preset: "
+    max_examples: Annotated[PositiveInt, KEPT] = Field(50, description="eval examples at most (scores and intervals "
+                                                       "are over these)")
+    batch_size: Annotated[PositiveInt, KEPT] = Field(16, description="batch size of eval loss, generation and the "
+                                                     "forgetting measurement")
+    max_new_tokens: Annotated[PositiveInt, KEPT] = Field(32, description="tokens generated per eval prompt at most "
+                                                         "(greedy)")
+    metrics: Annotated[list[str], KEPT] = Field(["exact_match", "token_f1", "rouge_l"],
+                                                description="scores to compute on each answer: exact_match, "
+                                                "token_f1, rouge_l, numeric_match, numeric_match_peft (PEFT's own "
+                                                "rule), or hub:NAME (evaluate.load, online)")
+    extract: Annotated[str | None, KEPT] = Field(None, description="regex whose first group is the answer to score, or a preset: "
                                 "last_number, answer_delimiters")
-    keep_predictions: PositiveInt = Field(50, description="how many (prompt, reference, prediction) to store")
+    keep_predictions: Annotated[PositiveInt, KEPT] = Field(50, description="how many (prompt, reference, prediction) to store")
     lm_eval: LmEval | None = Field(None, description="lm-evaluation-harness tasks run on the trained model")
-
-    @model_serializer(mode="wrap")
-    def _without_unset_options(self, handler):
-        return {k: v for k, v in handler(self).items() if v is not None or k not in _LATER_EVAL_OPTIONS}
-
-
-_LATER_EVAL_OPTIONS = ("lm_eval",)
 
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
@@ -384,7 +445,7 @@ class Tracking(Strict):
 _OPTIONS = {"tensorboard": TensorBoardOptions, "mlflow": MlflowOptions, "wandb": WandbOptions}
 
 
-class RunConfig(Strict):
+class RunConfig(Versioned):
     """One run, fully resolved: what the worker runs and what its record stores. Paths are absolute; the method's
     defaults are merged into `params`; `config_hash` identifies what the run computes (tolerances excluded)."""
 
@@ -395,20 +456,15 @@ class RunConfig(Strict):
     seed: int | None = None  # with the suite's `seeds`
     sweep: dict[str, Any] | None = None  # the values this sweep point sets
     method: str
-    method_version: int = 0
-    params: dict[str, Any] = {}
+    method_version: Annotated[int, KEPT] = 0
+    params: Annotated[dict[str, Any], KEPT] = {}
     model: ModelSpec
     dataset: DatasetSpec
     budget: Budget
     training: ResolvedTraining
     eval: Eval
-    regression: Regression = Regression()
-    config_hash: str = ""
-
-    @model_serializer(mode="wrap")
-    def _without_unused(self, handler):
-        # Without seeds or sweeps nothing is added, so config hashes (and every stored record) stay valid.
-        return {k: v for k, v in handler(self).items() if v is not None or k not in ("group", "seed", "sweep")}
+    regression: Annotated[Regression, KEPT, NOT_HASHED] = Regression()
+    config_hash: Annotated[str, KEPT, NOT_HASHED] = ""
 
     @property
     def trains(self) -> bool:
@@ -424,10 +480,8 @@ class RunConfig(Strict):
         return self.model_copy(update={"config_hash": config_hash(self)})
 
 
-# Not part of what a run computes: changing a regression tolerance must not rerun anything.
-_NOT_HASHED = ("config_hash", "regression")
-
-
 def config_hash(config: RunConfig) -> str:
-    body = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NOT_HASHED}
+    """What the run computes, as its JSON form says it: changing a regression tolerance must not rerun anything."""
+    fields = type(config).model_fields
+    body = {k: v for k, v in config.model_dump(mode="json").items() if not _marked(fields[k], NOT_HASHED)}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -231,7 +231,7 @@ def _messages(row: dict, spec: DatasetSpec) -> list[dict[str, str]]:
     return out
 
 
-def _to_example(row: Any, n: int, spec: DatasetSpec, rows: Rows, report: DataNotes) -> Example | None:
+def _to_example(row: Any, n: int, spec: DatasetSpec, rows: Rows, notes: DataNotes) -> Example | None:
     """One row to an Example, or None when the policy says skip; the reason is counted either way."""
     try:
         if isinstance(row, Unreadable):
@@ -248,7 +248,7 @@ def _to_example(row: Any, n: int, spec: DatasetSpec, rows: Rows, report: DataNot
         if spec.on_bad_row == "error":
             raise DataError(f"{rows.at(n)}: {e.detail} (set dataset.on_bad_row: skip to skip and count such "
                             "rows)") from None
-        report.skip(e.reason)
+        notes.skip(e.reason)
         return None
     system = [{"role": "system", "content": spec.system}] if spec.system else []
     return Example(system + msgs, n, rows.at(n))
@@ -259,15 +259,15 @@ def chars(e: Example) -> int:
     return len(" ".join(m["content"] for m in e.messages if m["role"] != "system"))
 
 
-def _examples(rows: Rows, spec: DatasetSpec, report: DataNotes, what: str) -> list[Example]:
+def _examples(rows: Rows, spec: DatasetSpec, notes: DataNotes, what: str) -> list[Example]:
     if not rows.items:
         raise DataError(f"{rows.where}: the {what} is empty (no rows)")
     _check_columns(rows, spec)
-    examples = [e for n, r in rows.items if (e := _to_example(r, n, spec, rows, report))]
-    examples = _dedupe(examples, rows, spec, report)
+    examples = [e for n, r in rows.items if (e := _to_example(r, n, spec, rows, notes))]
+    examples = _dedupe(examples, rows, spec, notes)
     if not examples:
         raise DataError(f"{rows.where}: no usable rows in the {what} (skipped: "
-                        f"{', '.join(f'{k} {v}' for k, v in report.skipped.items())})")
+                        f"{', '.join(f'{k} {v}' for k, v in notes.skipped.items())})")
     return examples
 
 
@@ -277,25 +277,25 @@ def _source_spec(spec: DatasetSpec, source: Source) -> DatasetSpec:
                                    if (v := getattr(source, k)) is not None})
 
 
-def _within_max_chars(examples: list[Example], spec: DatasetSpec, report: DataNotes) -> list[Example]:
+def _within_max_chars(examples: list[Example], spec: DatasetSpec, notes: DataNotes) -> list[Example]:
     if not spec.max_chars:
         return examples
     kept = [e for e in examples if chars(e) <= spec.max_chars]
     if len(kept) < len(examples):
-        report.filtered[f"longer than max_chars {spec.max_chars}"] = len(examples) - len(kept)
+        notes.filtered[f"longer than max_chars {spec.max_chars}"] = len(examples) - len(kept)
     return kept
 
 
 def _held_out(spec: DatasetSpec, examples: list[Example], rows: Rows,
-              report: DataNotes) -> tuple[list[Example], list[Example], str]:
+              notes: DataNotes) -> tuple[list[Example], list[Example], str]:
     """Train and eval examples: eval from its own file, split or source, else a held-out share of the rows."""
     if spec.eval_data:
         src = spec.eval_data
         eval_rows = _load_rows(src.path, src.hub, src.subset, src.split)
-        return examples, _examples(eval_rows, _source_spec(spec, src), report, "eval split"), eval_rows.where
+        return examples, _examples(eval_rows, _source_spec(spec, src), notes, "eval split"), eval_rows.where
     if spec.eval_path or spec.eval_split:
         eval_rows = _load_rows(spec.eval_path, spec.hub, spec.subset, spec.eval_split or "")
-        return examples, _examples(eval_rows, spec, report, "eval split"), eval_rows.where
+        return examples, _examples(eval_rows, spec, notes, "eval split"), eval_rows.where
     size = spec.eval_size
     n_eval = int(size) if size >= 1 else max(1, round(len(examples) * size))
     if n_eval >= len(examples):
@@ -308,11 +308,11 @@ def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[
     """Train and eval examples per the dataset spec; bad rows raise or are skipped and counted. dataset.max_chars
     filters the train rows (and a held-out share split from them), not an eval set of its own."""
     rows = _load_rows(spec.path, spec.hub, spec.subset, spec.split)
-    report = DataNotes(source=rows.where)
-    examples = _within_max_chars(_examples(rows, spec, report, "dataset"), spec, report)
+    notes = DataNotes(source=rows.where)
+    examples = _within_max_chars(_examples(rows, spec, notes, "dataset"), spec, notes)
     rng = random.Random(spec.seed)
     rng.shuffle(examples)
-    train, evals, eval_where = _held_out(spec, examples, rows, report)
+    train, evals, eval_where = _held_out(spec, examples, rows, notes)
     if spec.max_examples:
         train = train[: spec.max_examples]
     if max_eval:
@@ -324,13 +324,13 @@ def load_examples(spec: DatasetSpec, max_eval: int | None = None) -> tuple[list[
             raise DataError(f"{overlap[0].place}: {len(overlap)} eval example(s) also appear in the train "
                             f"split (this is the first); scores would be inflated. Remove them or set "
                             "dataset.on_bad_row: skip")
-        report.skipped["eval overlaps train"] = len(overlap)
+        notes.skipped["eval overlaps train"] = len(overlap)
         evals = [e for e in evals if _key(e) not in train_keys]
         if not evals:
             raise DataError(f"{eval_where}: every eval example also appears in the train split")
-    report.train_rows, report.eval_rows = len(train), len(evals)
-    report.fingerprint = fingerprint(train, evals)
-    return train, evals, report
+    notes.train_rows, notes.eval_rows = len(train), len(evals)
+    notes.fingerprint = fingerprint(train, evals)
+    return train, evals, notes
 
 
 def numeric(ev) -> bool:
@@ -338,18 +338,21 @@ def numeric(ev) -> bool:
     return "numeric_match" in ev.metrics
 
 
-def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpec, report: DataNotes,
+def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpec, notes: DataNotes,
                      numeric: bool = False) -> list[Example]:
     """With eval.extract, every eval reference must hold an answer to extract: one without is a data problem (an
     unmatched reference would otherwise score against an unmatched prediction as if both were right). With
     numeric_match, that answer must be a number."""
-    from bench.scoring import EXTRACTORS, extract, number
+    from bench.scoring import EXTRACTORS, PatternTimeout, extract, number
 
     if pattern is None and not numeric:
         return evals
     kept = []
     for e in evals:
-        answer = extract(e.response, pattern)
+        try:
+            answer = extract(e.response, pattern)
+        except PatternTimeout as err:
+            raise DataError(f"{e.place}: {err}") from None
         if answer is None:
             problem, reason = f"has no match for eval.extract {pattern!r}", "reference without an answer for " \
                 "eval.extract"
@@ -362,16 +365,16 @@ def check_references(evals: list[Example], pattern: str | None, spec: DatasetSpe
             fix = "the regex" if answer is None and pattern not in EXTRACTORS else "eval.extract"
             raise DataError(f"{e.place}: the reference {e.response!r:.80} {problem}, so no answer can be scored "
                             f"against it (fix the row or {fix}, or set dataset.on_bad_row: skip)")
-        report.skip(reason)
+        notes.skip(reason)
     if not kept:
         what = "a number for numeric_match" if numeric else f"a match for eval.extract {pattern!r}"
-        raise DataError(f"{report.source}: no eval reference has {what}")
-    report.eval_rows = len(kept)
+        raise DataError(f"{notes.source}: no eval reference has {what}")
+    notes.eval_rows = len(kept)
     return kept
 
 
 def split_validation(train: list[Example], spec: DatasetSpec,
-                     report: DataNotes | None = None) -> tuple[list[Example], list[Example]]:
+                     notes: DataNotes | None = None) -> tuple[list[Example], list[Example]]:
     """Hold out `validation_size` of the (already shuffled) train rows for picking sweep values; eval stays unseen.
     With dataset.validation_data, the validation rows come from there instead: `validation_size` of them (all when
     unset), at the positions numpy's RandomState(seed) permutation puts first, the way PEFT's benchmark picks its
@@ -382,7 +385,7 @@ def split_validation(train: list[Example], spec: DatasetSpec,
 
         src = spec.validation_data
         rows = _load_rows(src.path, src.hub, src.subset, src.split)
-        examples = _examples(rows, _source_spec(spec, src), report or DataNotes(source=rows.where), "validation set")
+        examples = _examples(rows, _source_spec(spec, src), notes or DataNotes(source=rows.where), "validation set")
         n = len(examples) if not size else int(size) if size >= 1 else max(1, round(len(examples) * size))
         return train, [examples[i] for i in np.random.RandomState(spec.seed).permutation(len(examples))[:n]]
     if not size:
@@ -397,7 +400,7 @@ def _key(e: Example) -> str:
     return json.dumps(e.messages, sort_keys=True)
 
 
-def _dedupe(examples: list[Example], rows: Rows, spec: DatasetSpec, report: DataNotes) -> list[Example]:
+def _dedupe(examples: list[Example], rows: Rows, spec: DatasetSpec, notes: DataNotes) -> list[Example]:
     seen: dict[str, int] = {}
     out = []
     for e in examples:
@@ -406,7 +409,7 @@ def _dedupe(examples: list[Example], rows: Rows, spec: DatasetSpec, report: Data
             if spec.on_bad_row == "error":
                 raise DataError(f"{e.place}: duplicate of {rows.unit} {seen[k]} (set dataset.on_bad_row: skip "
                                 "to drop duplicates and count them)")
-            report.skip("duplicate")
+            notes.skip("duplicate")
             continue
         seen[k] = e.row
         out.append(e)
@@ -519,7 +522,7 @@ def _every_turn(tokenizer, e: Example) -> tuple[list[int], list[int]]:
     return ids[:keep], labels[:keep]
 
 
-def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: DatasetSpec, report: DataNotes,
+def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: DatasetSpec, notes: DataNotes,
              where: str) -> list[Features]:
     """Format each example (use_formatting) and label what trains (dataset.train_on): by default the last
     assistant turn, the prompt masked."""
@@ -535,10 +538,10 @@ def tokenize(examples: list[Example], tokenizer, max_seq_len: int, spec: Dataset
                 raise DataError(f"{e.place or f'{where}, row {e.row}'}: the prompt alone is {first} tokens, "
                                 f"leaving no room for the response in max_seq_len {max_seq_len} (raise "
                                 "training.max_seq_len, or set dataset.on_bad_row: skip)")
-            report.skip("prompt longer than max_seq_len")
+            notes.skip("prompt longer than max_seq_len")
             continue
         if len(full) > max_seq_len:
-            report.truncated += 1
+            notes.truncated += 1
             full, labels = full[:max_seq_len], labels[:max_seq_len]
         out.append(Features(full, labels))
     return out

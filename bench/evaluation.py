@@ -15,6 +15,7 @@ import torch
 from bench.config import RunConfig
 from bench.data import IGNORE, Example, Features, collate, prompt_text
 from bench.device import Place
+from bench.loss import DEFAULT_CHUNK_BYTES, chunked
 from bench.metrics import VIA_GENERATE
 from bench.records import Prediction, ScoreInterval
 
@@ -59,16 +60,19 @@ def budget_batches(features: list[Features], batch_size: int, vocab: int,
 
 @torch.no_grad()
 def eval_loss(model, features: list[Features], batch_size: int, pad_id: int, device,
-              budget: int = LOGIT_BUDGET_BYTES) -> float:
+              budget: int = LOGIT_BUDGET_BYTES, chunk_bytes: int | None = DEFAULT_CHUNK_BYTES) -> float:
     """Mean loss per response token over the eval split (padded batches: valid for every method), in batches whose
-    logits fit the budget; the mean over tokens depends neither on the order nor on the batching."""
+    logits fit the budget; the mean over tokens depends neither on the order nor on the batching. The output head
+    runs on response positions only, `chunk_bytes` of fp32 logits at a time (bench.loss); None: the model's own
+    loss over every position's logits at once."""
     model.eval()
     vocab = model.config.vocab_size
     total, count = 0.0, 0
     for rows in budget_batches(features, batch_size, vocab, budget):
         batch = {k: v.to(device) for k, v in collate(rows, pad_id, packed=False).items()}
         n = int((batch["labels"][:, 1:] != IGNORE).sum())
-        out = model(**batch, num_items_in_batch=torch.tensor(n, device=device), use_cache=False)
+        with chunked(model, chunk_bytes) if chunk_bytes else contextlib.nullcontext():
+            out = model(**batch, num_items_in_batch=torch.tensor(n, device=device), use_cache=False)
         total += out.loss.item() * n
         count += n
         del out
@@ -227,7 +231,7 @@ def scores(gens: Generations, examples: list[Example], metric_names: list[str],
     intervals = {}
     for name, values in per_example(metric_names, gens.predictions, refs, pattern).items():
         low, high, how = interval(values)
-        intervals[name] = ScoreInterval(low=low, high=high, method=how, n=len(values))
+        intervals[name] = ScoreInterval(low=low, high=high, method=how, n=len(values), values=values)
     return means, intervals
 
 
@@ -252,11 +256,13 @@ def evaluate(cfg: RunConfig, method: Method | None, model, loaded: Loaded, place
     pad_free = method is not None and not method.left_pad_safe
     cached = method is None or method.kv_cache_generate
     with place.autocast():
-        loss = eval_loss(model, loaded.eval, ev.batch_size, loaded.pad_id, place.device)
+        chunk = cfg.training.loss_chunk_bytes or DEFAULT_CHUNK_BYTES
+        chunk = None if chunk == "off" else chunk
+        loss = eval_loss(model, loaded.eval, ev.batch_size, loaded.pad_id, place.device, chunk_bytes=chunk)
         metrics = {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
         if loaded.validation:
             metrics["validation_loss"] = eval_loss(model, loaded.validation, ev.batch_size, loaded.pad_id,
-                                                   place.device)
+                                                   place.device, chunk_bytes=chunk)
         gens = generate(model, loaded.tokenizer, examples, ev.batch_size, ev.max_new_tokens, place.device, pad_free,
                         cached)
         outside = None if cached else generate(model, loaded.tokenizer, examples, ev.batch_size, ev.max_new_tokens,

@@ -15,6 +15,7 @@ from rich.console import Console
 from bench import models as M
 from bench.config import ModelSpec
 from bench.metrics import format_value
+from bench.quantization import in_place_merge, of_run
 from bench.records import RecordError, RunRecord, read_record
 from methods import METHODS
 
@@ -65,13 +66,18 @@ def merge_to_folder(record: RunRecord, run_dir: Path, out: Path) -> str:
         if folder is None and on_cuda and not torch.cuda.is_available():
             raise ExportError(f"{run_dir}: the run trained on a random-weight base built on CUDA; rebuilding it needs "
                               "a CUDA device (the same seed gives other weights on the CPU)")
-        base = M.load_model(cfg.model, folder, dtype=dtype, load_in_4bit=method.load_in_4bit,
+        quant = of_run(cfg, method)
+        base = M.load_model(cfg.model, folder, dtype=dtype, load_in_4bit=False, quantization=quant,
                             seed=cfg.training.seed, device=torch.device("cuda") if on_cuda else None)
-        if method.load_in_4bit:
-            # Merging into 4-bit weights re-quantises them; merge into the de-quantised base instead.
+        if quant is not None and not in_place_merge(quant):
+            # Merging into quantised weights re-quantises them; merge into the de-quantised base instead.
             base = base.dequantize(dtype=dtype)
+            # transformers leaves the load-time flags set on the de-quantised model, and PEFT's IA3 will not merge while
+            # they say 8-bit or 4-bit.
+            base.is_loaded_in_8bit = base.is_loaded_in_4bit = False
         model = PeftModel.from_pretrained(base, run_dir / "adapter").merge_and_unload()
-        how = f"PeftModel.from_pretrained(fresh base, adapter).merge_and_unload() ({method.merge} merge)"
+        kind = method.merge if quant is None or method.merge == "none" else "lossy"
+        how = f"PeftModel.from_pretrained(fresh base, adapter).merge_and_unload() ({kind} merge)"
     saved = run_dir / ("model" if (run_dir / "model").is_dir() else "adapter")
     tokenizer = M.load_tokenizer(ModelSpec(path=str(saved)), str(saved))
     out.mkdir(parents=True, exist_ok=True)

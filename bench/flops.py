@@ -31,25 +31,52 @@ def peak_for(name: str) -> tuple[float | None, str]:
     return None, f"no peak known for {name!r} (bench.flops.BF16_PEAK)"
 
 
-def peak_flops(device: torch.device) -> tuple[float | None, str]:
-    """The device's dense bf16 peak and its source; None on a CPU or a card not in the table."""
+def peak_flops(device: torch.device, dtype: torch.dtype | None = None) -> tuple[float | None, str]:
+    """The device's dense tensor-core peak for the dtype the run computes in (bf16 and fp16 share it on the cards
+    listed) and its source; None on a CPU, a card not in the table, or an fp32 run (its peak is not bf16's)."""
     if device.type != "cuda":
         return None, "no peak for a CPU"
+    if dtype is not None and dtype not in (torch.bfloat16, torch.float16):
+        return None, f"the run computes in {str(dtype).removeprefix('torch.')}: no peak for it in bench.flops"
     return peak_for(torch.cuda.get_device_name(device))
 
 
 def matmul_flops_per_token(model: torch.nn.Module) -> int:
     """FLOPs of every linear layer for one token of one training step: 2·in·out forward, 2·in·out for the input
-    gradient, and 2·in·out more for the weight gradient only where the weight trains (so LoRA's frozen base costs
-    4·in·out, full fine-tuning 6·in·out: the usual 6N). Embedding lookups are not matrix multiplies; a tied
-    output head is an nn.Linear and is counted. 4-bit layers count at their logical shape."""
+    gradient where anything upstream trains, and 2·in·out more for the weight gradient where the weight trains (so
+    LoRA's frozen base costs 4·in·out, full fine-tuning 6·in·out: the usual 6N; a model that trains only its output
+    head runs its body forward only, 2·in·out). Upstream is by block in registration order (the forward order of
+    transformers' decoders: embeddings, layers.0, layers.1, ..., norm, head), within a block any other trainable
+    module counts; virtual-token encoders feed the input, upstream of everything. Embedding lookups are not matrix
+    multiplies; a tied output head is an nn.Linear and is counted. 4-bit layers count at their logical shape."""
+    order: dict[str, int] = {}
+    trainable: dict[str, set[str]] = {}  # block -> modules in it that hold a trainable weight
+    first = None  # the earliest block position holding a trainable weight (-1: a virtual-token encoder)
+    for name, module in model.named_modules():
+        block = _block(name)
+        order.setdefault(block, len(order))
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            trainable.setdefault(block, set()).add(name)
+            at = -1 if "prompt_encoder" in name.split(".") else order[block]
+            first = at if first is None else min(first, at)
     total = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or _NOT_BASE & set(name.split(".")):
             continue
+        block = _block(name)
+        upstream = first is not None and (first < order[block] or bool(trainable.get(block, set()) - {name}))
         trains = module.weight.requires_grad
-        total += (6 if trains else 4) * module.in_features * module.out_features
+        total += (2 + 2 * upstream + 2 * trains) * module.in_features * module.out_features
     return total
+
+
+def _block(name: str) -> str:
+    """A module's block: its name up to the first layer index (model.layers.3), else its whole name."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1])
+    return name
 
 
 def attention_flops(model: torch.nn.Module, attention_pairs: int) -> int:

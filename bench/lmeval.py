@@ -101,8 +101,11 @@ def run_lm_eval(cfg: RunConfig, method, model, tokenizer, device) -> tuple[dict[
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
+    from bench.safety import sandbox_lm_eval_templates
+
     spec = cfg.eval.lm_eval
     part: dict[str, Any] = {"version": lm_eval.__version__, "tasks": {}, "not_scored": {}}
+    sandbox_lm_eval_templates()
     with _inside(spec.include_path):
         manager = _manager(TaskManager, spec.include_path, spec.tasks)
         kept = []

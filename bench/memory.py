@@ -59,7 +59,8 @@ class Meter:
     def method(self) -> str:
         """What the phase figures are, for the record."""
         if self.cuda:
-            return "torch.cuda max_memory_allocated / max_memory_reserved, reset at each phase start"
+            return ("torch.cuda max_memory_allocated / max_memory_reserved, reset at each phase start after "
+                    "empty_cache()")
         if self.unavailable:
             return f"not measured per phase: {self.unavailable}"
         return "resident set high-water mark (VmHWM), reset at each phase start via /proc/self/clear_refs"
@@ -72,8 +73,11 @@ class Meter:
         return psutil.Process().memory_info().rss
 
     def reset(self) -> None:
+        """Start a phase: on CUDA the allocator's cached blocks are released first, so a phase's reserved peak is
+        its own, not the pool an earlier phase grew."""
         if self.cuda:
             torch.cuda.synchronize(self.device)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
         elif not self.unavailable:
             reset_rss_peak()

@@ -25,6 +25,7 @@ METRICS: dict[str, Metric] = {
     "peak_memory_bytes": Metric("peak memory (training)", "lower", "B", "bytes", "cost"),
     "load_memory_bytes": Metric("memory after load", "lower", "B", "bytes"),
     "load_peak_memory_bytes": Metric("peak memory (load)", "lower", "B", "bytes"),
+    "load_peak_reserved_bytes": Metric("CUDA max reserved (load)", "lower", "B", "bytes"),
     "eval_peak_memory_bytes": Metric("peak memory (eval)", "lower", "B", "bytes"),
     "merge_peak_memory_bytes": Metric("peak memory (merge check)", "lower", "B", "bytes"),
     "cuda_max_allocated_bytes": Metric("CUDA max allocated (training)", "lower", "B", "bytes", "cost"),
@@ -44,9 +45,16 @@ METRICS: dict[str, Metric] = {
     "train_tokens_per_second": Metric("train tokens/s", "higher", "tok/s", ",.0f", "cost"),
     # After the first few steps (bench.train.steady_after); FLOPs as counted by bench.flops.train_flops.
     "steady_tokens_per_second": Metric("steady train tokens/s", "higher", "tok/s", ",.0f"),
+    # The steps left out of the steady figures (kernel selection, allocator growth, optimiser state) and their
+    # time; steady_train_seconds is the rest of train_seconds.
+    "warmup_steps": Metric("warm-up steps", "none", "", ".0f"),
+    "warmup_seconds": Metric("warm-up time", "none", "s", ".1f"),
+    "steady_train_seconds": Metric("steady train time", "lower", "s", ".1f"),
     "model_tflops_per_second": Metric("model TFLOP/s", "higher", "TFLOP/s", ".2f"),
     "model_flops_per_token": Metric("model FLOPs per token", "none", "", ".3e"),
+    # Against the peak of the dtype the run computes in (no figure for fp32 runs), times the devices used.
     "mfu": Metric("model FLOPs utilisation", "higher", "", ".3f"),
+    "mfu_devices": Metric("devices throughput and MFU are over", "none", "", ".0f"),
     # Distributed runs (training.distributed) only. There peak_memory_bytes is the largest of any process (what one
     # device must hold) and the tokens/s above are of all processes together.
     "world_size": Metric("processes", "none", "", ".0f"),
@@ -68,6 +76,8 @@ METRICS: dict[str, Metric] = {
     "rouge_l": Metric("ROUGE-L", "higher", "", ".3f", "score"),
     # Extracted answers equal as numbers (bench.scoring.numeric_match): 18 = 18.0 = $18, 1,000 = 1000, 3/4 = 0.75.
     "numeric_match": Metric("numeric match", "higher", "", ".3f", "score"),
+    # PEFT's own rule (bench.scoring.numeric_match_peft): 1,000 is text, not 1000, as in PEFT's published accuracy.
+    "numeric_match_peft": Metric("numeric match (PEFT)", "higher", "", ".3f", "score"),
     "generate_tokens_per_second": Metric("generation tok/s", "higher", "tok/s", ",.1f"),
     "merged_generate_tokens_per_second": Metric("merged generation tok/s", "higher", "tok/s", ",.1f"),
     "adapter_bytes": Metric("adapter size", "lower", "B", "bytes", "cost"),
@@ -79,6 +89,9 @@ METRICS: dict[str, Metric] = {
     # Layer by layer in float64: the merge's own relative error, and the rounding of the merged weights to storage.
     "merge_layer_rel_error_fp64": Metric("merge error per layer (fp64, relative)", "lower", "", ".2e"),
     "merge_storage_rel_error": Metric("merged weights' storage rounding (relative)", "lower", "", ".2e"),
+    # The merged weights the model holds against W + ΔW in float64, worst element as a share of its bound
+    # (bench.merge.weight_bound: half an ulp of the storage dtype + fp32 noise); <= 1 passes.
+    "merge_weight_error_of_bound": Metric("merged weights vs fp64 merge (share of bound)", "lower", "", ".3f"),
     # QLoRA: the 4-bit base against its de-quantised copy, adapter off (bitsandbytes' kernels, not the merge).
     "quantized_base_max_abs_logit_diff": Metric("4-bit vs de-quantised base max |Δlogit|", "lower", "", ".2e"),
 }
@@ -95,6 +108,7 @@ DESCRIPTIONS: dict[str, str] = {
                          "largest process's",
     "load_memory_bytes": "memory in use once the model is built (method applied)",
     "load_peak_memory_bytes": "peak while loading and building the model",
+    "load_peak_reserved_bytes": "CUDA's max_memory_reserved while loading and building the model (CUDA only)",
     "eval_peak_memory_bytes": "peak during evaluation: eval loss, generation, forgetting",
     "merge_peak_memory_bytes": "peak during the merge check; only where a merge ran",
     "cuda_max_allocated_bytes": "CUDA's max_memory_allocated over training (CUDA only)",
@@ -106,6 +120,10 @@ DESCRIPTIONS: dict[str, str] = {
     "checkpoint_seconds": "time spent writing progress and saving checkpoints during training",
     "eval_seconds": "wall time of evaluation (loss, generation, forgetting, lm-eval)",
     "train_steps": "optimiser steps taken",
+    "warmup_steps": "the first steps left out of the steady figures: min(5, steps/4) (kernel selection, allocator "
+                    "growth)",
+    "warmup_seconds": "wall time of the warm-up steps",
+    "steady_train_seconds": "train_seconds less the warm-up steps' time: what the steady figures divide by",
     "train_epochs": "passes over the training rows (fractional)",
     "train_tokens": "non-padding tokens the model was trained on",
     "processed_tokens": "tokens the model processed, padding included",
@@ -117,7 +135,9 @@ DESCRIPTIONS: dict[str, str] = {
                                "them (no recomputation, no padding)",
     "model_flops_per_token": "model FLOPs per real token: 6N for full fine-tuning, 4N for a frozen base, plus "
                              "attention and the adapter's own",
-    "mfu": "model FLOP/s over the device's dense bf16 peak; absent on a device not in bench.flops' table",
+    "mfu": "model FLOP/s over the dense peak of the dtype the run computes in (bf16/fp16) times the devices used; "
+           "absent for fp32 runs and on a device not in bench.flops' table",
+    "mfu_devices": "how many devices the run's processes used: the peak mfu divides by is theirs together",
     "world_size": "processes a distributed run used",
     "peak_memory_bytes_total": "sum of every process's training peak in a distributed run",
     "train_tokens_per_second_per_process": "train_tokens_per_second divided by world_size",
@@ -134,6 +154,9 @@ DESCRIPTIONS: dict[str, str] = {
     "token_f1": "token-level F1 between answer and reference, averaged over eval examples",
     "rouge_l": "ROUGE-L F-measure between answer and reference, averaged over eval examples",
     "numeric_match": "share of eval examples whose extracted answer equals the reference as a number",
+    "numeric_match_peft": "share of eval examples right by PEFT's own rule (convert_to_decimal and get_accuracy in "
+                          "its MetaMathQA benchmark): a number is a Decimal or one '/' between two, so '1,430' is "
+                          "not 1430; compares with PEFT's published accuracy",
     "generate_tokens_per_second": "new tokens per second of batched greedy generation with the trained model",
     "merged_generate_tokens_per_second": "the same with the merged model (merge check)",
     "adapter_bytes": "size on disk of the saved adapter folder (weights, config, tokenizer)",
@@ -145,8 +168,12 @@ DESCRIPTIONS: dict[str, str] = {
     "merge_layer_rel_error_fp64": "largest relative error of a merged layer against its adapter layer, in float64 "
                                   "on a seeded probe: the merge's own error",
     "merge_storage_rel_error": "relative rounding of the merged weights to the dtype they are stored in",
-    "quantized_base_max_abs_logit_diff": "QLoRA: largest |logit difference| between the 4-bit base and its "
-                                         "de-quantised copy, adapter off",
+    "merge_weight_error_of_bound": "the merged weight furthest from W + ΔW in float64, as a share of its allowance "
+                                   "(half a storage ulp plus fp32 roundings of |W| and the row's largest |ΔW|): at "
+                                   "most 1 is a correct merge",
+    "quantized_base_max_abs_logit_diff": "over a bitsandbytes base (QLoRA, NF4, FP4, 8-bit): largest |logit "
+                                         "difference| between the quantised base and its de-quantised copy, "
+                                         "adapter off",
 }
 
 

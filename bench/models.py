@@ -12,46 +12,10 @@ from typing import Any
 
 import torch
 
-from bench.config import ModelSpec
+from bench.config import ModelSpec, Quantization
+from bench.presets import PRESETS
+from bench.util import local_path
 
-# Architectures with random weights: for tests, and for memory/throughput planning without downloading weights.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny-llama": dict(
-        model_type="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, vocab_size=320, tie_word_embeddings=False,
-    ),
-    # TinyLlama/TinyLlama-1.1B-Chat-v1.0's exact shape.
-    "tinyllama-1.1b": dict(
-        model_type="llama", hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-        num_key_value_heads=4, max_position_embeddings=2048, vocab_size=32000, rms_norm_eps=1e-5,
-        rope_theta=10000.0, tie_word_embeddings=False,
-    ),
-    # HuggingFaceTB/SmolLM2-135M-Instruct's shape.
-    "smollm2-135m": dict(
-        model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
-        num_key_value_heads=3, max_position_embeddings=8192, vocab_size=49152, rms_norm_eps=1e-5,
-        rope_theta=100000.0, tie_word_embeddings=True,
-    ),
-    # Llama-3.2-3B's depth (28 layers) and 128-wide heads on 256-wide layers: PEFT's method_comparison experiment
-    # configs, written for Llama-3.2-3B (adapters in all 28 layers, ranks, blocks and vectors of up to 256), apply
-    # to it unchanged; 18.5M parameters train a few steps on a CPU in seconds.
-    "llama-3.2-3b-mini": dict(
-        model_type="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=28, num_attention_heads=2,
-        num_key_value_heads=2, head_dim=128, max_position_embeddings=1024, vocab_size=320, tie_word_embeddings=False,
-    ),
-    # meta-llama/Llama-3.2-3B's shape (PEFT's method_comparison benchmark model), for `bench plan`.
-    "llama-3.2-3b": dict(
-        model_type="llama", hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
-        num_key_value_heads=8, head_dim=128, max_position_embeddings=131072, vocab_size=128256, rms_norm_eps=1e-5,
-        rope_theta=500000.0, tie_word_embeddings=True,
-    ),
-    # meta-llama/Meta-Llama-3-8B's shape, for `bench plan`.
-    "llama-3-8b": dict(
-        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, max_position_embeddings=8192, vocab_size=128256, rms_norm_eps=1e-5,
-        rope_theta=500000.0, tie_word_embeddings=False,
-    ),
-}
 
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -91,8 +55,7 @@ def byte_tokenizer():
 def gguf_file(name: str, package: str | None, base_dir: Path = Path(".")) -> Path:
     """The GGUF file, either a path or a file inside an installed Python distribution (imported never)."""
     if package is None:
-        p = Path(os.path.expanduser(name))  # leaves an unknown "~user" as is, where Path.expanduser raises
-        p = p if p.is_absolute() else base_dir / p
+        p = local_path(name, base_dir)
         if not p.is_file():
             raise FileNotFoundError(f"no such file {str(p)!r}")
         return p
@@ -194,11 +157,8 @@ def has_chat_template(model: ModelSpec, base_dir: Path) -> bool | None:
     """Whether the tokenizer a run will load has a chat template, where that can be told without loading it: a
     preset's byte tokenizer has one, a local folder says so in its files, a GGUF in its metadata; None for the Hub
     (found out when the run loads it)."""
-    def local(value: str) -> Path:
-        p = Path(os.path.expanduser(value))
-        return p if p.is_absolute() else base_dir / p
-
-    folder = local(model.tokenizer) if model.tokenizer else local(model.path) if model.path else None
+    folder = local_path(model.tokenizer, base_dir) if model.tokenizer else \
+        local_path(model.path, base_dir) if model.path else None
     if folder is not None and folder.is_dir():
         config = folder / "tokenizer_config.json"
         in_config = config.is_file() and bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
@@ -221,8 +181,10 @@ def build_config(model: ModelSpec):
 
 
 def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load_in_4bit: bool, seed: int,
-               device: torch.device | None = None, attention: str | None = None, shardable_4bit: bool = False):
-    """The base model, in `dtype`, or NF4 4-bit (double quantisation, `dtype` compute) for QLoRA.
+               device: torch.device | None = None, attention: str | None = None, shardable_4bit: bool = False,
+               quantization: Quantization | None = None):
+    """The base model, in `dtype`, or quantised: `quantization` (bench.quantization), or with `load_in_4bit` NF4
+    4-bit with double quantisation and `dtype` compute, for QLoRA.
 
     A config-built model is initialised directly on `device` when given (a 1.1B model's random init takes seconds
     on a GPU and a minute on a CPU); its weights then depend on the device's random generator as well as the seed.
@@ -230,40 +192,41 @@ def load_model(model: ModelSpec, folder: str | None, *, dtype: torch.dtype, load
     in `dtype` (bitsandbytes' quant_storage), which FSDP needs to shard them beside the other weights."""
     from transformers import AutoModelForCausalLM
 
+    from bench import quantization as Q
+
+    quant = Q.QLORA if load_in_4bit else quantization
     kwargs: dict[str, Any] = {"dtype": dtype}
     if attention is not None:
         kwargs["attn_implementation"] = attention
-    if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype, **({"bnb_4bit_quant_storage": dtype} if shardable_4bit else {}),
-        )
+    hf = Q.hf_config(quant, dtype, shardable_4bit) if quant is not None else None
+    if hf is not None:
+        kwargs["quantization_config"] = hf
         if device is not None:
             kwargs["device_map"] = {"": device}  # bitsandbytes quantises as the weights land on the GPU
     if folder is None:
         torch.manual_seed(seed)
         config = build_config(model)
-        # Built on the same device for every method, so QLoRA quantises the very weights the others train.
+        # Built on the same device for every method, so a quantised base quantises the very weights the others train.
         with torch.device(device or "cpu"):
             built = AutoModelForCausalLM.from_config(config, dtype=dtype, **({"attn_implementation": attention}
                                                                               if attention else {}))
-        if not load_in_4bit:
-            return built
-        # bitsandbytes quantises at load time: save the seeded random weights, then load them quantised.
+        if hf is None:
+            return built if quant is None else Q.quantize_hqq(built, quant, dtype, device or torch.device("cpu"))
+        # bitsandbytes and torchao quantise at load time: save the seeded random weights, then load them quantised.
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
             built.save_pretrained(tmp)
             del built
-            # Params4bit keep no reference to the files once quantised; safe to delete the folder.
+            # Quantised weights keep no reference to the files; safe to delete the folder.
             return no_cpu_repacking(AutoModelForCausalLM.from_pretrained(tmp, **kwargs))
     try:
         loaded = AutoModelForCausalLM.from_pretrained(folder, revision=model.revision, **kwargs)
     except OSError as e:
         raise ModelSourceError(_hub_hint(folder, e)) from None
-    return no_cpu_repacking(loaded) if load_in_4bit else loaded
+    if quant is not None and hf is None:
+        return Q.quantize_hqq(loaded.to(device or "cpu"), quant, dtype, device or torch.device("cpu"))
+    return no_cpu_repacking(loaded) if quant is not None else loaded
 
 
 def no_cpu_repacking(model):

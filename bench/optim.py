@@ -1,9 +1,13 @@
-"""The optimiser a run trains with: any `torch.optim` class with its kwargs, or one of PEFT's (`peft.optimizers`):
-LoRA+ (B learns faster than A), LoRA-FA (A frozen, B's gradient projected) and Riemannian-preconditioned LoRA."""
+"""The optimiser a run trains with: any `torch.optim` class with its kwargs, one of PEFT's (`peft.optimizers`):
+LoRA+ (B learns faster than A), LoRA-FA (A frozen, B's gradient projected) and Riemannian-preconditioned LoRA, or
+one of bitsandbytes' (`bnb.optim`: 8-bit states, paged states) by a name torch.optim does not use; and the bytes of
+state each keeps per trainable parameter."""
 
 from __future__ import annotations
 
+import functools
 import inspect
+import json
 from typing import Any
 
 # PEFT's optimisers by the names PEFT's benchmark gives them (training_params.json's optimizer_type).
@@ -20,6 +24,33 @@ def torch_optimizers() -> list[str]:
             if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer]
 
 
+@functools.cache
+def bnb_optimizers() -> list[str]:
+    """bitsandbytes' optimisers whose names torch.optim does not use (AdamW8bit, PagedAdamW, Lion8bit, ...); torch's
+    AdamW stays torch's. Empty without bitsandbytes."""
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return []
+    import bitsandbytes.optim
+    import torch
+
+    taken = set(torch_optimizers())
+    return [n for n, c in vars(bitsandbytes.optim).items()
+            if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n not in taken]
+
+
+def optimizer_class(name: str):
+    """The class a torch.optim or bitsandbytes name stands for."""
+    import torch
+
+    if name in torch_optimizers():
+        return getattr(torch.optim, name)
+    import bitsandbytes.optim
+
+    return getattr(bitsandbytes.optim, name)
+
+
 def accepted_kwargs(name: str) -> list[str] | None:
     """The kwargs an optimiser takes beyond the parameters, lr and weight_decay; None for an unknown name."""
     import torch
@@ -31,9 +62,9 @@ def accepted_kwargs(name: str) -> list[str] | None:
                if k not in ("model", "kwargs", *FROM_TRAINING)]
         # LoRA+ and Riemannian wrap a torch optimiser (optimizer_cls, a name here) and pass it the rest.
         return own + (["betas", "eps", "amsgrad", "foreach", "fused"] if name != "lora-fa" else [])
-    if name not in torch_optimizers():
+    if name not in torch_optimizers() and name not in bnb_optimizers():
         return None
-    cls = getattr(torch.optim, name)
+    cls = optimizer_class(name)
     return [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "params", *FROM_TRAINING)]
 
 
@@ -43,9 +74,10 @@ def optimizer_problems(name: str, kwargs: dict[str, Any]) -> list[tuple[str, str
 
     accepted = accepted_kwargs(name)
     if accepted is None:
-        known = list(PEFT_OPTIMIZERS) + torch_optimizers()
+        known = list(PEFT_OPTIMIZERS) + torch_optimizers() + bnb_optimizers()
         return [("name", f"unknown optimiser '{name}'{did_you_mean(name, known)}; a torch.optim class (AdamW, SGD, "
-                 f"...) or one of PEFT's: {', '.join(PEFT_OPTIMIZERS)}")]
+                 f"...), one of PEFT's: {', '.join(PEFT_OPTIMIZERS)}, or of bitsandbytes' (AdamW8bit, PagedAdamW8bit, "
+                 "...)")]
     problems = []
     for key in kwargs:
         if key in FROM_TRAINING:
@@ -55,6 +87,8 @@ def optimizer_problems(name: str, kwargs: dict[str, Any]) -> list[tuple[str, str
         elif key not in accepted:
             problems.append((f"kwargs.{key}", f"{name} takes {', '.join(accepted) or 'no other kwargs'} - not "
                              f"'{key}'{did_you_mean(key, accepted)}"))
+    if not problems and name in bnb_optimizers() and (why := steps(name, json.dumps(kwargs, sort_keys=True))):
+        problems.append(("name", why))
     base = kwargs.get("optimizer_cls")
     if base is not None and base not in torch_optimizers():
         problems.append(("kwargs.optimizer_cls", f"unknown torch.optim class '{base}'"
@@ -68,7 +102,45 @@ def describe(name: str | None, kwargs: dict[str, Any]) -> str:
         return "torch.optim.AdamW"
     if name in PEFT_OPTIMIZERS:
         return f"peft.optimizers.{PEFT_OPTIMIZERS[name]} ({name}) over torch.optim.{kwargs.get('optimizer_cls', 'AdamW')}"
-    return f"torch.optim.{name}"
+    return f"{'bitsandbytes' if name in bnb_optimizers() else 'torch'}.optim.{name}"
+
+
+@functools.cache
+def steps(name: str, kwargs: str) -> str | None:
+    """Why a bitsandbytes optimiser does not step here (on the CPU, where validate runs: AdEMAMix32bit fails, LARS
+    and SGD need momentum); None when one step on a 64k-element weight updates it."""
+    import torch
+
+    p = torch.nn.Parameter(torch.randn(1 << 16))
+    try:
+        optimizer = optimizer_class(name)([p], lr=1e-3, **json.loads(kwargs))
+        p.grad = torch.randn_like(p)
+        optimizer.step()
+    except Exception as e:  # whatever bitsandbytes raises is the reason
+        return f"bitsandbytes' {name} does not step on this machine's {p.device.type}: {type(e).__name__}: {e}"
+    return None
+
+
+@functools.cache
+def state_bytes_per_param(name: str | None, kwargs: str = "{}", dtype: str = "float32") -> float:
+    """Bytes of optimiser state per trainable parameter, measured: one step over a 64k-element weight of `dtype`,
+    its state tensors' bytes divided by its elements (AdamW 8, AdamW8bit 2.06 with its block-wise scales, Lion8bit
+    1.03; torch's AdamW keeps states in the weight's dtype, so 4 over bf16 weights; paged states are as large, kept
+    in memory the GPU pages out). `kwargs` as JSON. For `bench plan`."""
+    import torch
+
+    p = torch.nn.Parameter(torch.randn(1 << 16, dtype=getattr(torch, dtype)))
+    args = json.loads(kwargs)
+    if name in PEFT_OPTIMIZERS:  # LoRA+, Riemannian and LoRA-FA keep AdamW's states (LoRA+: its optimizer_cls's)
+        name, args = args.pop("optimizer_cls", "AdamW"), {k: v for k, v in args.items() if k in ("betas", "eps")}
+    optimizer = optimizer_class(name or "AdamW")([p], lr=1e-3, **args)
+    p.grad = torch.randn_like(p)
+    optimizer.step()
+    state = optimizer.state[p]
+    # Per-tensor scalars (the step count, LAMB's norm) and bitsandbytes' 256-entry code books (qmap) are not
+    # per-parameter state; its block-wise scales (absmax, one per 256 elements) are.
+    return sum(v.numel() * v.element_size() for k, v in state.items()
+               if torch.is_tensor(v) and v.numel() > 1 and not k.startswith("qmap")) / p.numel()
 
 
 def make_optimizer(model, name: str | None, kwargs: dict[str, Any], *, lr: float, weight_decay: float,
@@ -83,7 +155,7 @@ def make_optimizer(model, name: str | None, kwargs: dict[str, Any], *, lr: float
         # One fused kernel for the whole update on CUDA (the per-tensor loop is launch-bound for full fine-tuning).
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if name not in PEFT_OPTIMIZERS:
-        cls = getattr(torch.optim, name)
+        cls = optimizer_class(name)
         if "weight_decay" in inspect.signature(cls.__init__).parameters:
             kwargs["weight_decay"] = weight_decay
         return cls(params, lr=lr, **kwargs)

@@ -94,8 +94,9 @@ def cmd_perf(args) -> int:
         code = max(code, run_suite(with_eval, Options(force=True, report=False)))
         table += "\n\n" + phase_table([r for r in load_records(Path(with_eval.output)) if r.suite == with_eval.name])
     console.print(table, markup=False)
-    for line in verdicts:
-        console.print(line, markup=False)
+    for line in verdicts:  # PASS / FAIL / SKIP lines, as gpu-check prints them (scripts/gpu_check.sh collects them)
+        status = "PASS" if ": met" in line else "FAIL" if "MISSED" in line else "SKIP"
+        console.print(f"{status} perf: {line}", markup=False)
     (out / "perf.md").write_text(table + "\n\n" + "\n".join(f"- {v}" for v in verdicts) + "\n")
     console.print(f"wrote {out / 'perf.md'}")
     return code

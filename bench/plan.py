@@ -1,6 +1,8 @@
 """`python -m bench plan SUITE [--json]`: what every run of a suite trains and stores, before any weight is downloaded
 or any step is run: trainable and total parameters of the model as the run builds it (from its config, on the meta
-device), the adapter's size on disk, and the base weights' size at the run's precision and at 4-bit NF4."""
+device), the adapter's size on disk, the base weights' size at the run's precision and at 4-bit NF4, and the predicted
+training-phase peak on a GPU with its parts (bench.memplan), whether it fits a card (--gpu-memory) and an estimate of
+the time the budget takes there."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from bench.config import BASELINE, RunConfig
 from bench.console import EXIT_OK, EXIT_USAGE, console, err
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SHIPPED = Path(__file__).parent / "archs"  # config.json of the models the shipped suites name, by Hub id
 
 
 @dataclass
@@ -26,14 +29,19 @@ class PlanRow:
     base_bytes: int | None  # the frozen base at the run's precision
     base_bytes_4bit: int | None  # linear layers of the decoder in NF4 (0.5 byte + bitsandbytes' scales), rest 16-bit
     precision: str
-    weights: str  # meta: counted without weights; random: a tuner that needs weights got random ones
+    weights: str  # meta: counted without weights; random: a tuner that needs weights got random ones (at depth 1 and 2,
+    # full width, extended to the model's depth, where the model is too big to build whole here)
     note: str = ""
+    memory: dict[str, Any] | None = None  # bench.memplan.Prediction: the GPU training peak and its parts, in bytes
+    fits: bool | None = None  # on --gpu-memory's card
+    largest_batch: int | None = None  # the largest batch size that fits it
+    time: dict[str, Any] | None = None  # an estimate: tokens/s and seconds for the budget on a named card
 
 
 def architecture(cfg: RunConfig) -> dict[str, Any]:
     """The model's config as a dict with its model_type: a preset, the suite's config, a folder's config.json, or
     the Hub's (a config file only, never weights)."""
-    from bench.models import PRESETS
+    from bench.presets import PRESETS
 
     m = cfg.model
     if m.preset is not None:
@@ -43,6 +51,9 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
     if m.path is not None:
         return json.loads((Path(m.path) / "config.json").read_text())
     if m.hub is not None:
+        shipped = SHIPPED / f"{m.hub.replace('/', '--')}.json"
+        if shipped.is_file():  # the shipped suites' models: planned offline with their real shapes
+            return json.loads(shipped.read_text())
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(m.hub, revision=m.revision).to_dict()
@@ -50,7 +61,8 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
                      "config")
 
 
-def plan_row(cfg: RunConfig) -> PlanRow:
+def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
+    """The row of one run; `card`: the memory of the card to fit (bytes, and its name)."""
     from bench.tuners import NeedsWeights, apply
     from methods import METHODS, Plan
 
@@ -59,7 +71,7 @@ def plan_row(cfg: RunConfig) -> PlanRow:
     try:
         arch = architecture(cfg)
     except Exception as e:  # the Hub offline, a missing file: said in the row, the other runs still plan
-        row.note = f"architecture unknown: {e}"
+        row.note = f"architecture unknown: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
         return row
     row.base_bytes, row.base_bytes_4bit, total = base_sizes(arch, BYTES[precision])
     if cfg.method == BASELINE:
@@ -69,16 +81,38 @@ def plan_row(cfg: RunConfig) -> PlanRow:
     special = special_token_ids(cfg.model)
     if special is None:
         row.note = "the tokenizer cannot be read here: its special tokens (trainable_tokens' default rows) count as one"
+    predict_memory(row, cfg, arch, card, special or (0,))
     try:
         applied = apply(arch, METHODS[cfg.method], cfg.params, Plan(total_steps=cfg.budget.max_steps or 1000,
                                                                     special_token_ids=special or (0,)),
-                        spec and spec.name, spec.kwargs if spec else None)
+                        spec and spec.name, spec.kwargs if spec else None, scaled=True)
     except NeedsWeights as e:
         row.weights, row.note = "needs weights", str(e)
         return row
     row.trainable_params, row.total_params = applied.trainable, applied.total
     row.adapter_bytes, row.weights = applied.adapter_bytes, applied.weights
     return row
+
+
+def predict_memory(row: PlanRow, cfg: RunConfig, arch: dict[str, Any], card: tuple[float, str] | None,
+                   special: tuple[int, ...]) -> None:
+    """The run's GPU training peak into the row; whether it fits `card` and the largest batch that does; the time its
+    budget takes on `card` where it names a card with a known peak (an estimate)."""
+    from bench.memplan import predict, setting_of, time_estimate
+    from methods import METHODS, Plan
+
+    plan = Plan(total_steps=cfg.budget.max_steps or 1000, special_token_ids=special)
+    try:
+        pred = predict(arch, METHODS[cfg.method], cfg.params, setting_of(cfg), plan)
+    except Exception as e:  # noqa: BLE001 - what PEFT or torch raise on this build: said in the row
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        row.note = "; ".join(filter(None, [row.note, f"memory not predicted: {first[:160]}"]))
+        return
+    row.memory = pred.as_dict()
+    if card is not None:
+        row.fits, row.largest_batch = pred.fits(card[0]), pred.largest_batch(card[0])
+        if cfg.budget.max_steps:
+            row.time = time_estimate(pred, arch, card[1], cfg.budget.max_steps * cfg.training.grad_accum)
 
 
 @functools.lru_cache(maxsize=16)
@@ -118,33 +152,100 @@ def base_sizes(arch: dict[str, Any], width: int) -> tuple[int, int, int]:
 
 
 def cmd_plan(args) -> int:
-    from bench.metrics import human_bytes
+    from bench.memplan import card_bytes
     from bench.suite import load_suite
     from bench.yamlio import SuiteError
 
     try:
-        suite = load_suite(args.suite)
-    except SuiteError as e:
-        err.print(e.render(), markup=False)
+        suite = load_suite(args.suite, trust_remote_code=args.trust_remote_code)
+        card = card_bytes(args.gpu_memory) if args.gpu_memory else None
+    except (SuiteError, ValueError) as e:
+        err.print(e.render() if isinstance(e, SuiteError) else str(e), markup=False)
         return EXIT_USAGE
-    rows = [plan_row(cfg) for cfg in suite.resolved_runs()]
+    rows = [plan_row(cfg, card) for cfg in suite.resolved_runs()]
+    say_unknown_architecture(args.suite, suite.model, rows)
     if args.json:
         for row in rows:
             print(json.dumps(asdict(row)))
         return EXIT_OK
+    console.print(plan_table(suite.name, rows, card))
+    if any(r.time for r in rows):
+        console.print("time: model FLOPs at an MFU of 25-45% on the card's dense bf16 peak - an estimate, not a "
+                      "measurement", style="dim")
+    return EXIT_OK
+
+
+def fit_warnings(path: str, runs: list[RunConfig], gpu_memory: str) -> int:
+    """Warn, one line a run, of each run predicted not to fit the card; EXIT_USAGE for a card not understood."""
+    from bench.memplan import card_bytes
+
+    try:
+        card = card_bytes(gpu_memory)
+    except ValueError as e:
+        err.print(str(e), markup=False)
+        return EXIT_USAGE
+    rows = [plan_row(cfg, card) for cfg in runs]
+    for r in rows:
+        if r.fits is False:
+            err.print(f"warning: {path}: run {r.run}: predicted GPU training peak {r.memory['need'] / 2**30:.1f} "
+                      f"GiB does not fit {card[1]}; the largest batch that fits: {r.largest_batch} (bench plan "
+                      "shows the parts)", markup=False)
+        elif r.memory is None:
+            err.print(f"warning: {path}: run {r.run}: GPU training peak not predicted ({r.note})", markup=False)
+    return EXIT_OK
+
+
+def say_unknown_architecture(path: str, model, rows: list[PlanRow]) -> None:
+    """Once per suite, in one line: the model's config.json cannot be read here, and how to fix that."""
+    unknown = [r for r in rows if r.note.startswith("architecture unknown")]
+    if not unknown or model.hub is None:
+        return
+    err.print(f"{path}: model.hub '{model.hub}' has no config.json here (not in the Hugging Face cache, the Hub not "
+              f"reachable), so no run is sized; fix: cache it (huggingface-cli download {model.hub} config.json) or "
+              "give the architecture in the suite (model: {config: {model_type: ..., hidden_size: ...}})",
+              markup=False)
+    for r in unknown:
+        r.note = "architecture unknown (see above)"
+
+
+def plan_table(name: str, rows: list[PlanRow], card: tuple[float, str] | None):
     from rich.table import Table
 
-    table = Table(title=f"{suite.name}: what each run trains and stores (no weights loaded)")
-    for col in ("run", "method", "trainable", "total", "trainable %", "adapter", "base", "base 4-bit", "note"):
+    from bench.metrics import human_bytes
+
+    table = Table(title=f"{name}: what each run trains and stores (no weights loaded), and its GPU training peak")
+    columns = ["run", "method", "trainable", "total", "trainable %", "adapter", "base", "base 4-bit", "GPU peak"]
+    columns += [f"fits {card[1]}", "time (est.)"] if card else []
+    for col in columns + ["note"]:
         table.add_column(col, overflow="fold")
+    size = (lambda n: human_bytes(n) if n is not None else "-")
     for r in rows:
         pct = f"{100 * r.trainable_params / r.total_params:.3f}" if r.total_params else "-"
-        size = (lambda n: human_bytes(n) if n is not None else "-")
-        table.add_row(r.run, r.method, _count(r.trainable_params), _count(r.total_params), pct, size(r.adapter_bytes),
-                      f"{size(r.base_bytes)} {r.precision}", size(r.base_bytes_4bit),
-                      r.note or ("random weights" if r.weights == "random" else ""))
-    console.print(table)
-    return EXIT_OK
+        cells = [r.run, r.method, _count(r.trainable_params), _count(r.total_params), pct, size(r.adapter_bytes),
+                 f"{size(r.base_bytes)} {r.precision}", size(r.base_bytes_4bit), _peak(r.memory)]
+        if card:
+            fits = "-" if r.fits is None else f"{'yes' if r.fits else 'NO'} (batch <= {r.largest_batch})"
+            cells += [fits, _time(r.time)]
+        weights = {"meta": "", "random": "random weights"}.get(r.weights, f"weights: {r.weights}")
+        table.add_row(*cells, r.note or weights)
+    return table
+
+
+def _peak(memory: dict[str, Any] | None) -> str:
+    """The peak a card needs, and its largest parts."""
+    if memory is None:
+        return "-"
+    gib = (lambda k: f"{memory[k] / 2**30:.1f}")
+    return (f"{memory['need'] / 2**30:.1f} GiB (weights {gib('base')}+{gib('trainable')}, grads {gib('gradients')}, "
+            f"optim {gib('optimizer')}, activ. {gib('activations')}, loss {gib('logits')}, alloc.+ctx "
+            f"{gib('allowance')})")
+
+
+def _time(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "-"
+    lo, hi = t["seconds"]
+    return f"{lo / 60:.0f}-{hi / 60:.0f} min ({t['tokens_per_s'][0]:,}-{t['tokens_per_s'][1]:,} tok/s)"
 
 
 def _count(n: int | None) -> str:

@@ -1,9 +1,13 @@
-"""Choosing a method: `python -m bench recommend RESULTS [--max-memory 8GB] [--max-train-time 1h] ...`.
+"""Choosing a method: `python -m bench recommend RESULTS [--prefer memory] [--max-memory 8GB] [--servable vllm] ...`.
 
-The best finished method under the given limits, the Pareto fronts of its score against peak memory and train
-time, and why, in words, against the runner-up. Pure functions over records; the reports' Recommendation section
-is built by the same `recommend` and `explain`. Limits apply to the mean over seeds; exit 1 when no method meets
-them (saying which limit excluded which method), 2 on bad input.
+Among the finished methods that meet every limit, the candidates are those whose score is not significantly worse
+than the best's: over seeds by Welch's t-test, with one seed by a paired test over the same eval examples (McNemar's
+for right/wrong scores, a paired bootstrap for graded ones; bench.paired). Of the candidates the cheapest by the
+user's priority (`--prefer memory|time|size|params`, memory by default: it decides the card) is recommended, with
+the methods it ties with and why it won; `--prefer score` takes the best score as before. Beside it the Pareto fronts
+of score against peak memory and train time. Pure functions over records; the reports' Recommendation section is
+built by the same `recommend` and `explain`. Limits apply to the mean over seeds; exit 1 when no method meets them
+(saying which limit excluded which method), 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
+from bench.paired import describe, example_values, paired, same_examples
 from bench.records import RunRecord
 from bench.rows import Group, interval_text, score_names, seed_groups
 from bench.stats import metric_front, welch
@@ -23,6 +29,12 @@ from bench.util import did_you_mean
 MEMORY, TIME = "peak_memory_bytes", "train_seconds"
 FRONTS = (MEMORY, TIME)  # the costs the fronts are drawn against
 SAME = 1.05  # costs within 5% of each other are "about the same": peak memory and time repeat to a few percent
+# --prefer: the cost the cheapest candidate is chosen by, and how the text names it; "score" keeps the best score.
+PREFER = {"memory": (MEMORY, "peak memory"), "time": (TIME, "training time"), "size": ("saved_bytes", "size on disk"),
+          "params": ("trainable_params", "trainable parameters"), "score": None}
+SEEDS_HINT = ("Training noise is not measured: every method ran with one seed, so these comparisons judge only which "
+              "eval examples were drawn, and the same run on another machine can score differently. Measure it with "
+              "`seeds: [0, 1, 2]` in the suite, or add seeds to this run with `python -m bench run SUITE --seeds 3`.")
 
 # Binary multiples, as the reports print sizes (human_bytes: 1 GB = 1024 MB).
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024 ** 2, "mb": 1024 ** 2, "mib": 1024 ** 2,
@@ -84,6 +96,7 @@ class Constraints:
     max_train_time: float | None = None
     max_adapter_size: float | None = None
     min_scores: tuple[tuple[str, float], ...] = ()
+    servable: str | None = None  # a serving stack (bench.serving.STACKS) that must load the adapter as it is
 
 
 def saved_bytes(g: Group) -> float | None:
@@ -123,23 +136,49 @@ class Exclusion:
 
 
 @dataclass(frozen=True)
+class Versus:
+    """A method against the best score: whether it is significantly worse, and by which test."""
+
+    group: Group
+    worse: bool | None  # None: no test applies (seeds on one side only, or one seed without per-example scores)
+    how: str  # the test and its evidence, in a few words
+
+
+@dataclass(frozen=True)
 class Recommendation:
     metric: str
-    ranking: list[Group]  # the methods that meet every limit, best first
+    ranking: list[Group]  # the methods that meet every limit, best score first
     fronts: list[tuple[str, list[Group]]]  # (cost metric, the Pareto front among the ranked methods)
     exclusions: list[Exclusion] = field(default_factory=list)
     unfinished: list[tuple[str, str]] = field(default_factory=list)  # (method, status): some seed did not finish
     unscored: list[str] = field(default_factory=list)  # finished without the score (evaluation turned off)
     constrained: bool = False
     baseline: Group | None = None  # the untrained model, with the score
+    prefer: str = "memory"  # a key of PREFER
+    versus: list[Versus] = field(default_factory=list)  # every ranked method but the best, against the best
+    chosen: Group | None = None
 
     @property
     def choice(self) -> Group | None:
+        return self.chosen
+
+    @property
+    def best(self) -> Group | None:
         return self.ranking[0] if self.ranking else None
 
     @property
     def runner_up(self) -> Group | None:
         return self.ranking[1] if len(self.ranking) > 1 else None
+
+    @property
+    def tied(self) -> list[Versus]:
+        """The methods not significantly worse than the best (the best itself left out)."""
+        return [v for v in self.versus if v.worse is False]
+
+    @property
+    def one_seed(self) -> bool:
+        """No ranked method ran over several seeds: training noise is not measured."""
+        return bool(self.ranking) and all(len(g.ok) == 1 for g in self.ranking)
 
 
 def rank_key(g: Group, score: str) -> tuple:
@@ -165,19 +204,88 @@ def check_metric(records: list[RunRecord], name: str | None) -> str:
     return name
 
 
-def recommend(records: list[RunRecord], constraints: Constraints = Constraints(), score: str | None = None
-              ) -> Recommendation:
-    """Rank the finished trained methods that meet every limit; the baseline is the untrained reference, no
-    candidate. A method counts only when every one of its seeds finished."""
+def versus(best: Group, g: Group, score: str) -> Versus:
+    """Is g's score significantly worse than the best's? Over seeds by Welch's t-test; with one seed each, by a
+    paired test over the eval examples both answered (bench.paired); no test where neither applies."""
+    a, b = best.values(score), g.values(score)
+    if best.mean(score) == g.mean(score):
+        return Versus(g, False, "the same score")
+    if len(a) > 1 and len(b) > 1:
+        d = welch(a, b)
+        # Not significantly worse is not shown equal: say how large a gap the seeds leave open.
+        gap = "" if d.supported or not d.half_width else \
+            f"; a gap up to {format_value(score, d.delta + d.half_width)} is not ruled out"
+        return Versus(g, d.supported, f"Welch's t-test over seeds, p = {d.p:.2g}{gap}")
+    if len(a) > 1 or len(b) > 1:
+        return Versus(g, None, "seeds on one side only")
+    ra, rb = best.ok[0], g.ok[0]
+    va, vb = example_values(ra, score), example_values(rb, score)
+    if va is None or vb is None or len(va) != len(vb) or not same_examples(ra, rb):
+        return Versus(g, None, "no per-example scores on the same eval examples to pair")
+    test = paired(va, vb)
+    return Versus(g, test.supported, f"{test.method}: {describe(test)}")
+
+
+def cost_of(g: Group, prefer: str) -> float:
+    v = _value(g, PREFER[prefer][0])
+    return math.inf if v is None else v
+
+
+def _choose(ranking: list[Group], score: str, prefer: str) -> tuple[Group | None, list[Versus]]:
+    """The cheapest by `prefer` among the best and the methods not significantly worse (ties by score rank)."""
+    if not ranking:
+        return None, []
+    best = ranking[0]
+    against = [versus(best, g, score) for g in ranking[1:]]
+    if prefer == "score":
+        return best, against
+    candidates = [best] + [v.group for v in against if v.worse is False]
+    return min(candidates, key=lambda g: (cost_of(g, prefer), ranking.index(g))), against
+
+
+def _servable_exclusion(finished: list[Group], stack: str) -> Exclusion | None:
+    from bench.serving import STACKS, verdicts
+
+    out = []
+    for g in finished:
+        found = verdicts(g.method, g.records[0].config.params)
+        how = next((v.how for v in found or [] if v.stack == stack), "not known")
+        if how != "as-is":
+            out.append((g.name, how))
+    return Exclusion(f"--servable {STACKS[stack].id}", out) if out else None
+
+
+def recommend(records: list[RunRecord], constraints: Constraints = Constraints(), score: str | None = None,
+              prefer: str = "memory") -> Recommendation:
+    """Rank the finished trained methods that meet every limit and choose among them; the baseline is the untrained
+    reference, no candidate. A method counts only when every one of its seeds finished."""
     score = _named("--metric", check_metric, records, score)
+    _named("--prefer", check_prefer, prefer)
     for name, _ in constraints.min_scores:
         _named("--min-score", check_metric, records, name)
-    trained = [g for g in seed_groups(records) if g.method != "baseline"]
+    trained = [g for g in seed_groups(records) if g.method != BASELINE]
     unfinished = [(g.name, g.status + (f" on {len(g.records) - len(g.ok)} of {len(g.records)} seeds"
                                        if g.seeded else "")) for g in trained if g.status != "success"]
     finished = [g for g in trained if g.status == "success"]
     unscored = [g.name for g in finished if g.mean(score) is None]  # a run with eval turned off: cost only
-    eligible = [g for g in finished if g.name not in unscored]
+    exclusions = _exclusions(finished, constraints)
+    gone = {n for e in exclusions for n, _ in e.excluded}
+    eligible = [g for g in finished if g.name not in unscored and g.name not in gone]
+    ranking = sorted(eligible, key=lambda g: rank_key(g, score))
+    fronts = []
+    for cost in FRONTS:
+        pts = [(g.mean(cost), g.mean(score), g) for g in ranking if g.mean(cost) is not None]
+        if pts:
+            fronts.append((cost, [p[2] for p in metric_front(pts, cost, score)]))
+    base = next((g for g in seed_groups(records) if g.method == BASELINE and g.ok and g.mean(score) is not None),
+                None)
+    chosen, against = _choose(ranking, score, prefer)
+    return Recommendation(score, ranking, fronts, exclusions, unfinished, unscored,
+                          bool(_limits(constraints)) or constraints.servable is not None, base, prefer, against, chosen)
+
+
+def _exclusions(finished: list[Group], constraints: Constraints) -> list[Exclusion]:
+    """Per limit, the finished methods it excludes (with their value, as printed)."""
     exclusions = []
     for flag, name, limit, better in _limits(constraints):
         out = []
@@ -189,17 +297,25 @@ def recommend(records: list[RunRecord], constraints: Constraints = Constraints()
                 out.append((g.name, _shown(name, v)))
         if out:
             exclusions.append(Exclusion(flag, out))
-        gone = {n for n, _ in out}
-        eligible = [g for g in eligible if g.name not in gone]
-    ranking = sorted(eligible, key=lambda g: rank_key(g, score))
-    fronts = []
-    for cost in FRONTS:
-        pts = [(g.mean(cost), g.mean(score), g) for g in ranking if g.mean(cost) is not None]
-        if pts:
-            fronts.append((cost, [p[2] for p in metric_front(pts, cost, score)]))
-    base = next((g for g in seed_groups(records) if g.method == "baseline" and g.ok and g.mean(score) is not None),
-                None)
-    return Recommendation(score, ranking, fronts, exclusions, unfinished, unscored, bool(_limits(constraints)), base)
+    if constraints.servable is not None:
+        exclusions += [e for e in [_servable_exclusion(finished, constraints.servable)] if e]
+    return exclusions
+
+
+def check_prefer(prefer: str) -> str:
+    if prefer not in PREFER:
+        raise ValueError(f"unknown priority '{prefer}'{did_you_mean(prefer, list(PREFER))}; choose one of "
+                         f"{', '.join(PREFER)}")
+    return prefer
+
+
+def check_stack(stack: str) -> str:
+    from bench.serving import STACKS
+
+    if stack.lower() not in STACKS:
+        raise ValueError(f"unknown serving stack '{stack}'{did_you_mean(stack.lower(), list(STACKS))}; "
+                         f"choose one of {', '.join(STACKS)}")
+    return stack.lower()
 
 
 def against_baseline(rec: Recommendation) -> tuple[bool, str] | None:
@@ -218,8 +334,12 @@ def against_baseline(rec: Recommendation) -> tuple[bool, str] | None:
         return False, text + "."
     d = welch(c.values(score), b.values(score))
     examples = c.ok[0].intervals.get(score) if len(c.ok) == 1 else None
+    pair = versus(c, b, score) if d.supported is None and len(c.ok) == len(b.ok) == 1 else None
     if d.supported is not None:
         text += ", a gap the seeds support" if d.supported else ", a gap the seeds do not support (Welch's t-test)"
+    elif pair is not None and pair.worse is not None:
+        text += (f", by more than the noise of the eval examples ({pair.how})" if pair.worse else
+                 f"; a gap the eval examples do not support ({pair.how})")
     elif examples is not None:
         inside = examples.low <= vb <= examples.high
         text += (f"; the baseline's score lies inside {c.name}'s 95% interval over the {examples.n} eval examples "
@@ -272,11 +392,51 @@ def _tie_breaker(c: Group, r: Group, score: str) -> str:
 
 
 def reason(rec: Recommendation) -> str | None:
-    """Why the choice, in a few plain sentences: its score against the runner-up's, and whether the seeds support
-    the difference; then what it gains and gives up in memory, time and size against the runner-up."""
-    c, r, score = rec.choice, rec.runner_up, rec.metric
+    """Why the choice, in a few plain sentences. By cost: which methods it ties with on the score and what it saves
+    against the best; by score (or when nothing ties with the best), its score against the runner-up's."""
+    c = rec.choice
     if c is None:
         return None
+    if rec.prefer != "score" and rec.tied:
+        return _cost_reason(rec)
+    return _score_reason(rec)
+
+
+def _cost_text(g: Group, prefer: str) -> str:
+    name = PREFER[prefer][0]
+    v = _value(g, name)
+    if v is None:
+        return f"{PREFER[prefer][1]} not recorded"
+    return f"{v:,.0f} trainable" if name == "trainable_params" else _shown(name, v)
+
+
+def _cost_reason(rec: Recommendation) -> str:
+    """The cheapest of the methods not significantly worse than the best: the tie it breaks, what it saves."""
+    c, best, score, prefer = rec.choice, rec.best, rec.metric, rec.prefer
+    label, what = metric(score).label, PREFER[prefer][1]
+    n = len(rec.tied) + 1
+    if c is best:
+        text = (f"{c.name} has the best {label} ({interval_text(score, c.summary(score))}) and the least {what} "
+                f"({_cost_text(c, prefer)}) of the {n} methods tied on it.")
+    else:
+        text = (f"{c.name} needs the least {what} ({_cost_text(c, prefer)}) of the {n} methods whose {label} is not "
+                f"significantly worse than the best, {best.name} ({interval_text(score, best.summary(score))}).")
+    tied = [(best, "the best score")] * (c is not best) + [(v.group, v.how) for v in rec.tied if v.group is not c]
+    text += " Tied with it: " + "; ".join(
+        f"{g.name} {interval_text(score, g.summary(score))}, {_cost_text(g, prefer)} ({how})" for g, how in tied) + "."
+    if c is not best:
+        gains, losses, same = _cost_phrases(c, best)
+        parts = [f"{how} on {_and(items)}" for how, items in (("better", gains), ("worse", losses),
+                                                               ("about the same", same)) if items]
+        if parts:
+            text += f" Against {best.name} it is {'; '.join(parts)}."
+    return text
+
+
+def _score_reason(rec: Recommendation) -> str:
+    """The choice's score against the runner-up's, whether the seeds (or, with one seed, the eval examples) support
+    the difference; then what it gains and gives up in memory, time and size against the runner-up."""
+    c, r, score = rec.choice, rec.runner_up, rec.metric
     label = metric(score).label
     sc = c.summary(score)
     if r is None:
@@ -289,7 +449,12 @@ def reason(rec: Recommendation) -> str | None:
         text += f", a tie; {_tie_breaker(c, r, score)}."
     else:
         d = welch(c.values(score), r.values(score))
-        if d.supported is None:
+        paired_test = next((v for v in rec.versus if v.group is r and v.worse is not None), None)
+        if d.supported is None and paired_test is not None:
+            text += (f", a difference the eval examples {'support' if paired_test.worse else 'do not support'} "
+                     f"({paired_test.how}).")
+            level = not paired_test.worse
+        elif d.supported is None:
             text += " (one seed: no interval to tell a difference from noise)."
         elif d.supported:
             text += ", a difference the seeds support (Welch's t-test, 5% level)."
@@ -327,8 +492,9 @@ def explain(rec: Recommendation) -> Explanation:
         headline = f"Recommended: {c.name} ({label} {interval_text(score, c.summary(score))}{seeds})"
         verdict = against_baseline(rec)
         if verdict is not None and not verdict[0]:
+            which = "Best of them" if c is rec.best else f"The least {PREFER[rec.prefer][1]} of those tied"
             headline = (f"No trained method scores above the untrained baseline on {label} "
-                        f"({format_value(score, rec.baseline.mean(score))}). Best of them: {c.name} "
+                        f"({format_value(score, rec.baseline.mean(score))}). {which}: {c.name} "
                         f"({interval_text(score, c.summary(score))}{seeds})")
         elif verdict is not None:
             details.append(verdict[1])
@@ -339,6 +505,7 @@ def explain(rec: Recommendation) -> Explanation:
             details.append(f"Pareto front, {label} vs {metric(cost).label}: " + ", ".join(
                 f"{g.name} ({_shown(cost, g.mean(cost))}, {interval_text(score, g.summary(score))})"
                 for g in front))
+    details += _choice_details(rec)
     for e in rec.exclusions:
         details.append(f"Excluded by {e.limit}: " + ", ".join(f"{name} ({value})" for name, value in e.excluded))
     if rec.unscored:
@@ -347,6 +514,27 @@ def explain(rec: Recommendation) -> Explanation:
         details.append("Not considered, did not finish: " +
                        ", ".join(f"{name} ({status})" for name, status in rec.unfinished))
     return Explanation(headline, reason(rec), details)
+
+
+def _choice_details(rec: Recommendation) -> list[str]:
+    """The rule that chose, the methods no test could compare with the best, and whether training noise is measured."""
+    out = []
+    label = metric(rec.metric).label
+    if rec.choice is not None and rec.prefer != "score":
+        out.append(f"Chosen as the least {PREFER[rec.prefer][1]} among the methods whose {label} is not "
+                   f"significantly worse than the best (--prefer {rec.prefer}; --prefer score takes the best "
+                   "score).")
+    worse = [v for v in rec.versus if v.worse]
+    if rec.choice is not None and worse:
+        out.append(f"Significantly worse than {rec.best.name}: " +
+                   ", ".join(f"{v.group.name} ({v.how})" for v in worse))
+    untested = [v for v in rec.versus if v.worse is None]
+    if untested:
+        out.append(f"Not compared with {rec.best.name}, so not counted as tied: " +
+                   ", ".join(f"{v.group.name} ({v.how})" for v in untested))
+    if rec.one_seed:
+        out.append(SEEDS_HINT)
+    return out
 
 
 def render_text(e: Explanation) -> str:
@@ -365,13 +553,14 @@ def cmd_recommend(args) -> int:
             max_train_time=given("--max-train-time", parse_duration, args.max_train_time),
             max_adapter_size=given("--max-adapter-size", parse_size, args.max_adapter_size),
             min_scores=tuple(_named("--min-score", parse_min_score, t) for t in args.min_score or []),
+            servable=given("--servable", check_stack, args.servable),
         )
         from bench.sweeps import selected
 
         records = selected(load_records(Path(args.results)))  # a sweep competes with its chosen value
         if not records:
             raise RecordError(f"{args.results}: no run records found")
-        rec = recommend(records, constraints, args.metric)
+        rec = recommend(records, constraints, args.metric, args.prefer)
     except (ValueError, RecordError) as e:
         print(e, file=sys.stderr)
         return 2

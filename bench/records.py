@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from bench.config import BASELINE, RunConfig
+from bench.layout import run_path
 from bench.util import atomic_write
 
 # lost: the run's node died or Ray lost its task, on every attempt it was given (bench.cluster).
@@ -46,6 +47,9 @@ class MergeCheck(_Part):
     storage_rel_error: float | None = None
     exact: bool | None = None
     logits_compared: str | None = None
+    # The merged weights the model holds against W + ΔW in float64, worst element as a share of its bound
+    # (bench.merge.weight_bound): <= 1 when every weight is the correctly rounded merge (a LoRA-shaped ΔW's fp32 noise).
+    weight_error_of_bound: float | None = None
 
 
 class DataNotes(_Part):
@@ -83,6 +87,9 @@ class ScoreInterval(_Part):
     high: float
     method: str  # wilson or bootstrap
     n: int  # eval examples
+    # The score of each eval example, in the eval set's order: what paired tests between runs read (bench.paired).
+    # None in records from before it was stored; bench.paired.example_values rebuilds it from the predictions.
+    values: list[float] | None = None
 
 
 class LostAttempt(_Part):
@@ -171,7 +178,7 @@ class RunRecord(BaseModel):
 
 
 def record_path(out_dir: Path, run: str) -> Path:
-    return Path(out_dir) / f"{run}.json"
+    return run_path(out_dir, run, ".json")
 
 
 def write_record(path: Path, record: RunRecord) -> None:

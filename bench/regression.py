@@ -36,7 +36,7 @@ from bench.util import did_you_mean
 class Tolerance(BaseModel):
     """How far a metric may move in its worse direction: an absolute amount, or a share of the baseline value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     absolute: NonNegativeFloat | None = Field(None, description="the metric may move this much in its worse direction")
     relative: NonNegativeFloat | None = Field(None, description="the metric may move this share of the baseline's "
@@ -91,7 +91,7 @@ class Regression(BaseModel):
     verdict but never fail the gate.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     tolerances: dict[str, Tolerance] = Field(DEFAULT_TOLERANCES, description="per metric, how far it may move; a "
                                              "suite names only those it changes, the other defaults stay")

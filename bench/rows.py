@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.records import RunRecord, error_headline
 from bench.stats import Difference, Summary, summarize, welch
@@ -32,7 +33,7 @@ def score_names(records: list[RunRecord]) -> list[str]:
 
 def ordered(records: list[RunRecord]) -> list[RunRecord]:
     """Baseline first, then the suite's order (records carry no order, so by start time), failures last."""
-    return sorted(records, key=lambda r: (r.method != "baseline", r.status != "success", r.started_at, r.run))
+    return sorted(records, key=lambda r: (r.method != BASELINE, r.status != "success", r.started_at, r.run))
 
 
 def labels(records: list[RunRecord]) -> dict[int, str]:
@@ -51,8 +52,18 @@ def labels(records: list[RunRecord]) -> dict[int, str]:
     return {id(r): name(r) for r in records}
 
 
+def base_marks(r: RunRecord) -> str:
+    """What the summary table adds to a run's name where its base or its weights are not the usual: the base's
+    quantisation (training.quantization, qlora's NF4) and pure bf16 (no fp32 master weights)."""
+    env = r.environment or {}
+    marks = [env["quantization"]["name"]] if isinstance(env.get("quantization"), dict) else []
+    if env.get("master_weights", "").startswith("none"):
+        marks.append("pure bf16, no fp32 masters")
+    return f" ({'; '.join(marks)})" if marks else ""
+
+
 def baseline(records: list[RunRecord]) -> RunRecord | None:
-    return next((r for r in records if r.method == "baseline" and r.status == "success"), None)
+    return next((r for r in records if r.method == BASELINE and r.status == "success"), None)
 
 
 def merge_cell(r: RunRecord) -> str:
@@ -68,6 +79,14 @@ def merge_cell(r: RunRecord) -> str:
     return text
 
 
+def serve_cell(r: RunRecord) -> str:
+    """Which serving stacks load the run's adapter as it is, and what the others need (bench.serving); "-" for the
+    baseline and for a run that saved nothing."""
+    from bench.serving import cell, verdicts
+
+    return cell(verdicts(r.method, r.config.params)) if r.trained and r.ok else "-"
+
+
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per run: raw values (for sorting, CSV and best-marking) and their formatted text."""
     scores = score_names(records)
@@ -80,6 +99,7 @@ def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
             values[name] = r.metrics.get(name)
         values["adapter_bytes"] = r.metrics.get("adapter_bytes")
         values["merge"] = merge_cell(r)
+        values["serve"] = serve_cell(r)
         values["error"] = error_headline(r.error)
         rows.append(values)
     return rows
@@ -90,14 +110,14 @@ def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
         [("run", "run"), ("method", "method")]
         + SUMMARY
         + [(n, metric(n).label) for n in score_names(records)]
-        + [("adapter_bytes", "adapter"), ("merge", "merge"), ("status", "status")]
+        + [("adapter_bytes", "adapter"), ("merge", "merge"), ("serve", "serve as-is"), ("status", "status")]
     )
 
 
 def best(rows: list[dict[str, Any]], name: str) -> Any:
     """The best value of a column among successful trained runs, by the metric's direction."""
     direction = metric(name).better
-    vals = [r[name] for r in rows if r["status"] == "success" and r["method"] != "baseline"
+    vals = [r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
             and isinstance(r.get(name), (int, float))]
     if not vals or direction == "none":
         return None
@@ -105,7 +125,7 @@ def best(rows: list[dict[str, Any]], name: str) -> Any:
 
 
 def cell(name: str, value: Any) -> str:
-    if name in ("run", "method", "status", "merge", "error"):
+    if name in ("run", "method", "status", "merge", "serve", "error"):
         return str(value) if value not in (None, "") else "-"
     return format_value(name, value)
 
@@ -168,7 +188,7 @@ def seed_groups(records: list[RunRecord]) -> list[Group]:
             groups.append(Group(name, recs[0].method, tuple(recs), True))
         else:
             groups.append(Group(base[key], recs[0].method, tuple(recs), False))
-    return sorted(groups, key=lambda g: (g.method != "baseline", g.status != "success",
+    return sorted(groups, key=lambda g: (g.method != BASELINE, g.status != "success",
                                          min(r.started_at for r in g.records), g.name))
 
 
@@ -205,6 +225,7 @@ def group_rows(groups: list[Group], records: list[RunRecord]) -> list[dict[str, 
             values[name] = None if s is None else s.mean
             values[f"{name}±"] = s.half_width if s is not None and metric(name).kind == "score" else None
         values["merge"] = merge_cell(_worst_merge(g))
+        values["serve"] = serve_cell((g.ok or list(g.records))[0])
         values["error"] = next((error_headline(r.error) for r in g.records if r.status != "success"), "")
         rows.append(values)
     return rows
@@ -229,7 +250,7 @@ def unsupported(groups: list[Group], name: str) -> list[tuple[Group, Group, Diff
     Pairs that scored the same on every seed are left out: a tie is not a difference to doubt. The better mean
     comes first in each pair."""
     sign = -1 if metric(name).better == "higher" else 1
-    trained = [g for g in groups if g.status == "success" and g.method != "baseline" and len(g.values(name)) > 1]
+    trained = [g for g in groups if g.status == "success" and g.method != BASELINE and len(g.values(name)) > 1]
     trained.sort(key=lambda g: sign * g.mean(name))
     out = []
     for i, a in enumerate(trained):

@@ -4,6 +4,7 @@ go one at a time, or in parallel over device slots (`bench run --devices`); a di
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -19,8 +20,9 @@ from typing import Callable
 
 import psutil
 
+from bench import forkserver
 from bench.config import RunConfig
-from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress
+from bench.layout import CONFIG, LOG, PROGRESS, RESULT, read_progress, run_path
 from bench.records import Placement, RecordError, RunRecord, read_record, record_path, write_record
 
 # Written into the run folder when the suite names no accelerate config: plain DDP on this machine. accelerate starts
@@ -77,6 +79,12 @@ def plan(configs: list[RunConfig], out_dir: Path, force: bool = False, only: lis
         else:
             plans.append(Plan(cfg, "skip", "up to date"))
     return plans
+
+
+def warm_up(configs: list[RunConfig], out_dir: Path, force: bool = False, only: list[str] | None = None) -> None:
+    """Start the fork server's imports now, beside the runner's own preparations, when a run will fork from it."""
+    if any(p.action == "run" and not p.config.distributed for p in plan(configs, out_dir, force, only)):
+        forkserver.SERVER.start()
 
 
 @dataclass(frozen=True)
@@ -161,13 +169,17 @@ def _parent_death_signal() -> Callable[[], None]:
     return lambda: prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen | forkserver.Forked) -> None:
     """SIGKILL the run's process group, and the worker processes torchrun starts in sessions of their own."""
     try:
         children = psutil.Process(proc.pid).children(recursive=True)
     except psutil.NoSuchProcess:
         children = []
-    os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # a forked run killed before its first line made it a group of its own
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
     for child in children:
         try:
             child.kill()
@@ -183,7 +195,7 @@ def execute(cfg: RunConfig, out_dir: Path, on_poll: Callable[[list], None] = lam
     """Run one config in its own process and return its record (already written to disk). `slot` says where (its
     environment variables, recorded as environment.slot); `stop` set by another thread ends it like Ctrl-C;
     `on_record` sees the finished record before it is written and returns it, amended (the trackers' errors)."""
-    record = on_record(attempt(cfg, out_dir / cfg.run, on_poll, env, slot, stop))
+    record = on_record(attempt(cfg, run_path(out_dir, cfg.run), on_poll, env, slot, stop))
     store(out_dir, record)
     if record.status == "interrupted":
         raise KeyboardInterrupt
@@ -208,19 +220,40 @@ def attempt(cfg: RunConfig, run_dir: Path, on_poll: Callable[[list], None] = lam
         env["OMP_NUM_THREADS"] = str(max(1, per_process))
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, **env}
     with (run_dir / LOG).open("w") as log:
-        proc = subprocess.Popen(
-            worker_command(cfg, cfg_path, run_dir),
-            # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
-            preexec_fn=_parent_death_signal() if die_with_parent else None,
-        )
+        proc, how = start(cfg, cfg_path, run_dir, env, log, die_with_parent)
         ended = _watch(proc, cfg.training.timeout_s, run_dir, on_poll, stop)
     record = _outcome(cfg, proc, ended, run_dir)
     return record.model_copy(update={
         "started_at": started, "finished_at": now(), "wall_seconds": time.monotonic() - t0,
-        "environment": record.environment | ({"slot": slot.name} if slot else {}),
+        "environment": record.environment | {"process": how} | ({"slot": slot.name} if slot else {}),
         "placement": placement(cfg, record, env)})
+
+
+def start(cfg: RunConfig, cfg_path: Path, run_dir: Path, env: dict[str, str], log,
+          die_with_parent: bool = False) -> tuple[subprocess.Popen | forkserver.Forked, str]:
+    """The run's process, and how it started (the record's environment.process): forked from the fork server, which
+    has imported the worker once, or spawned where a fork cannot be the same run (bench.forkserver says when)."""
+    if cfg.distributed:
+        why = "accelerate launch starts the run's processes"
+    elif die_with_parent:
+        why = "the run's process must die with the Ray worker that started it"
+    else:
+        why = forkserver.SERVER.refusal(env)
+        if why is None:
+            try:
+                return forkserver.SERVER.fork(["bench.worker", str(cfg_path), str(run_dir)], env, log.name), \
+                    "fork server"
+            except forkserver.ForkRefused as e:
+                why = str(e)
+        forkserver.SERVER.note(why)
+    proc = subprocess.Popen(
+        worker_command(cfg, cfg_path, run_dir),
+        # Idle OpenMP threads spin by default; on a shared 2-core machine that slowed runs up to 100x.
+        stdout=log, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,  # Ctrl-C reaches the runner alone; it ends the worker itself
+        preexec_fn=_parent_death_signal() if die_with_parent else None,
+    )
+    return proc, f"spawn: {why}"
 
 
 def placement(cfg: RunConfig, record: RunRecord, env: dict[str, str]) -> Placement:
@@ -241,7 +274,7 @@ def store(out_dir: Path, record: RunRecord) -> None:
     write_record(record_path(out_dir, record.run), record)
 
 
-def _watch(proc: subprocess.Popen, timeout: float, run_dir: Path, on_poll: Callable[[list], None],
+def _watch(proc: subprocess.Popen | forkserver.Forked, timeout: float, run_dir: Path, on_poll: Callable[[list], None],
            stop: threading.Event | None) -> tuple[str, str] | None:
     """Wait for the run's process; (status, error) when the runner ended it (timeout, Ctrl-C), else None."""
     t0 = time.monotonic()
@@ -260,7 +293,8 @@ def _watch(proc: subprocess.Popen, timeout: float, run_dir: Path, on_poll: Calla
     return None
 
 
-def _outcome(cfg: RunConfig, proc: subprocess.Popen, ended: tuple[str, str] | None, run_dir: Path) -> RunRecord:
+def _outcome(cfg: RunConfig, proc: subprocess.Popen | forkserver.Forked, ended: tuple[str, str] | None,
+             run_dir: Path) -> RunRecord:
     """The worker's own record where it left one; otherwise one saying how the process ended, with the steps its
     progress file holds. A run that did not succeed carries the tail of its log."""
     result = run_dir / RESULT
@@ -348,4 +382,4 @@ def _keep_previous(out_dir: Path, run: str) -> None:
         history = out_dir / "history"
         history.mkdir(exist_ok=True)
         stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
-        os.replace(path, history / f"{run}.{stamp}.json")
+        os.replace(path, run_path(history, run, f".{stamp}.json"))

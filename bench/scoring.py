@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from collections import Counter
@@ -88,11 +89,37 @@ def numeric_match(prediction: str, reference: str) -> float:
     return float(float(a) == float(b))
 
 
+def peft_decimal(text: str) -> Decimal | None:
+    """A number as PEFT's benchmark reads one (method_comparison/MetaMathQA/utils.py, convert_to_decimal): the text as
+    a Decimal, or one '/' between two Decimals; nothing else. Unlike `number`, "1,430", "$5" and "50%" are not
+    numbers here (PEFT's parse_answer has already stripped a '$' or '%' at either end)."""
+    s = text.strip()
+    try:
+        if "/" not in s:
+            return Decimal(s)
+        parts = s.split("/")
+        if len(parts) != 2 or Decimal(parts[1].strip()) == 0:
+            return None
+        return Decimal(parts[0].strip()) / Decimal(parts[1].strip())
+    except (InvalidOperation, ValueError):
+        return None
+
+
+def numeric_match_peft(prediction: str, reference: str) -> float:
+    """PEFT's accuracy rule (MetaMathQA/utils.py, get_accuracy), digit for digit: both sides as floats where
+    `peft_decimal` reads them, else as text, and right only when equal; so a number with thousands separators is
+    text and never equals a plain number ("1,430" against "1430" is wrong here, right for numeric_match). Use it
+    where scores must compare with PEFT's published accuracy; numeric_match stays the default."""
+    a, b = peft_decimal(prediction), peft_decimal(reference)
+    return float((prediction if a is None else float(a)) == (reference if b is None else float(b)))
+
+
 SCORERS: dict[str, Callable[[str, str], float]] = {
     "exact_match": exact_match,
     "token_f1": token_f1,
     "rouge_l": rouge_l,
     "numeric_match": numeric_match,
+    "numeric_match_peft": numeric_match_peft,
 }
 
 _NUMBER = re.compile(r"[-+]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?%?")
@@ -124,6 +151,63 @@ EXTRACTORS: dict[str, Callable[[str], str | None]] = {
 }
 
 
+# A suite's regex is matched by the `regex` package with a time limit: a pattern that backtracks catastrophically
+# (`(a|aa)+$` on a long run of a's) is an error naming eval.extract, never a scoring loop that does not end.
+MATCH_TIMEOUT_S = 2.0
+_PROBE_TIMEOUT_S = 0.1
+_PROBE_LENGTH = 512
+
+
+class PatternTimeout(ValueError):
+    """A suite's regex did not finish on a text within MATCH_TIMEOUT_S."""
+
+
+@functools.lru_cache(maxsize=64)
+def compile_pattern(pattern: str):
+    """The suite's regex as scoring matches it (regex.error when it is not one)."""
+    import regex
+
+    return regex.compile(pattern, flags=regex.DOTALL)
+
+
+def _probes(pattern: str) -> list[str]:
+    """Texts on which a backtracking pattern shows itself: one character, or two of the pattern's own, repeated,
+    then a character nothing in the pattern expects (so every way of splitting the run is tried before failing)."""
+    own = sorted({c for c in pattern if c.isprintable() and c not in "\\()[]{}|*+?^$."})
+    units = [c for c in string.printable[:95]] + [a + b for a in own for b in own if a != b]
+    return [u * (_PROBE_LENGTH // len(u)) + "\x00" for u in units]
+
+
+def backtracking(pattern: str) -> str | None:
+    """Why the regex would hang scoring (a probe text it did not finish within a fraction of a second), or None."""
+    compiled = compile_pattern(pattern)
+    for text in _probes(pattern):
+        try:
+            compiled.search(text, timeout=_PROBE_TIMEOUT_S)
+        except TimeoutError:
+            return (f"it backtracks catastrophically: on {text[:8]!r}... ({len(text)} characters) it did not finish "
+                    f"within {_PROBE_TIMEOUT_S} s; avoid nested or overlapping repeats such as (a|aa)+ or (a+)+")
+    return None
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """What is wrong with a suite's eval.extract, or None: a preset, or a regex with a group for the answer that
+    cannot hang scoring. The message of a regex that does not compile is stdlib re's (the `regex` package accepts a
+    superset)."""
+    import regex
+
+    if pattern in EXTRACTORS:
+        return None
+    try:
+        re.compile(pattern)
+        compiled = compile_pattern(pattern)
+    except (re.error, regex.error) as e:
+        return f"not a valid regex: {e}"
+    if compiled.groups < 1:
+        return f"the regex needs one group (the answer), e.g. '#### (.+)'; or a preset: {', '.join(EXTRACTORS)}"
+    return backtracking(pattern)
+
+
 def extract(text: str, pattern: str | None) -> str | None:
     """The suite's answer extraction: a preset of EXTRACTORS, or the first group of the regex `pattern` (None when
     the text has no answer), or the whole text stripped."""
@@ -131,7 +215,11 @@ def extract(text: str, pattern: str | None) -> str | None:
         return text.strip()
     if pattern in EXTRACTORS:
         return EXTRACTORS[pattern](text)
-    match = re.search(pattern, text, flags=re.DOTALL)
+    try:
+        match = compile_pattern(pattern).search(text, timeout=MATCH_TIMEOUT_S)
+    except TimeoutError:
+        raise PatternTimeout(f"eval.extract: the regex {pattern!r} did not finish within {MATCH_TIMEOUT_S} s on a text "
+                             f"of {len(text)} characters (catastrophic backtracking); simplify it") from None
     return match.group(1).strip() if match else None
 
 

@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING
 from bench import lock, runner
 from bench.config import RunConfig
 from bench.console import EXIT_FAIL, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, console, err
+from bench.layout import run_path
 from bench.records import RunRecord, error_headline, load_records
-from bench.suite import Suite
 
 if TYPE_CHECKING:
     from bench.cluster import RayOptions
+    from bench.suite import Suite  # the schema imports PEFT's configs: `bench report` needs none of it
     from bench.tracking import RunTracking, Session
 
 
@@ -29,6 +30,7 @@ class Options:
     report: bool = True
     track: tuple[str, ...] = ()  # --track: trackers on top of the suite's `tracking`
     ray: RayOptions | None = None  # --ray: every run a task on a Ray cluster
+    adopt_unseeded: bool = False  # --seeds: a record from before the suite had seeds counts as the seed it ran at
 
     @property
     def slots(self) -> list[runner.Slot | None]:
@@ -36,33 +38,29 @@ class Options:
 
 
 def preflight(suite: Suite, configs: list[RunConfig]) -> str | None:
-    """Load the dataset and the tokenizer once before any run starts: a data problem is one clear error, not a failed
-    record per run. Prompts are measured with the model's own tokenizer against the smallest max_seq_len of any run."""
+    """Read the inputs every run shares (bench.load.read_inputs: model source, tokenizer, data) once before any run
+    starts: a data problem is one clear error, not a failed record per run. Prompts are measured with the model's own
+    tokenizer against the smallest max_seq_len of any run."""
     from bench import models as M
-    from bench.data import DataError, check_references, load_examples, numeric, tokenize, use_formatting
+    from bench.data import DataError
+    from bench.load import read_inputs, tokenize
 
-    cfg = configs[0]
     tightest = min(configs, key=lambda r: r.training.max_seq_len)
     max_seq_len = tightest.training.max_seq_len
     # A per-run override is the one to change; name the run that has it.
     who = "" if max_seq_len == suite.training.max_seq_len else f"run {tightest.run}: "
     try:
-        train, evals, report = load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-        evals = check_references(evals, cfg.eval.extract, cfg.dataset, report, numeric=numeric(cfg.eval))
-        # Resolving a GGUF converts it here, once, instead of in the first run.
-        folder, _ = M.resolve(cfg.model)
-        tokenizer = M.load_tokenizer(cfg.model, folder)
-        use_formatting(tokenizer, cfg.dataset, report.source)
+        inputs = read_inputs(configs[0])
     except (DataError, M.ModelSourceError) as e:
         return str(e)
-    for part, examples in (("train", train), ("eval", evals)):
+    for part, examples in (("train", inputs.train + inputs.validation), ("eval", inputs.eval)):
         try:
-            kept = tokenize(examples, tokenizer, max_seq_len, cfg.dataset, report, report.source)
+            kept = tokenize(inputs, examples, max_seq_len, configs[0])
         except DataError as e:
             return f"{who}{e}"
         if not kept:
-            return (f"{who}{report.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so none "
-                    "is left to run on (raise training.max_seq_len)")
+            return (f"{who}{inputs.notes.source}: every {part} prompt is too long for max_seq_len {max_seq_len}, so "
+                    "none is left to run on (raise training.max_seq_len)")
     return None
 
 
@@ -75,6 +73,8 @@ def run_suite(suite: Suite, options: Options) -> int:
     if problem:
         err.print(f"{suite.source}: {problem}", markup=False)
         return EXIT_USAGE
+    if options.ray is None:  # the fork server imports while the runner takes the lock and plans
+        runner.warm_up(configs, out_dir, options.force, list(options.only))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -89,6 +89,11 @@ def run_suite(suite: Suite, options: Options) -> int:
 
 
 def _run_locked(suite: Suite, configs: list[RunConfig], out_dir: Path, options: Options) -> int:
+    if options.adopt_unseeded and not options.force:
+        from bench.moreseeds import adopt_unseeded
+
+        for line in adopt_unseeded(configs, out_dir):
+            console.print(f"[dim]{line}[/]")
     plans = runner.plan(configs, out_dir, force=options.force, only=list(options.only))
     if options.only and not plans:
         err.print(f"--only {' '.join(options.only)}: no run of {suite.source} has that name or method", markup=False)
@@ -160,7 +165,10 @@ def _trackers(suite: Suite, options: Options, out_dir: Path, todo: list[RunConfi
     from bench.tracking import Session
 
     console.print(f"tracking: {', '.join(tracking.names)}")
-    return Session(tracking, out_dir, suite.name)
+    session = Session(tracking, out_dir, suite.name)
+    for where in session.destinations:
+        console.print(f"sending run configs, metrics and predictions to {where}", markup=False, highlight=False)
+    return session
 
 
 def warn_trackers(trackers: Session, records: list[RunRecord], reports: list[Path]) -> None:
@@ -214,7 +222,7 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
             progress.update(tasks[cfg.run], completed=steps, total=steps, info=f"[{colour}]{record.status}[/] {score}")
 
         def record(cfg: RunConfig, record: RunRecord) -> RunRecord:
-            return tracked.pop(cfg.run).finish(record, out_dir / cfg.run) if cfg.run in tracked else record
+            return tracked.pop(cfg.run).finish(record, run_path(out_dir, cfg.run)) if cfg.run in tracked else record
 
         if on_ray is not None:
             from bench import cluster

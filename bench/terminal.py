@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from bench.config import BASELINE
 from bench.records import RunRecord
 from bench.rows import best, cell, columns, group_cell, group_columns, group_rows, multi_seed, seed_groups, summary_rows
 
@@ -15,12 +16,12 @@ def summary_table(records: list[RunRecord], title: str | None = None) -> Table:
     cols = group_columns(records) if seeds else columns(records)
     table = Table(title=title, header_style="bold")
     for name, header in cols:
-        table.add_column(header, justify="left" if name in ("run", "method", "merge", "status") else "right")
+        table.add_column(header, justify="left" if name in ("run", "method", "merge", "serve", "status") else "right")
     for row in rows:
         cells = []
         for name, _ in cols:
             text = group_cell(name, row) if seeds else cell(name, row.get(name))
-            if row["status"] == "success" and row["method"] != "baseline" and row.get(name) is not None \
+            if row["status"] == "success" and row["method"] != BASELINE and row.get(name) is not None \
                     and row.get(name) == best(rows, name):
                 text = f"[bold green]{text}[/]"
             if name == "status" and row["status"] != "success":

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import TRACKERS, MlflowOptions, RunConfig, TensorBoardOptions, Tracking, WandbOptions
+from bench.layout import run_path
 from bench.records import RunRecord
 from bench.util import flatten
 
@@ -69,6 +70,7 @@ def saved_model(run_dir: Path) -> Path | None:
 
 
 class Backend:
+    destination = ""  # where the tracker sends run configs, metrics and predictions, as said before the first run
     """One tracker for one `bench run`. `start` returns a handle for the run that the other calls take."""
 
     def start(self, cfg: RunConfig) -> Any:
@@ -89,18 +91,19 @@ class TensorBoard(Backend):
 
     def __init__(self, options: TensorBoardOptions, out_dir: Path):
         self.root = Path(options.logdir) if options.logdir else out_dir / "tensorboard"
+        self.destination = f"TensorBoard event files in {self.root.resolve()}/"
 
     def start(self, cfg: RunConfig):
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
         from tensorboard.plugins.text.summary_v2 import text_pb
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-        folder = self.root / cfg.run
+        folder = run_path(self.root, cfg.run)
         if folder.exists():
             stamp = datetime.fromtimestamp(folder.stat().st_mtime, timezone.utc).strftime("%Y%m%dT%H%M%S")
             history = self.root.parent / f"{self.root.name}-history"
             history.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(folder), str(history / f"{cfg.run}.{stamp}"))
+            shutil.move(str(folder), str(run_path(history, cfg.run, f".{stamp}")))
         writer = EventFileWriter(str(folder))
         config = cfg.model_dump(mode="json")
         hparams = {k: v for k, v in flatten(config).items() if isinstance(v, (str, bool, int, float))} | tags(cfg)
@@ -152,6 +155,7 @@ class MLflow(Backend):
         self.client = MlflowClient(tracking_uri=self.uri)
         self.experiment = options.experiment or suite
         self._experiment_id: str | None = None
+        self.destination = f"MLflow at {self.uri} (experiment {self.experiment})"
 
     def _experiment_id_or_create(self) -> str:
         if self._experiment_id is None:
@@ -209,6 +213,10 @@ class Wandb(Backend):
         self.mode = options.mode or os.environ.get("WANDB_MODE") or (
             "online" if wandb.login(prompt=False) else "offline")
         self.settings = wandb.Settings(silent=True, console="off", x_disable_stats=True, save_code=False)
+        where = f"{options.entity or 'your default entity'}/{options.project}"
+        self.destination = (f"W&B {where} (online: the W&B server)" if self.mode == "online" else
+                            f"W&B {where} (offline: files under {(out_dir / 'wandb').resolve()}/, sent only by `wandb "
+                            "sync`)")
 
     def start(self, cfg):
         import wandb
@@ -282,6 +290,11 @@ class Session:
     @property
     def on(self) -> bool:
         return bool(self.tracking.names)
+
+    @property
+    def destinations(self) -> list[str]:
+        """Where each started tracker sends the runs: a shared suite chooses where the user's eval data goes."""
+        return [b.destination for b in self.backends.values()]
 
     def run(self, cfg: RunConfig) -> RunTracking:
         return RunTracking(self, cfg)

@@ -18,6 +18,7 @@ from bench.data import IGNORE
 from bench.device import Place
 from bench.flops import peak_flops, train_flops
 from bench.layout import PROGRESS
+from bench.loss import chunked
 
 if TYPE_CHECKING:
     from bench.distributed import Ranks
@@ -117,7 +118,7 @@ def train(
         if micro is None:
             result.stopped_by = result.stopped_by or "epochs"
             break
-        step_loss = _accumulate(model, micro, result, device, ranks, scaler, autocast)
+        step_loss = _accumulate(model, micro, result, device, ranks, scaler, autocast, training.loss_chunk_bytes)
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
@@ -186,7 +187,7 @@ def _take(batches: Iterator[tuple[float, Batch]], n: int) -> list[tuple[float, B
 
 
 def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, device: torch.device,
-                ranks: Ranks | None, scaler: torch.amp.GradScaler | None, autocast) -> float:
+                ranks: Ranks | None, scaler: torch.amp.GradScaler | None, autocast, chunk_bytes: int | None) -> float:
     """Forward and backward over one step's micro-batches; the step's loss. The loss is a mean over every response
     token of the step, however they split into micro-batches (and, with several processes, over every process's
     share)."""
@@ -201,7 +202,7 @@ def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, de
         # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples would
         # attend to each other.
         with _no_sync(ranks, model, last=i == len(micro) - 1):
-            with autocast():
+            with autocast(), _loss(model, ranks, chunk_bytes):
                 out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
             # DDP averages gradients over processes; each loss is already a share of the global mean.
             loss = out.loss if ranks is None else out.loss * ranks.world
@@ -219,6 +220,12 @@ def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, de
         step_loss = _all_processes(ranks, result, before, step_loss)
     result.target_tokens += n_targets
     return step_loss
+
+
+def _loss(model, ranks: Ranks | None, chunk_bytes: int | None):
+    """The chunked loss over response positions (bench.loss). Not under DDP/FSDP: their hooks expect each weight's
+    gradient once per forward, and FSDP's shards are whole only inside it; there the model's own loss runs."""
+    return chunked(model, chunk_bytes) if ranks is None else contextlib.nullcontext()
 
 
 def _count(result: TrainResult, batch: Batch) -> None:
@@ -348,10 +355,13 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
     if not w.get("seconds"):
         return m
     flops = train_flops(model, w["real_tokens"], w["attention_pairs"])
-    m |= {"steady_tokens_per_second": w["real_tokens"] / w["seconds"],
+    m |= {"warmup_steps": result.steps - w["steps"], "warmup_seconds": result.seconds - w["seconds"],
+          "steady_train_seconds": w["seconds"], "steady_tokens_per_second": w["real_tokens"] / w["seconds"],
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
-    peak, _ = peak_flops(place.device)
+    # Tokens and FLOPs are every process's: MFU's peak is that of every device they ran on.
+    m["mfu_devices"] = devices = place.ranks.world if place.ranks else 1
+    peak, _ = peak_flops(place.device, place.dtype)
     if peak:
-        m["mfu"] = flops / w["seconds"] / peak
+        m["mfu"] = flops / w["seconds"] / (peak * devices)
     return m

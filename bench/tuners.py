@@ -13,9 +13,11 @@ from typing import Any
 
 from methods import Method, Plan
 
-# Above this many base parameters a tuner that needs real weights is not built with random ones for `bench plan`:
-# the decomposition of a billion-parameter model's weights on a CPU takes minutes.
+# Above this many base parameters a tuner that needs real weights is not built with random ones at full depth: the
+# decomposition of a billion-parameter model's weights on a CPU takes minutes (`apply(scaled=True)` builds two layers).
 RANDOM_WEIGHTS_LIMIT = 300_000_000
+# ... nor at depth 1 and 2 (fp32) above this: a 3B model's two layers and embeddings are 0.6B.
+SCALED_WEIGHTS_LIMIT = 1_500_000_000
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,33 @@ def model_config(config: dict[str, Any]):
 
 
 def apply(config: dict[str, Any], method: Method, params: dict[str, Any], plan: Plan, optimizer: str | None = None,
-          optimizer_kwargs: dict | None = None) -> Applied:
+          optimizer_kwargs: dict | None = None, scaled: bool = False) -> Applied:
     """Build the model from `config` on the meta device (with random weights on the CPU where the tuner needs real
-    ones and the model is small), apply the method, and count. Raises what PEFT raises."""
+    ones and the model is small), apply the method, and count. Raises what PEFT raises. `scaled`: where the model is
+    too big for random weights, build it with random weights at depth 1 and 2, full width, and extend the counts to
+    its depth (each is affine in depth for a stack of identical layers), rather than raise NeedsWeights."""
     key = json.dumps([config, method.id, params, plan.total_steps, list(plan.special_token_ids), optimizer,
                       optimizer_kwargs], sort_keys=True, default=str)
-    return _apply(key)
+    try:
+        return _apply(key)
+    except NeedsWeights:
+        if not scaled:
+            raise
+    one, two = (_apply(json.dumps([at_depth(config, d), *json.loads(key)[1:]], sort_keys=True, default=str))
+                for d in (1, 2))
+    depth = config["num_hidden_layers"]
+    extend = (lambda a, b: a + (depth - 1) * (b - a))
+    return Applied(extend(one.trainable, two.trainable), extend(one.total, two.total),
+                   extend(one.adapter_bytes, two.adapter_bytes), "random, depth 1 and 2 extended")
+
+
+def at_depth(config: dict[str, Any], depth: int) -> dict[str, Any]:
+    """The architecture with `depth` decoder layers (per-layer lists, such as layer_types, cut to match)."""
+    out = dict(config, num_hidden_layers=depth)
+    for key, value in config.items():
+        if isinstance(value, list) and len(value) == config["num_hidden_layers"]:
+            out[key] = value[:depth]
+    return out
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,17 +80,17 @@ def _apply(key: str) -> Applied:
             if "meta" not in str(e).lower():
                 raise
             # This tuner reads the weights as it builds (BOFT, UniLoRA): give it random ones, as below.
-    _check_small(config, method)
+    _check_small(config, method, RANDOM_WEIGHTS_LIMIT if config["num_hidden_layers"] > 2 else SCALED_WEIGHTS_LIMIT)
     return _build(config, method, params, plan, optimizer, optimizer_kwargs, "cpu")
 
 
-def _check_small(config: dict[str, Any], method: Method) -> None:
+def _check_small(config: dict[str, Any], method: Method, limit: int) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device("meta"):
         size = sum(p.numel() for p in AutoModelForCausalLM.from_config(model_config(config)).parameters())
-    if size > RANDOM_WEIGHTS_LIMIT:
+    if size > limit:
         raise NeedsWeights(f"{method.id} reads the base weights as PEFT builds it; {size:,} parameters are too many "
                            "to build with random ones here")
 

@@ -43,3 +43,10 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+def local_path(value: str | Path, base_dir: Path) -> Path:
+    """A path as a suite file gives it: `~` expanded, relative to the suite's folder (the one resolver of such paths).
+    os.path.expanduser leaves an unknown "~user" as it is where Path.expanduser raises."""
+    p = Path(os.path.expanduser(str(value)))
+    return p if p.is_absolute() else Path(base_dir) / p

@@ -26,11 +26,23 @@ from bench.flops import peak_flops
 from bench.evaluation import evaluate, general_loss, general_texts
 from bench.layout import RESULT, read_progress
 from bench.load import Loaded, build, count_params, load, method_of, weight_dtypes
+from bench.loss import describe as describe_loss
 from bench.memory import Meter, Peak
 from bench.merge import check_merge, save
 from bench.optim import describe
+from bench.quantization import environment as quantization_environment
+from bench.quantization import of_run
 from bench.records import RunRecord, write_record
+from bench.safety import code_that_ran
 from bench.train import Diverged, plan_of, train_metrics, train_stage
+
+
+def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
+    """The record's environment as the run starts: versions and device, the dtype, how memory is measured, the
+    device's peak for the dtype that runs, and the base's quantisation and master weights where the run sets them."""
+    return environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."), "memory": memory,
+                                        "peak_flops": peak_flops(place.device, place.dtype)[1]} | \
+        quantization_environment(of_run(cfg, method_of(cfg)), place.dtype, cfg.training.master_weights)
 
 
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:
@@ -38,9 +50,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     run), None on every process but the main one."""
     place = Place.create(cfg.training.precision, ranks)
     phases = Phases(record, place)
-    record.environment = environment(place.device) | {"dtype": str(place.dtype).removeprefix("torch."),
-                                                      "memory": phases.meter.method,
-                                                      "peak_flops": peak_flops(place.device)[1]}
+    record.environment = run_environment(cfg, place, phases.meter.method)
     if ranks:
         record.environment["distributed"] = ranks.describe()
     torch.manual_seed(cfg.training.seed)
@@ -52,7 +62,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
         record.model_info, record.data = loaded.model_info, loaded.notes
         model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
-        record.environment |= {"weights": weight_dtypes(model), "attention": model.config._attn_implementation}
+        record.environment |= model_environment(cfg, model)
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
     if texts is not None:
         with measuring(model):
@@ -122,7 +132,7 @@ def forgetting(cfg: RunConfig, model, loaded: Loaded, texts: list[str], place: P
 
 # Where each phase's peak goes in the record: training's is peak_memory_bytes, what tables, plots, compare,
 # recommend and the gate use.
-PEAK_METRICS = {"load": ("load_peak_memory_bytes", None),
+PEAK_METRICS = {"load": ("load_peak_memory_bytes", "load_peak_reserved_bytes"),
                 "train": ("peak_memory_bytes", "cuda_max_reserved_bytes"),
                 "eval": ("eval_peak_memory_bytes", "eval_peak_reserved_bytes"),
                 "merge": ("merge_peak_memory_bytes", "merge_peak_reserved_bytes")}
@@ -156,6 +166,12 @@ class Phases:
         if self.cuda and "peak_memory_bytes" in m:
             m["cuda_max_allocated_bytes"] = m["peak_memory_bytes"]
         return m
+
+
+def model_environment(cfg: RunConfig, model) -> dict[str, str]:
+    """What the built model computes with: its weights' dtypes, attention kernel and how its losses are taken."""
+    return {"weights": weight_dtypes(model), "attention": model.config._attn_implementation,
+            "loss": describe_loss(model, cfg.training.loss_chunk_bytes, cfg.distributed)}
 
 
 def params_metrics(model) -> dict[str, float]:
@@ -206,10 +222,11 @@ def failed(record: RunRecord, e: BaseException) -> RunRecord:
     return record.model_copy(update={"status": status, "error": error})
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`argv`: CONFIG RUN_DIR (default: the command line's; a run forked by bench.forkserver passes them)."""
     # bitsandbytes warns on every CPU start that it cannot download an optional kernel; the fallback is used.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    cfg_path, run_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    cfg_path, run_dir = map(Path, (argv or sys.argv[1:])[:2])
     cfg = RunConfig.model_validate_json(cfg_path.read_text())
     record = RunRecord.start(cfg)
     refused = False
@@ -231,6 +248,9 @@ def main() -> int:
         return leave(0)
     if out.status != "success" and not out.curve:
         out = out.model_copy(update={"curve": read_progress(run_dir), "last_step": len(read_progress(run_dir))})
+    ran = code_that_ran(cfg.eval.lm_eval.include_path if cfg.eval.lm_eval is not None else None)
+    if ran:  # code the suite brought ran (bench.safety): the record names it, file and hash
+        out.environment["remote_code"] = ran
     write_record(run_dir / RESULT, out)
     code = 0 if out.status == "success" else 1
     return leave(code) if cfg.distributed else code

@@ -15,14 +15,42 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+# The tiers: a test is `fast` (`pytest -m fast`, what a developer runs on every change) unless it starts worker
+# processes, trains or generates with a model in its own process, or loads the real model; those carry `worker`,
+# `train`, `slow` or `gpu` (a module of them says so in its `pytestmark`), and a test taking a session-wide run's
+# fixture is a `worker` test by that alone. `@pytest.mark.fast` on a worker test puts it in the fast tier anyway: the
+# one tiny end-to-end run the tier keeps.
+NOT_FAST = ("worker", "train", "slow", "gpu")
+WORKER_FIXTURES = {"smoke_results"}
+FAST_SECONDS = 10.0  # a fast-tier test slower than this is named at the end of the session
+FAST_TESTS: set[str] = set()  # node ids (a report's keywords hold folder names too: this checkout's may be "fast")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked gpu run where CUDA is; elsewhere they are skipped, saying so."""
+    """The tiers (fast or not); tests marked gpu run where CUDA is, elsewhere they are skipped, saying so."""
+    for item in items:
+        if WORKER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.worker)
+        if item.get_closest_marker("fast") is None and not any(item.get_closest_marker(m) for m in NOT_FAST):
+            item.add_marker(pytest.mark.fast)
+        if item.get_closest_marker("fast") is not None:
+            FAST_TESTS.add(item.nodeid)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Fast-tier tests that took long: a new test that starts workers belongs in the worker tier."""
+    slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+            if r.when == "call" and r.nodeid in FAST_TESTS and r.duration > FAST_SECONDS]
+    if slow:
+        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` or `train`, but the tier's one run)")
+        for r in sorted(slow, key=lambda r: -r.duration):
+            terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 
 
 def tiny_config(method: str, params: dict | None = None, **changes):

@@ -113,8 +113,10 @@ def test_leaf_modules_know_nothing_above_them(leaf):
 def test_the_schema_and_the_runner_stay_below_what_they_configure_and_start():
     assert "bench.compare" not in GRAPH["bench.suite"] and "bench.compare" not in GRAPH["bench.config"]
     for module in ("bench.runner", "bench.config", "bench.records", "bench.regression"):
-        assert not GRAPH[module] & {"bench.worker", "bench.suite", "bench.distributed", "bench.train",
-                                    "bench.load"}, module
+        assert not GRAPH[module] & {"bench.worker", "bench.suite", "bench.schema", "bench.validate",
+                                    "bench.distributed", "bench.train", "bench.load"}, module
+    # The schema and resolution know nothing of validation, which reads them.
+    assert not GRAPH["bench.schema"] & {"bench.validate", "bench.suite"}
 
 
 def loaded_by(code: list[str]) -> str:
@@ -129,6 +131,15 @@ def test_importing_the_runner_loads_no_model_library():
     imported = loaded_by(["-c", "import bench.runner"]).splitlines()
     assert "bench.runner" in imported
     assert not {"torch", "transformers", "peft"} & set(imported)
+
+
+@pytest.mark.parametrize("module", ["bench.suite", "bench.schema", "bench.config", "bench.validate"])
+def test_the_schema_loads_no_model_library(module):
+    # The name lists it checks against (presets, optimisers, scorers, trackers) live in light modules; the checks
+    # that need PEFT import it when they run.
+    imported = loaded_by(["-c", f"import {module}"]).splitlines()
+    assert module in imported
+    assert not {"torch", "transformers", "peft", "bitsandbytes"} & set(imported)
 
 
 def test_bench_run_help_loads_no_model_library():
@@ -146,3 +157,33 @@ def long_functions(path: Path) -> list[str]:
 
 def test_no_function_in_bench_is_longer_than_a_screenful():
     assert [f for p in MODULES.values() for f in long_functions(p)] == []
+
+
+def paths_built_from_run_names(path: Path) -> list[str]:
+    """`folder / x.run` or `folder / f"{x.run}..."`: a path joined from a run name outside bench.layout.run_path."""
+    def names_run(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Attribute) and n.attr == "run" or isinstance(n, ast.Name) and n.id == "run"
+                   for n in ast.walk(node))
+
+    tree = ast.parse(path.read_text())
+    return [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and names_run(node.right)]
+
+
+def test_every_path_from_a_run_name_goes_through_run_path():
+    # A run name comes from a suite file; run_path refuses one that would land outside the output folder.
+    assert [f for m, p in MODULES.items() if m != "bench.layout" for f in paths_built_from_run_names(p)] == []
+    assert len(paths_built_from_run_names(BENCH / "layout.py")) == 1  # run_path's own join: the finder finds one
+
+
+def test_run_path_refuses_names_that_leave_the_folder(tmp_path):
+    from bench.layout import UnsafeRunName, name_problem, run_path
+
+    assert run_path(tmp_path, "lora@lr=0.0001", ".json") == tmp_path / "lora@lr=0.0001.json"
+    for name in ("../escaped", "a/b", "..", ".", "", "a\\b", "x\0"):
+        with pytest.raises(UnsafeRunName):
+            run_path(tmp_path, name, ".json")
+    assert name_problem("lora-r8_v2.1@seed0") is None
+    assert name_problem("../../escaped") and name_problem(".lora") and name_problem("a" * 101)
+    assert name_problem("a" * 100) is None
+

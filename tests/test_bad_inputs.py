@@ -109,6 +109,28 @@ CASES = [
                                                              "  max_examples: 2\n  metrics: [exact_mach]\n")),
     Case("bad-extract-regex", "line 15, eval.extract: not a valid regex: missing ), unterminated subpattern at "
          "position 0", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(\\d+'\n")),
+    Case("extract-regex-backtracks", "line 15, eval.extract: it backtracks catastrophically: on 'aaaaaaaa'... (513 "
+         "characters) it did not finish within 0.1 s; avoid nested or overlapping repeats such as (a|aa)+ or (a+)+",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(a+)+$'\n")),
+    # --- code the suite would run (bench.safety): only with --trust-remote-code on the command line
+    Case("hub-metric-from-a-user", "line 15, eval.metrics[1]: 'hub:someone/x' makes evaluate.load import and run the "
+         "Python script of the Hugging Face Hub Space someone/x (tag v0.4.6, else main); a suite cannot allow that "
+         "itself: run with --trust-remote-code if you trust whoever wrote it",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  metrics: [exact_match, 'hub:someone/x']\n")),
+    Case("task-folder-with-function", "line 15, eval.lm_eval.include_path: {dir}/tasks/t.yaml, line 2: !function "
+         "helpers.keep makes lm-eval import {dir}/tasks/helpers.py and run its keep; a suite cannot allow that itself: "
+         "run with --trust-remote-code if you trust whoever wrote it",
+         suite=edit("  max_examples: 2\n", "  max_examples: 2\n  lm_eval: {tasks: [t], include_path: tasks}\n"),
+         files={"tasks/t.yaml": "task: t\nprocess_docs: !function helpers.keep\n",
+                "tasks/helpers.py": "def keep(docs):\n    return docs\n"}),
+    Case("task-folder-asks-for-dataset-code", "line 15, eval.lm_eval.include_path: {dir}/tasks/t.yaml, line 4: "
+         "trust_remote_code: true asks the datasets library to run a dataset's own loading script; a suite cannot "
+         "allow that itself", suite=edit("  max_examples: 2\n", "  max_examples: 2\n  lm_eval: {tasks: [t], "
+                                         "include_path: tasks}\n"),
+         files={"tasks/t.yaml": "task: t\ndataset_path: json\ndataset_kwargs:\n  trust_remote_code: true\n"}),
+    Case("trust-remote-code-in-the-suite", "line 16, trust_remote_code: trust_remote_code is not a suite key: whether "
+         "code a suite brings may run is for the person running it to say, with --trust-remote-code on the command "
+         "line (bench validate, plan and run)", suite=edit("runs:", "trust_remote_code: true\nruns:")),
     Case("extract-regex-without-group", "line 15, eval.extract: the regex needs one group (the answer), e.g. "
          "'#### (.+)'; or a preset: last_number, answer_delimiters",
          suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '\\d+'\n")),
@@ -250,6 +272,30 @@ CASES = [
          "on this model (0 trainable parameters; ranks or sizes written for a larger model?)",
          suite=edit("  - method: lora\n    params: {r: 4}", "  - method: osf\n    params: {target_modules: [q_proj], "
                     "effective_rank: 2944}")),
+    Case("run-name-escapes-output", "line 18, runs[0].name: a run name is a plain file name: letters, digits and "
+         "- _ . @ = + only, not '/', got '../../escaped'",
+         suite=edit("  - method: lora\n", "  - method: lora\n    name: ../../escaped\n")),
+    Case("run-name-hidden", "line 18, runs[0].name: a run name is a plain file name: it cannot start with '.' or "
+         "contain '..', got '.lora'", suite=edit("  - method: lora\n", "  - method: lora\n    name: .lora\n")),
+    Case("run-name-too-long", "line 18, runs[0].name: a run name has 1 to 100 characters, got 101",
+         suite=edit("  - method: lora\n", "  - method: lora\n    name: " + "a" * 101 + "\n")),
+    Case("sweep-value-makes-a-path", "line 19, runs[0].sweep.target_modules: the point target_modules='x/../q_proj' "
+         "(run lora@target_modules=x/../q_proj): run name 'lora@target_modules=x/../q_proj' cannot name a file in "
+         "{out}: a run name is a plain file name (no '/', '\\' or NUL, not '.' or '..'); choose values without "
+         "path separators", suite=edit("{r: 4}", "{r: 4}\n    sweep: {target_modules: ['x/../q_proj']}")),
+    Case("infinite-learning-rate", "line 11, training.learning_rate: Input should be a finite number, got inf",
+         suite=edit("learning_rate: 1e-3", "learning_rate: .inf")),
+    Case("nan-param", "line 18, runs[0].params.lora_dropout: expected a finite number, got nan",
+         suite=edit("{r: 4}", "{r: 4, lora_dropout: .nan}")),
+    Case("infinite-optimizer-kwarg", "line 13, training.optimizer.kwargs.eps: expected a finite number, got inf",
+         suite=edit("  max_seq_len: 256", "  max_seq_len: 256\n  optimizer: {name: AdamW, kwargs: {eps: .inf}}")),
+    Case("sweep-point-peft-refuses", "line 19, runs[0].sweep.r: the point r=0 (run lora@r=0): PEFT cannot apply lora "
+         "to this model: ValueError: `r` should be a positive integer value but the value passed is 0",
+         suite=edit("{r: 4}", "{r: 4}\n    sweep: {r: [0, 4]}")),
+    Case("virtual-tokens-over-run-max-seq-len", "line 18, runs[0].params.num_virtual_tokens: 40 virtual tokens leave "
+         "no room in max_seq_len 32 (the run's training.max_seq_len)",
+         suite=edit("method: lora\n    params: {r: 4}", "method: prompt_tuning\n    params: {num_virtual_tokens: "
+                    "40}\n    training: {max_seq_len: 32}")),
     Case("unknown-tracker", "line 16, tracking: unknown tracker 'mlfow' (did you mean 'mlflow'?); known: "
          "tensorboard, mlflow, wandb", suite=edit("runs:", "tracking: [mlfow]\nruns:")),
     Case("unknown-tracker-option", "line 17, tracking.mlflow.tracking_url: unknown key 'tracking_url' (did you mean "
@@ -302,7 +348,7 @@ def test_bad_input(case, tmp_path, results, capsys, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # a GGUF case must not leave anything in the real one
     suite = _setup(case, tmp_path, results)
     before = _tree(results)
-    expect = _flat(case.expect.format(dir=suite.parent, suite=suite, peft=peft.__version__))
+    expect = _flat(case.expect.format(dir=suite.parent, suite=suite, peft=peft.__version__, out=results))
     validate_code = main(["validate", str(suite)])
     validate_out, validate_err = capsys.readouterr()
     run_code = main(["run", str(suite)])

@@ -60,6 +60,7 @@ def run_cli(*args, timeout=900):
                           timeout=timeout, cwd=ROOT)
 
 
+@pytest.mark.worker
 def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
     suite, out = write_suite(tmp_path, LORA_PAIRS)
     result = run_cli(suite)
@@ -71,6 +72,8 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
         assert "world_size" not in single.metrics and "distributed" not in single.environment
         env = dist.environment["distributed"]
         assert dist.metrics["world_size"] == env["world_size"] == 2
+        # MFU's peak is two devices' (none on a CPU, but the count is recorded either way)
+        assert (dist.metrics["mfu_devices"], single.metrics["mfu_devices"]) == (2, 1)
         assert (env["distributed_type"], env["backend"], env["num_machines"]) == ("MULTI_CPU", "gloo", 1)
         # Both processes together saw exactly the one-process batches: the same tokens, step by step.
         assert [p["tokens"] for p in dist.curve] == [p["tokens"] for p in single.curve]
@@ -94,6 +97,7 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
     assert records["accum"].curve[0]["tokens"] != records["lora"].curve[0]["tokens"]
 
 
+@pytest.mark.worker
 def test_two_machines_join_the_way_accelerate_does_it(tmp_path):
     """Two 'machines' on localhost, one process each: the main one runs the suite, the other joins with the scaling
     guide's command (`accelerate launch ... --machine_rank 1 -m bench.worker RUN_DIR/config.json SCRATCH`)."""
@@ -172,6 +176,7 @@ def _workers_of(folder) -> list[psutil.Process]:
     return found
 
 
+@pytest.mark.worker
 def test_ctrl_c_records_every_run_in_progress_as_interrupted_and_leaves_no_worker(tmp_path):
     runs = ("  - {method: lora}\n"
             "  - {method: ia3, name: ia3-x2, training: {distributed: {num_processes: 2}}}\n"
@@ -260,6 +265,7 @@ fsdp_config: {fsdp_version: 2, fsdp_auto_wrap_policy: TRANSFORMER_BASED_WRAP,
 """
 
 
+@pytest.mark.worker
 def test_fsdp_on_a_cpu_is_a_failed_run_that_says_why_not_a_quiet_ddp_run(tmp_path):
     """accelerate 1.15 builds FSDP for GPU launches only; on a CPU it ran plain DDP (MULTI_CPU) and the record would
     have been DDP's under a run that asked for FSDP. FSDP itself has not run here: no GPU was lent."""

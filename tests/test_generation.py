@@ -16,6 +16,8 @@ from bench.train import train
 from methods import METHODS, SHIPPED
 from tests.conftest import CPU32, tiny_config, training
 
+pytestmark = pytest.mark.train  # every test here trains or generates with a tiny model (tests/conftest.py: the tiers)
+
 CPU = torch.device("cpu")
 
 

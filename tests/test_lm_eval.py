@@ -15,6 +15,8 @@ from bench.cli import main
 from bench.config import ModelSpec
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
+
 TASKS = ROOT / "data" / "lm_eval"
 # The tiny preset's shape with the byte tokenizer's 260 tokens as its vocabulary: lm-eval's `peft=` path resizes
 # the embeddings to the tokenizer's length, so a by-hand run equals the harness's only where the two agree.

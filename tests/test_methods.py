@@ -22,6 +22,8 @@ from bench.train import train
 from methods import HOOKED, METHODS, SHIPPED, Plan
 from tests.conftest import CPU32, ROOT, tiny_config, training
 
+pytestmark = pytest.mark.train  # every test here trains or generates with a tiny model (tests/conftest.py: the tiers)
+
 CPU = torch.device("cpu")
 
 

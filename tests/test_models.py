@@ -162,6 +162,7 @@ def test_the_second_resolve_takes_the_cache(tiny_gguf, cache):
     assert folder_other != folder and info_other["sha256"] != info["sha256"]
 
 
+@pytest.mark.worker
 def test_a_run_result_carries_the_gguf_sha256(tiny_gguf, cache, tmp_path):
     # The worker in-process (the runner copies its result's model_info into the record as is): a subprocess would
     # add ten seconds of imports and test nothing more here.

@@ -16,6 +16,8 @@ from bench.suite import load_suite
 from methods import METHODS
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
+
 SUITE = ROOT / "suites" / "peft-all.yaml"
 
 

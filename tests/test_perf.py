@@ -62,6 +62,7 @@ def test_perf_refuses_without_a_gpu_unless_dry_run(tmp_path):
     assert "no CUDA device here" in out.stderr and "--dry-run" in out.stderr
 
 
+@pytest.mark.worker
 def test_perf_dry_run_end_to_end(tmp_path):
     runs = ["lora", "lora-memory", "qlora-memory"]
     out = subprocess.run([sys.executable, "-m", "bench", "perf", "--dry-run", "--seq-len", "512", "--output",
@@ -83,3 +84,24 @@ def test_perf_dry_run_end_to_end(tmp_path):
     report = (tmp_path / "perf.md").read_text()
     assert "| lora-memory | 1 | yes | success |" in report
     assert "lora MFU >= 35%: not measured" in report and "not judged on the CPU" in report
+
+
+def test_head_only_counts_its_body_forward_only():
+    """Nothing below the output head trains: the body runs forward only (2·in·out), the head forward and its
+    weight gradient (4·in·out), no input gradient anywhere."""
+    from bench.gpucheck import Shapes, config
+    from bench.load import build
+    from methods import METHODS
+    from tests.conftest import CPU32
+
+    model = build(config(Shapes.of(True), "head_only"), None, CPU32, METHODS["head_only"])
+    body = 2 * sum(i * o for i, o in LAYER_SHAPES)
+    assert matmul_flops_per_token(model) == 2 * body + 4 * HEAD[0] * HEAD[1]
+
+
+def test_an_fp32_run_has_no_mfu_against_the_bf16_peak():
+    from bench.flops import peak_flops
+
+    assert peak_flops(torch.device("cuda"), torch.float32) == (
+        None, "the run computes in float32: no peak for it in bench.flops")
+    assert peak_flops(torch.device("cpu"), torch.bfloat16) == (None, "no peak for a CPU")

@@ -39,6 +39,7 @@ def one_step_changed(model, batch, lr=2e-5) -> float:
     return sum(int((a != b).sum()) for a, b in zip(after, before)) / sum(b.numel() for b in before)
 
 
+@pytest.mark.train
 def test_bf16_full_fine_tuning_keeps_fp32_master_weights_so_small_steps_land():
     cfg = config(TINY, "full", precision="bf16")
     model = build(cfg, None, BF16, METHODS["full"])
@@ -49,6 +50,7 @@ def test_bf16_full_fine_tuning_keeps_fp32_master_weights_so_small_steps_land():
     assert one_step_changed(build(cfg, None, BF16, METHODS["full"]).to(torch.bfloat16), batch) < 0.6
 
 
+@pytest.mark.train
 def test_bf16_training_learns_as_fp32_training_does():
     """Autocast's weight cache kept the first bf16 copy of every trainable weight for a whole region: with the loop
     inside one region, every forward used the step-0 weights and bf16 runs barely learned (here 0.03 of 0.08)."""
@@ -83,6 +85,7 @@ def test_fp16_is_refused_at_validate_time_without_cuda(tmp_path):
                                 "bf16 or fp32 (or validate where the runs will run)"]
 
 
+@pytest.mark.train
 def test_fp16_loss_scaling_trains_and_reports_finite_losses():
     """The loop's GradScaler path (what an fp16 run on CUDA takes), on the CPU's fp16 autocast."""
     fp16 = Place(CPU, torch.float16)
@@ -97,6 +100,7 @@ def test_fp16_loss_scaling_trains_and_reports_finite_losses():
     assert losses[-1] < losses[0] and scaler.get_scale() > 0
 
 
+@pytest.mark.train
 def test_time_in_callbacks_is_not_training_time():
     cfg = config(TINY, "lora", {"r": 8})
     model = build(cfg, None, Place(CPU, torch.float32), METHODS["lora"])
@@ -107,6 +111,7 @@ def test_time_in_callbacks_is_not_training_time():
     assert result.curve[-1]["seconds"] == pytest.approx(result.seconds, abs=0.2)
 
 
+@pytest.mark.train
 def test_eager_and_sdpa_attention_give_the_same_loss_packed_and_padded():
     from bench.data import collate
     from bench.models import load_model
@@ -123,6 +128,7 @@ def test_eager_and_sdpa_attention_give_the_same_loss_packed_and_padded():
     assert losses == pytest.approx([losses[0]] * 4, abs=1e-5)
 
 
+@pytest.mark.train
 def test_eval_loss_in_logit_budgeted_batches_equals_one_batch_and_stays_small():
     """A 32k vocabulary: one 256-token row's logits and loss buffers are 82 MB; 12 rows in one batch would be 1 GB."""
     from bench.config import ModelSpec
@@ -152,3 +158,26 @@ def test_device_peaks_by_their_real_names():
     assert none is None and "MIG slice" in why
     assert peak_for("NVIDIA GeForce RTX 4090") == (None, "no peak known for 'NVIDIA GeForce RTX 4090' "
                                                          "(bench.flops.BF16_PEAK)")
+
+
+def test_pure_bf16_saves_half_the_bytes_per_trained_weight_and_rounds_small_updates_away():
+    """`training.master_weights: false` (PEFT's benchmark, litgpt's bf16-true): weights that train, their gradients and
+    AdamW's states in bf16. What it saves, per trainable parameter: 16 bytes (fp32 weight, gradient, two states) down
+    to 8. What it costs: a 2e-5 step is below half a bf16 step on most weights, so most updates round away."""
+    from bench.optim import state_bytes_per_param
+
+    batch = batches(320, 64, 2, 1)[0][1]
+    masters = config(TINY, "full", precision="bf16")
+    pure = config(TINY, "full", precision="bf16", master_weights=False)
+    kept = build(masters, None, BF16, METHODS["full"])
+    bare = build(pure, None, BF16, METHODS["full"])
+    assert {p.dtype for p in bare.parameters() if p.requires_grad} == {torch.bfloat16}
+    per_param = {name: 2 * torch.finfo(dtype).bits // 8 + state_bytes_per_param("AdamW", "{}", str(dtype)[6:])
+                 for name, dtype in (("masters", torch.float32), ("pure", torch.bfloat16))}
+    assert per_param == {"masters": 16.0, "pure": 8.0}
+    landed_masters, landed_pure = one_step_changed(kept, batch), one_step_changed(bare, batch)
+    assert landed_masters > 0.99 and landed_pure < 0.6
+    # The same holds for the adapters PEFT upcasts to fp32 by itself: pure bf16 casts them back.
+    lora = build(config(TINY, "lora", {"r": 8}, precision="bf16", master_weights=False), None, BF16, METHODS["lora"])
+    assert {p.dtype for p in lora.parameters() if p.requires_grad} == {torch.bfloat16}
+

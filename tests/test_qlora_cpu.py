@@ -11,6 +11,8 @@ from bench.config import ModelSpec
 pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import has_avx512bf16  # noqa: E402
 
+pytestmark = pytest.mark.train  # every test here trains or generates with a tiny model (tests/conftest.py: the tiers)
+
 
 def losses(model, ids):
     out = []

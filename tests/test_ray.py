@@ -20,6 +20,8 @@ from tests.conftest import ROOT, assert_same_record
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
+
 # The machine has 2 cores and 24 GiB: one CPU per node (one run at a time each) and a small object store.
 NODE = {"num_cpus": 1, "object_store_memory": 100 * 1024**2}
 SMOKE = ROOT / "suites" / "smoke.yaml"

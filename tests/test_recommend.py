@@ -69,7 +69,7 @@ def test_min_score():
 
 
 def test_best_score_wins_and_the_fronts_hold_what_nothing_beats():
-    rec = recommend(seeded_records())
+    rec = recommend(seeded_records(), prefer="score")
     assert rec.metric == "exact_match"
     assert names(rec.ranking) == ["full", "lora", "ia3", "prompt_tuning"]  # the baseline is no candidate
     full = rec.choice.summary("exact_match")
@@ -80,7 +80,7 @@ def test_best_score_wins_and_the_fronts_hold_what_nothing_beats():
 
 
 def test_reason_says_what_is_gained_and_lost_against_the_runner_up():
-    e = explain(recommend(seeded_records()))
+    e = explain(recommend(seeded_records(), prefer="score"))
     assert e.headline == "Recommended: full (exact match 0.983 ± 0.072, 3 seeds)"
     # Welch: se = sqrt(0.00083/3 + 0.0025/3) = 0.0333 on 3.2 df, half-width 0.10 > 0.033: not supported.
     assert e.reason == (
@@ -97,22 +97,22 @@ def test_reason_says_what_is_gained_and_lost_against_the_runner_up():
 
 def test_the_choice_changes_as_the_memory_limit_tightens():
     records = seeded_records()
-    choices = [recommend(records, Constraints(max_memory=parse_size(limit))).choice
+    choices = [recommend(records, Constraints(max_memory=parse_size(limit)), prefer="score").choice
                for limit in ("8GB", "3GB", "2.5GB", "2GB")]
     assert [c.name if c else None for c in choices] == ["full", "lora", "ia3", None]
-    tight = recommend(records, Constraints(max_memory=3 * GB))
+    tight = recommend(records, Constraints(max_memory=3 * GB), prefer="score")
     assert [(e.limit, e.excluded) for e in tight.exclusions] == [("--max-memory 3 GB", [("full", "3.2 GB")])]
     assert explain(tight).reason.startswith("lora: exact match 0.950 ± 0.124 vs ia3 0.850 ± 0.124, a difference "
                                             "the seeds do not support")
-    only = explain(recommend(records, Constraints(max_memory=2.5 * GB)))
+    only = explain(recommend(records, Constraints(max_memory=2.5 * GB), prefer="score"))
     assert only.reason == "ia3 is the only finished method within the limits (exact match 0.850 ± 0.124)."
 
 
 def test_each_limit_and_what_it_excludes():
     records = seeded_records()
     # Full fine-tuning's size on disk is its whole checkpoint (500 MB).
-    assert recommend(records, Constraints(max_adapter_size=1 * MB)).choice.name == "ia3"
-    assert recommend(records, Constraints(max_train_time=parse_duration("1m"))).choice.name == "lora"
+    assert recommend(records, Constraints(max_adapter_size=1 * MB), prefer="score").choice.name == "ia3"
+    assert recommend(records, Constraints(max_train_time=parse_duration("1m")), prefer="score").choice.name == "lora"
     assert names(recommend(records, Constraints(min_scores=(("exact_match", 0.9),))).ranking) == ["full", "lora"]
     # eval loss: lower is better, so a minimum score is a maximum loss.
     assert names(recommend(records, Constraints(min_scores=(("eval_loss", 0.25),))).ranking) == ["full", "lora"]
@@ -132,7 +132,7 @@ def test_ties_break_on_eval_loss_then_memory_and_unfinished_seeds_are_no_candida
 
     records = [run("a", 1.0, 0.5, 2 * GB), run("b", 1.0, 0.4, 3 * GB), run("c", 1.0, 0.4, 1 * GB),
                run("d", 1.0, 0.1, 1 * GB), run("d", 1.0, 0.1, 1 * GB, seed=1, status="oom")]
-    rec = recommend(records)
+    rec = recommend(records, prefer="score")
     assert names(rec.ranking) == ["c", "b", "a"]  # d failed a seed; c and b tie on loss, c needs less memory
     assert rec.unfinished == [("d", "oom on 1 of 2 seeds")]
     e = explain(rec)
@@ -144,7 +144,7 @@ def test_ties_break_on_eval_loss_then_memory_and_unfinished_seeds_are_no_candida
 def test_unknown_metric_is_an_error_with_a_suggestion():
     with pytest.raises(ValueError, match=r"--metric: unknown score 'exact_mach' \(did you mean 'exact_match'\?\)"):
         recommend(seeded_records(), score="exact_mach")
-    assert recommend(seeded_records(), score="eval_loss").choice.name == "full"
+    assert recommend(seeded_records(), score="eval_loss", prefer="score").choice.name == "full"
 
 
 # ---- the command --------------------------------------------------------------------------------------------------
@@ -153,9 +153,9 @@ def test_unknown_metric_is_an_error_with_a_suggestion():
 def test_command_prints_the_choice_and_exits_1_when_nothing_fits(tmp_path, capsys):
     for r in seeded_records():
         write_record(tmp_path / f"{r.run}.json", r)
-    assert main(["recommend", str(tmp_path)]) == 0
+    assert main(["recommend", str(tmp_path), "--prefer", "score"]) == 0
     assert capsys.readouterr().out.startswith("Recommended: full (exact match 0.983 ± 0.072, 3 seeds)\nWhy: full: ")
-    assert main(["recommend", str(tmp_path), "--max-memory", "3GB"]) == 0
+    assert main(["recommend", str(tmp_path), "--max-memory", "3GB", "--prefer", "score"]) == 0
     assert capsys.readouterr().out.startswith("Recommended: lora (exact match 0.950 ± 0.124, 3 seeds)\n")
     assert main(["recommend", str(tmp_path), "--max-memory", "1GB", "--min-score", "exact_match=0.99"]) == 1
     out = capsys.readouterr().out
@@ -196,7 +196,7 @@ def test_smoke_records_choice_moves_when_a_limit_excludes_it(smoke_results, caps
 
     out, _ = smoke_results
     records = load_records(out)
-    free = recommend(records)
+    free = recommend(records, prefer="score")
     choice = free.choice
     assert choice is not None and choice.method != "baseline"
     measures = [("max_memory", "--max-memory", lambda g: g.mean("peak_memory_bytes")),
@@ -209,18 +209,18 @@ def test_smoke_records_choice_moves_when_a_limit_excludes_it(smoke_results, caps
     else:
         pytest.fail(f"{choice.name} is the cheapest in memory, size and time; nothing to move to")
     limit = value(choice) * (1 - 1e-9)
-    tight = recommend(records, Constraints(**{field: limit}))
+    tight = recommend(records, Constraints(**{field: limit}), prefer="score")
     assert tight.choice.name != choice.name
     assert tight.choice.name == below[0].name  # the next in line that fits (free.ranking is best first)
     assert choice.name in [n for e in tight.exclusions for n, _ in e.excluded]
     assert all(value(g) <= limit for g in tight.ranking)
     # The same through the command line, for memory and size given in bytes.
     # The random smoke model scores what its untrained baseline scores: the headline says so, then names the best.
-    assert main(["recommend", str(out)]) == 0
+    assert main(["recommend", str(out), "--prefer", "score"]) == 0
     assert capsys.readouterr().out.startswith("No trained method scores above the untrained baseline on exact "
                                               f"match (0.000). Best of them: {choice.name} ")
     if field != "max_train_time":
-        assert main(["recommend", str(out), flag, str(int(limit))]) == 0
+        assert main(["recommend", str(out), flag, str(int(limit)), "--prefer", "score"]) == 0
         assert f"Best of them: {tight.choice.name} " in capsys.readouterr().out.splitlines()[0]
 
 
@@ -229,6 +229,6 @@ def test_a_tie_broken_by_an_unsupported_eval_loss_difference_says_so():
                                                   "peak_memory_bytes": GB, "train_seconds": 1.0},
                       group=name, seed=s) for name, loss in (("a", 0.1), ("b", 0.15)) for s in range(3)]
     # Losses 0.1, 0.2, 0.3 against 0.15, 0.25, 0.35: a difference of 0.05 with a Welch half-width of 0.23.
-    assert explain(recommend(records)).reason.startswith(
+    assert explain(recommend(records, prefer="score")).reason.startswith(
         "a: exact match 1.000 ± 0.000 vs b 1.000 ± 0.000, a tie; the lower eval loss decides (0.2000 vs 0.2500, "
         "itself a difference the seeds do not support).")

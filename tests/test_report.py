@@ -73,7 +73,7 @@ def test_best_marks_follow_metric_direction_and_skip_ties(records):
 
 def test_failed_record_is_a_failed_row_with_its_error(records):
     md = render_markdown(records)
-    assert "| lora-typo (lora) | - | - | - | - | - | - | - | - | - | - | failed |" in md
+    assert "| lora-typo (lora) | - | - | - | - | - | - | - | - | - | - | - | failed |" in md  # serve as-is: "-"
     assert "### lora-typo (lora): failed at step 0" in md
     # The headline is the exception, not the traceback's first line.
     section = md.split("## Runs that did not finish")[1]

@@ -251,6 +251,7 @@ def test_the_metamath_suite_is_pefts_benchmark_and_validates_offline():
     assert lora.params["r"] == 32 and {"full", "lora"} <= {r.method for r in suite.runs}
 
 
+@pytest.mark.worker
 def test_the_tiny_metamath_copy_runs_the_same_formatting_and_scoring_end_to_end(tmp_path, capsys):
     tiny = load_suite(ROOT / "suites" / "metamath-tiny.yaml")
     real = load_suite(ROOT / "suites" / "metamath.yaml")

@@ -21,6 +21,10 @@ def test_every_shipped_suite_validates(path):
         return  # the tuners the other suites do not run (tests/test_tuners.py checks it has one per tuner)
     if path.stem.startswith("metamath"):
         return  # PEFT's MetaMathQA benchmark: its own methods (tests/test_shapes.py checks its settings)
+    if path.stem.startswith("quantization"):  # one LoRA over each base, optimiser and precision
+        quantized = {r.training.quantization.backend for r in runs if r.training.quantization is not None}
+        assert {"lora", "qlora"} <= {r.method for r in runs} and quantized == {"bitsandbytes", "torchao", "hqq"}
+        return
     assert {r.method for r in runs} >= {"full", "lora", "qlora", "prefix_tuning", "prompt_tuning", "p_tuning",
                                            "ia3"}
 

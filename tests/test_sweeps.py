@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from bench.records import RunRecord, load_records
 from bench.sweeps import selected, sweeps
 from tests.conftest import ROOT, make_config
@@ -40,6 +42,7 @@ def test_a_sweep_with_no_successful_point_keeps_every_record_visible():
     assert sweeps(records)[0].chosen is None and selected(records) == records
 
 
+@pytest.mark.worker
 def test_a_swept_suite_runs_every_point_on_the_same_rows_and_reports_the_choice(tmp_path):
     suite = tmp_path / "sweep.yaml"
     suite.write_text(f"""

@@ -15,6 +15,8 @@ import pytest
 from bench.records import load_records
 from tests.conftest import ROOT
 
+pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
+
 SUITE = """\
 name: tracked
 version: 1
@@ -195,11 +197,15 @@ def test_dead_tracker_address_costs_a_warning_and_every_record_is_complete(tmp_p
     tracking = 'tracking:\n  tensorboard: {}\n  mlflow: {tracking_uri: "http://127.0.0.1:9"}'
     text = SUITE.format(data=ROOT / "data" / "smoke.jsonl", tracking=tracking)
     text = text.replace("baseline: false\nseeds: [0, 1]\n", "").replace("max_steps: 4", "max_steps: 3")
-    # A run that times out is tracked like any other: its tracker run ends with its status.
-    suite.write_text(text + "  - method: ia3\n    training: {timeout_s: 1}\n")
+    # A run that times out is tracked like any other: its tracker run ends with its status. Forked from the fork
+    # server, a tiny run may finish within a second: 0.2 s holds no run.
+    suite.write_text(text + "  - method: ia3\n    training: {timeout_s: 0.2}\n")
     out = tmp_path / "results"
     proc = bench_run(suite, out, "--no-report")
     assert proc.returncode == 1, proc.stdout + proc.stderr  # the timeout, not the tracker
+    said = " ".join(proc.stdout.split())  # where the runs go is said before the first run, whether it answers or not
+    assert f"sending run configs, metrics and predictions to TensorBoard event files in {out.resolve()}/tensorboard/ " \
+           "sending run configs, metrics and predictions to MLflow at http://127.0.0.1:9 (experiment " in said
     warning = " ".join(proc.stderr.split())
     assert "warning: tracker mlflow failed on 3 of 3 run(s)" in warning and "127.0.0.1" in warning
     records = {r.run: r for r in load_records(out)}

@@ -106,6 +106,7 @@ runs: [{{method: lora}}]
 """
 
 
+@pytest.mark.worker
 def test_a_second_bench_run_on_the_same_folder_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
     out = tmp_path / "out"
     suite = tmp_path / "slow.yaml"
@@ -163,6 +164,7 @@ def test_the_report_warns_when_generate_and_the_harness_disagree():
     assert decoding_warnings([same]) == []
 
 
+@pytest.mark.worker
 def test_a_saved_adapter_loads_with_autopeft_alone(tmp_path):
     """The adapter names its base by an absolute folder a client can load (here a local model folder)."""
     from bench.models import PRESETS, byte_tokenizer

@@ -67,6 +67,7 @@ def test_the_peft_all_suite_has_a_run_per_applicable_tuner_beside_the_smoke_suit
     assert applicable == (smoke | here) - {None}
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("run", list(RUNS))
 def test_one_step_changes_every_trainable_parameter_and_counts_equal_peft_and_plan(run, smoke_examples):
     cfg = _peft_all(run)
@@ -182,6 +183,7 @@ def test_rslora_scales_by_the_square_root_of_r_and_pissa_starts_from_the_weights
     assert torch.allclose(rebuilt, w, atol=1e-5)
 
 
+@pytest.mark.train
 def test_adalora_ranks_change_during_training(smoke_examples):
     cfg = _peft_all("adalora")
     method = METHODS["adalora"]
@@ -196,6 +198,7 @@ def test_adalora_ranks_change_during_training(smoke_examples):
     assert min(kept) < 8 and sum(kept) <= 4 * len(kept)
 
 
+@pytest.mark.train
 def test_adalora_orthogonal_regulariser_is_in_the_loss(smoke_examples):
     losses = []
     for weight in (0.0, 10.0):
@@ -210,6 +213,7 @@ def test_adalora_orthogonal_regulariser_is_in_the_loss(smoke_examples):
 
 @pytest.mark.parametrize("name,kwargs", [("lora+", {"loraplus_lr_ratio": 16.0}), ("lora-fa", {}),
                                          ("riemannian", {"reg": 1e-2}), ("Adam", {"betas": [0.9, 0.99]})])
+@pytest.mark.train
 def test_optimizers_train_and_lora_fa_freezes_a(name, kwargs, smoke_examples):
     cfg = tiny_config("lora")
     cfg = cfg.model_copy(update={"training": training(cfg, optimizer=Optimizer(name=name, kwargs=kwargs))})
@@ -226,6 +230,7 @@ def test_optimizers_train_and_lora_fa_freezes_a(name, kwargs, smoke_examples):
     assert planned.trainable == count_params(model)[0]
 
 
+@pytest.mark.train
 def test_lora_plus_moves_b_faster_than_a(smoke_examples):
     """LoRA+ gives B a learning rate loraplus_lr_ratio times A's: after the same steps B has moved further."""
     moved = {}
@@ -356,6 +361,7 @@ def test_list_shows_every_tuner_with_its_merge_kind(capsys):
 TEXT = "You are a careful assistant. Answer every question with a single word, and nothing more."
 
 
+@pytest.mark.train
 def test_a_prefix_from_text_is_the_base_models_cache_of_that_text():
     """init_kv_cache_prefix: the prefix reads as the first num_virtual_tokens tokens of the text (a system turn)
     would: the prefix-tuned model's logits on an input are the base model's on those tokens followed by the input.

@@ -6,12 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.recommend import Explanation, explain, recommend
 from bench.records import ENVIRONMENT_KEYS, RunRecord, environment_signature, error_headline
 from bench.report.plots import MARKERS, PALETTE, pareto_front
 from bench.rows import (
     Group,
+    base_marks,
     baseline,
     best,
     cell,
@@ -30,7 +32,7 @@ from bench.rows import (
 )
 from bench.util import flatten
 
-TEXT_COLUMNS = ("run", "method", "merge", "status")
+TEXT_COLUMNS = ("run", "method", "merge", "serve", "status")
 EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
 RECOMMEND_HINT = ("With limits: `python -m bench recommend FOLDER --max-memory 8GB --max-train-time 1h "
                   "--max-adapter-size 50MB --min-score exact_match=0.9`.")
@@ -167,7 +169,7 @@ def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str,
     for name, _ in cols:
         if name in TEXT_COLUMNS:
             continue
-        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != "baseline"
+        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
                 and isinstance(r.get(name), (int, float))}
         # A best is only news when runs differ; marking every tied cell says nothing.
         marks[name] = best(rows, name) if len(vals) > 1 else None
@@ -175,7 +177,7 @@ def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str,
 
 
 def base_group(groups: list[Group]) -> Group | None:
-    return next((g for g in groups if g.method == "baseline" and g.status == "success"), None)
+    return next((g for g in groups if g.method == BASELINE and g.status == "success"), None)
 
 
 @dataclass(frozen=True)
@@ -210,7 +212,7 @@ def summary_table(records: list[RunRecord]) -> Table:
             if base is None or rec is base or base.metrics.get(name) is None:
                 return None
             return f"base {format_value(name, base.metrics[name])}"
-        return _Entry(names[id(rec)], rec.method, lambda name: cell(name, row.get(name)), note,
+        return _Entry(names[id(rec)] + base_marks(rec), rec.method, lambda name: cell(name, row.get(name)), note,
                       rec.ok or rec.merge is not None)
 
     return _table(rows, columns(records), [run_entry(r, row) for r, row in zip(ordered(records), rows)])
@@ -237,7 +239,7 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: 
                 note = f"{cell('trainable_pct', row['trainable_pct'])}%"
             elif metric(name).kind == "score" and value is not None and name not in TEXT_COLUMNS:
                 note = e.base_note(name)
-            is_best = ok and e.method != "baseline" and marks.get(name) is not None and value == marks[name]
+            is_best = ok and e.method != BASELINE and marks.get(name) is not None and value == marks[name]
             cells.append(Cell(text, is_best, note))
         out.append(Row(cells, ok))
     return Table([renamed.get(n, h) for n, h in cols], [n not in TEXT_COLUMNS for n, _ in cols], out)
@@ -285,7 +287,7 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
     for name, label, log_x in TRADEOFFS:
         pts = [Point(g.name, g.mean(name), g.mean(score), *style[id(g.records[0])])
                for g in groups
-               if g.status == "success" and g.method != "baseline" and g.mean(name) is not None
+               if g.status == "success" and g.method != BASELINE and g.mean(name) is not None
                and g.mean(score) is not None]
         if not pts:
             continue
@@ -398,8 +400,10 @@ def warnings(records: list[RunRecord]) -> list[str]:
               "Costs and scores may not compare like with like.")
     if records and baseline(records) is None:
         out.append("No successful baseline run: scores have no untrained reference beside them.")
+    out += [f"{names[id(r)]} ran code from outside the harness: {'; '.join(r.environment['remote_code'])}."
+            for r in recs if r.environment.get("remote_code")]
     for suite in dict.fromkeys(r.suite for r in recs):
-        trained = [r for r in recs if r.suite == suite and r.method != "baseline"]
+        trained = [r for r in recs if r.suite == suite and r.method != BASELINE]
         single = [names[id(r)] for r in trained if r.config.group is None]
         if single and len(single) < len(trained):
             out.append(f"Suite {suite} has runs over seeds and runs without: {', '.join(single)}. Records from "

@@ -29,7 +29,10 @@ def _verdict(row: Row) -> str:
         return "ok"
     text = f"**{row.verdict}**" if row.gated and row.verdict in ("regression", "missing") else row.verdict
     text = text if row.gated or row.verdict == "improved" else f"{text} (not gated)"
-    if row.within_noise is not None:
+    if row.paired_supported is not None:
+        text += (f"; {'beyond' if row.paired_supported else 'within'} the noise of the eval examples by "
+                 f"{row.paired}")
+    elif row.within_noise is not None:
         n = row.current_interval[2]
         text += (f"; within the 95% interval over {n} eval examples" if row.within_noise
                  else f"; beyond the 95% interval over {n} eval examples")

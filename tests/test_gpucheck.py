@@ -1,0 +1,117 @@
+"""The GPU check's checks can fail: on the CPU (--dry-run shapes) each FAILs when its fault is planted, saying its
+bound; and scripts/gpu_check.sh installs a bundle offline."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.device import Place
+from bench.gpucheck import Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = Shapes.of(True)
+PLACE = Place(torch.device("cpu"), torch.bfloat16)
+
+
+def test_eval_memory_passes_chunked_and_fails_unchunked():
+    status, detail = check_eval_memory(SHAPES, PLACE)
+    assert status == "PASS", detail
+    planted, planted_detail = check_eval_memory(SHAPES, PLACE, plant=True)
+    assert planted == "FAIL", planted_detail
+    assert "bound: " in planted_detail and "3 chunks of 8.0 MB" in planted_detail
+    # The unchunked peak is above the bound by more than a chunk: not a near miss.
+    peak, bound = (float(x) for x in re.search(r"eval peak ([\d.]+) MB \(bound: ([\d.]+) MB", planted_detail).groups())
+    assert peak > bound + 8
+
+
+def test_merge_check_fails_when_the_merge_runs_under_autocast():
+    status, detail = check_merge(SHAPES, PLACE, plant=True)
+    assert status == "FAIL", detail
+    worst = float(re.search(r"worst merged weight at ([\d.]+) of its bound", detail).group(1))
+    assert worst > 1.5, detail  # bf16 ΔW: errors well past half a bf16 ulp of W + ΔW
+
+
+def test_merge_check_passes_outside_autocast():
+    status, detail = check_merge(SHAPES, PLACE)
+    assert status == "PASS", detail
+    assert "QLoRA, 14 layers de-quantised one at a time" in detail
+
+
+@pytest.mark.gpu
+def test_qlora_memory_fails_when_the_peak_is_reset_before_the_load():
+    """On CUDA (allocated bytes are the tensors'): with the reset before the load, QLoRA's figure carries its
+    full-precision build and the goal is missed."""
+    shapes, place = Shapes.of(False), Place.create("bf16")
+    status, detail = check_qlora_memory(shapes, place)
+    planted, planted_detail = check_qlora_memory(shapes, place, plant=True)
+    assert (status, planted) == ("PASS", "FAIL"), (detail, planted_detail)
+    assert "bound: >= 1.5x" in planted_detail
+
+
+def test_fp32_masters_fails_without_fp32_master_weights():
+    status, detail = check_fp32_masters(SHAPES, PLACE, plant=True)
+    assert status == "FAIL", detail
+
+
+BUNDLE = ROOT / ".gpu-bundle"
+
+
+@pytest.mark.skipif(not list(BUNDLE.glob("*.whl")), reason="no bundle: build it with bash scripts/gpu_bundle.sh")
+def test_gpu_check_sh_installs_the_real_bundle_offline(tmp_path):
+    """The bundle scripts/gpu_bundle.sh built installs with pip --no-index into the script's temporary folder (for
+    the bundle's Python 3.12 where this one differs), under 40 MiB of wheels."""
+    size = sum(w.stat().st_size for w in BUNDLE.glob("*.whl"))
+    assert size <= 40 * 1024 ** 2
+    env = os.environ | {"PYTHON": sys.executable, "PIP_CONFIG_FILE": os.devnull}
+    out = subprocess.run(["bash", "scripts/gpu_check.sh", "--bundle", str(BUNDLE), "--dry-run", "--only-install"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    n = len(list(BUNDLE.glob("*.whl")))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert re.search(rf"PASS install: {n} packages from \S+ installed offline", out.stdout), out.stdout
+    assert "PASS imports" in out.stdout
+
+
+def test_gpu_check_sh_refuses_an_unknown_argument():
+    out = subprocess.run(["bash", "scripts/gpu_check.sh", "--bundel", "x"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "unknown argument '--bundel' (expected --bundle DIR, --out DIR, --dry-run, --only-install)" in out.stderr
+
+
+def test_packed_cuda_runs_get_flex_attention_without_flash_attn():
+    import importlib.util
+
+    from bench.gpucheck import config
+    from bench.load import attention
+    from methods import METHODS
+
+    cuda = Place(torch.device("cuda"), torch.bfloat16)  # no CUDA call: the choice reads the config only
+    cfg = config(SHAPES, "lora")
+    if importlib.util.find_spec("flash_attn") is None:
+        assert attention(cfg, METHODS["lora"], cuda) == "flex_attention"
+    assert attention(cfg, METHODS["lora"], PLACE) == "sdpa"  # a CPU run
+    unpacked = cfg.model_copy(update={"training": cfg.training.model_copy(update={"packing": False})})
+    assert attention(unpacked, METHODS["lora"], cuda) == "sdpa"
+
+
+def test_packed_and_padded_losses_agree_under_flex_attention():
+    """The kernel packed CUDA runs get, here on the CPU (transformers compiles it): packed rows, kept apart by the
+    document mask from their restarting position ids, give the padded rows' loss."""
+    from bench.config import ModelSpec
+    from bench.data import Features, collate
+    from bench.models import load_model
+
+    model = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=0,
+                       attention="flex_attention").eval()
+    assert model.config._attn_implementation == "flex_attention"
+    g = torch.Generator().manual_seed(2)
+    feats = [Features(ids := torch.randint(300, (n,), generator=g).tolist(), ids) for n in (100, 37, 64)]
+    with torch.no_grad():
+        packed, padded = (float(model(**collate(feats, 0, packed=p), use_cache=False).loss) for p in (True, False))
+    assert abs(packed - padded) < 1e-5, (packed, padded)
