@@ -418,8 +418,10 @@ def _cost_reason(rec: Recommendation) -> str:
         text = (f"{c.name} has the best {label} ({interval_text(score, c.summary(score))}) and the least {what} "
                 f"({_cost_text(c, prefer)}) of the {n} methods tied on it.")
     else:
+        own = next(v.how for v in rec.tied if v.group is c)
         text = (f"{c.name} needs the least {what} ({_cost_text(c, prefer)}) of the {n} methods whose {label} is not "
-                f"significantly worse than the best, {best.name} ({interval_text(score, best.summary(score))}).")
+                f"significantly worse than the best, {best.name} ({interval_text(score, best.summary(score))}"
+                f"{'' if own == 'the same score' else f'; {c.name} against it: {own}'}).")
     tied = [(best, "the best score")] * (c is not best) + [(v.group, v.how) for v in rec.tied if v.group is not c]
     text += " Tied with it: " + "; ".join(
         f"{g.name} {interval_text(score, g.summary(score))}, {_cost_text(g, prefer)} ({how})" for g, how in tied) + "."

@@ -114,6 +114,10 @@ def test_with_seeds_welch_decides():
     assert all(v.how.startswith("Welch's t-test over seeds") for v in rec.versus)
     # 0.0333 apart, Welch's half-width 0.1027 (3.2 df): a tie, and the text says how large a gap it leaves open.
     assert rec.versus[0].how == "Welch's t-test over seeds, p = 0.39; a gap up to 0.136 is not ruled out"
+    assert explain(rec).reason.startswith(
+        "lora needs the least peak memory (2.7 GB) of the 2 methods whose exact match is not significantly worse than "
+        "the best, full (0.983 ± 0.072; lora against it: Welch's t-test over seeds, p = 0.39; a gap up to 0.136 is "
+        "not ruled out). Tied with it: full 0.983 ± 0.072, 3.2 GB (the best score).")
     assert SEEDS_HINT not in explain(rec).details  # three seeds: training noise is measured
     sharper = [r.model_copy(update={"metrics": {**r.metrics, "exact_match": 0.7}}) if r.config.group == "lora"
                else r for r in seeded_records()]
