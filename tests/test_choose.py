@@ -79,7 +79,8 @@ def test_a_method_significantly_better_on_the_same_examples_wins_whatever_its_co
                scored("ia3", "ia3", weak, 1 * GB, 10, 100 * KB, 10 ** 4, 2)]
     rec = recommend(records)
     assert rec.choice.name == "full" and rec.tied == []
-    assert rec.versus[0].worse and rec.versus[0].how.endswith("12 vs 0 of 30 examples right for one run only, p = 0.00049")
+    assert rec.versus[0].worse
+    assert rec.versus[0].how.endswith("12 vs 0 of 30 examples right for one run only, p = 0.00049")
     assert explain(rec).reason.startswith(
         "full: exact match 0.900 vs ia3 0.500, a difference the eval examples support (McNemar's exact test: 12 vs 0 "
         "of 30 examples right for one run only, p = 0.00049).")
