@@ -109,7 +109,8 @@ def main() -> int:
 
     found = published(args.peft)
     names = list(found)
-    configs = dict(zip(names, run_configs([found[n][0] for n in names])))
+    by_run = {cfg.run: cfg for cfg in run_configs([found[n][0] for n in names])}  # and the untrained baseline
+    configs = {n: by_run[n.replace("/", "--")] for n in names}
     truth = {n: found[n][1] for n in names}
     failed: dict[str, str] = {}
     length = args.length
