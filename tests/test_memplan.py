@@ -198,3 +198,20 @@ def test_the_cpu_prediction_is_within_15_percent_of_a_measured_training_peak(tmp
                            capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stdout + check.stderr[-2000:]
     assert "1 runs, 0 outside +-15%" in check.stdout
+
+
+def test_a_tuner_that_reads_weights_is_counted_at_two_depths_as_it_is_whole(monkeypatch):
+    """bench plan counts SHiRA (random weights needed) on a model too big to build whole from depth 1 and 2."""
+    from bench import tuners
+
+    arch = dict(TINY, num_hidden_layers=4)
+    params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    whole = tuners.apply(arch, METHODS["shira"], params, PLAN)
+    tuners._apply.cache_clear()
+    monkeypatch.setattr(tuners, "RANDOM_WEIGHTS_LIMIT", 0)
+    with pytest.raises(tuners.NeedsWeights):
+        tuners.apply(arch, METHODS["shira"], params, PLAN)
+    scaled = tuners.apply(arch, METHODS["shira"], params, PLAN, scaled=True)
+    assert (scaled.trainable, scaled.total, scaled.adapter_bytes) == (whole.trainable, whole.total, whole.adapter_bytes)
+    assert scaled.weights == "random, depth 1 and 2 extended"
+    tuners._apply.cache_clear()
