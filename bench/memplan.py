@@ -57,6 +57,9 @@ class Setting:
     trainable_fp32: bool = True  # the harness keeps every weight that trains in fp32; PEFT's benchmark only adapters
     autocast: bool = True  # the harness computes under autocast; PEFT's benchmark runs the bf16 model as loaded
     four_bit: bool = False
+    # A base quantised by training.quantization (its settings as JSON, so the setting hashes): its linear layers at
+    # the bytes per weight bench.quantsize measures on a real layer of that backend and setting.
+    quantization: str | None = None
     gradient_checkpointing: bool = False
     optimizer: str | None = None  # None: AdamW
     optimizer_kwargs: str = "{}"  # JSON, so the setting hashes
@@ -344,7 +347,7 @@ def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = No
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
-    return Counted(frozen_bytes(model, setting.four_bit), _unique_bytes(p for p in model.parameters() if p.requires_grad),
+    return Counted(frozen_bytes(model, setting.four_bit, setting.quantization), _unique_bytes(p for p in model.parameters() if p.requires_grad),
                    _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
                    _unique_bytes(t for state in optimizer.state.values() for t in state.values()
                                  if isinstance(t, torch.Tensor) and t.dim() > 0),  # step counters aside
@@ -358,18 +361,39 @@ def _unique_bytes(tensors) -> int:
     return sum(seen.values())
 
 
-def frozen_bytes(model, four_bit: bool) -> int:
-    """Bytes of the weights that do not train, in their storage dtype; with `four_bit`, the linear layers
-    bitsandbytes quantises (every frozen nn.Linear but the output head) at their NF4 size."""
+def frozen_bytes(model, four_bit: bool, quantization: str | None = None) -> int:
+    """Bytes of the weights that do not train, in their storage dtype; with `four_bit` (qlora), the linear layers
+    bitsandbytes quantises (every frozen nn.Linear but the output head) at their NF4 size; with `quantization` (a
+    training.quantization as JSON), the same layers, less its skip_modules, at the bytes per weight its backend
+    stores (bench.quantsize)."""
     import torch
 
-    quantised = {id(m.weight) for name, m in model.named_modules() if four_bit and isinstance(m, torch.nn.Linear)
-                 and not m.weight.requires_grad and name.rpartition(".")[2] != "lm_head"}
+    # Per-row and per-block constants make the bytes per weight depend on a layer's width: measured at the model's.
+    width = model.config.hidden_size
+    per_weight, skip = (None, []) if quantization is None else _quantized_weight(quantization, width)
+    quantised = {id(m.weight) for name, m in model.named_modules()
+                 if (four_bit or per_weight) and isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+                 and name.rpartition(".")[2] not in ("lm_head", *skip)}
     seen: dict[int, int] = {}
     for p in model.parameters():
-        if not p.requires_grad:
-            seen[id(p)] = nf4_bytes(p.numel()) if id(p) in quantised else p.numel() * p.element_size()
+        if p.requires_grad:
+            continue
+        if id(p) not in quantised:
+            seen[id(p)] = p.numel() * p.element_size()
+        else:
+            seen[id(p)] = nf4_bytes(p.numel()) if four_bit else math.ceil(p.numel() * per_weight)
     return sum(seen.values())
+
+
+@functools.lru_cache(maxsize=16)
+def _quantized_weight(quantization: str, width: int) -> tuple[float, list[str]]:
+    """Bytes per weight of a `width`-wide linear layer quantised as `quantization` (JSON) says, measured on a real
+    layer, and the modules it leaves unquantised."""
+    from bench.config import Quantization
+    from bench.quantsize import base_bytes_per_param
+
+    q = Quantization(**json.loads(quantization))
+    return base_bytes_per_param(q, "bfloat16", width=width), list(q.skip_modules or [])
 
 
 @functools.lru_cache(maxsize=64)
@@ -442,6 +466,9 @@ def setting_of(cfg, device: str = "cuda") -> Setting:
     tr = cfg.training
     precision = tr.precision if tr.precision != "auto" else ("bf16" if device == "cuda" else "fp32")
     spec = tr.optimizer
+    quant = tr.quantization and json.dumps(tr.quantization.model_dump(), sort_keys=True)
+    pure = tr.master_weights is False  # pure bf16: weights that train, their gradients and states in bf16
     return Setting(batch_size=tr.batch_size, seq_len=tr.max_seq_len, dtype=precision, device=device,
-                   four_bit=METHODS[cfg.method].load_in_4bit, gradient_checkpointing=tr.gradient_checkpointing,
+                   trainable_fp32=not pure, autocast=not pure, four_bit=METHODS[cfg.method].load_in_4bit,
+                   quantization=quant, gradient_checkpointing=tr.gradient_checkpointing,
                    optimizer=spec and spec.name, optimizer_kwargs=json.dumps(spec.kwargs if spec else {}, sort_keys=True))

@@ -240,7 +240,11 @@ def _choose(ranking: list[Group], score: str, prefer: str) -> tuple[Group | None
     if prefer == "score":
         return best, against
     candidates = [best] + [v.group for v in against if v.worse is False]
-    return min(candidates, key=lambda g: (cost_of(g, prefer), ranking.index(g))), against
+    # Costs within SAME of the cheapest are the same cost (memory and time repeat to a few percent): of those, the
+    # better score wins, so 1.49 GB at 0.867 does not beat 1.54 GB at 1.000.
+    cheapest = min(cost_of(g, prefer) for g in candidates)
+    near = [g for g in candidates if cost_of(g, prefer) <= cheapest * SAME or cost_of(g, prefer) == cheapest]
+    return min(near, key=ranking.index), against
 
 
 def _servable_exclusion(finished: list[Group], stack: str) -> Exclusion | None:
@@ -415,12 +419,17 @@ def _cost_reason(rec: Recommendation) -> str:
     c, best, score, prefer = rec.choice, rec.best, rec.metric, rec.prefer
     label, what = metric(score).label, PREFER[prefer][1]
     n = len(rec.tied) + 1
+    near = cost_of(c, prefer) > min(cost_of(g, prefer) for g in [best] + [v.group for v in rec.tied])
+    what += " within 5%" if near else ""
     if c is best:
         text = (f"{c.name} has the best {label} ({interval_text(score, c.summary(score))}) and the least {what} "
                 f"({_cost_text(c, prefer)}) of the {n} methods tied on it.")
     else:
+        own = next(v.how for v in rec.tied if v.group is c)
         text = (f"{c.name} needs the least {what} ({_cost_text(c, prefer)}) of the {n} methods whose {label} is not "
-                f"significantly worse than the best, {best.name} ({interval_text(score, best.summary(score))}).")
+                f"significantly worse than the best, {best.name} ({interval_text(score, best.summary(score))}"
+                f"{'' if own == 'the same score' else f'; {c.name} against it: {own}'}).")
+    text += " Costs within 5% count as the same, so the better score decides among them." if near else ""
     tied = [(best, "the best score")] * (c is not best) + [(v.group, v.how) for v in rec.tied if v.group is not c]
     text += " Tied with it: " + "; ".join(
         f"{g.name} {interval_text(score, g.summary(score))}, {_cost_text(g, prefer)} ({how})" for g, how in tied) + "."

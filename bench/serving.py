@@ -46,7 +46,8 @@ def _vllm(a: Adapter) -> str | None:
 
 def _llama_cpp(a: Adapter) -> str | None:
     """convert_lora_to_gguf.py: every tensor must be a lora_A or lora_B weight (a DoRA magnitude, a bias or a saved
-    module exits with "Not a lora_A or lora_B tensor"), and the scale is lora_alpha / r (rsLoRA's sqrt(r) is not read)."""
+    module exits with "Not a lora_A or lora_B tensor"), and the scale is lora_alpha / r (rsLoRA's sqrt(r) is not
+    read)."""
     if (why := _lora_only(a)) is not None:
         return why
     if a.params.get("use_dora"):

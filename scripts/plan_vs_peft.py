@@ -42,20 +42,21 @@ def published(peft: Path) -> dict[str, tuple[Path, int]]:
 
 
 def run_configs(folders: list[Path]) -> list:
-    """The experiments as resolved runs of a suite (on the llama-3.2-3b-mini preset, which validates in seconds;
-    predict_at gives them Llama-3.2-3B's shape)."""
+    """The experiments as resolved runs of a suite on Llama-3.2-3B's shape. Read without `validate`'s checks (each
+    builds the PEFT model, minutes for 63 on a busy CPU): predict_at builds it anyway and says per run what fails."""
     from ruamel.yaml import YAML
 
     from bench.peftimport import suite_of
-    from bench.suite import load_suite
+    from bench.suite import Suite, _with_adapter_methods
+    from bench.yamlio import load_yaml, to_plain
 
     tmp = Path(tempfile.mkdtemp(prefix="plan-vs-peft-"))
     out = tmp / "suite.yaml"
-    suite, _ = suite_of(folders, out, "llama-3.2-3b-mini", str(ROOT / "data/smoke.jsonl"), max_steps=5000)
+    suite, _ = suite_of(folders, out, "llama-3.2-3b", str(ROOT / "data/smoke.jsonl"), max_steps=5000)
     suite["training"] |= {"batch_size": 4, "max_seq_len": 768, "precision": "bf16"}
     with out.open("w") as f:
         YAML().dump(suite, f)
-    return load_suite(out).resolved_runs()
+    return _with_adapter_methods(Suite(**to_plain(load_yaml(out)), source=str(out))).resolved_runs()
 
 
 def predict_at(cfg, length: int):
@@ -98,12 +99,18 @@ def main() -> int:
     parser.add_argument("peft", type=Path)
     parser.add_argument("--length", type=int, help="the longest batch's length (default: fitted)")
     parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--progress", type=Path, help="append each run's parts at both lengths here as it is sized "
+                        "(JSON lines); with --summarise, report from such a file (interpolated, no final pass)")
+    parser.add_argument("--summarise", action="store_true")
     args = parser.parse_args()
+    if args.summarise:
+        return summarise(args.progress)
     from bench.memplan import Setting  # noqa: F401 - fail early where the harness is not importable
 
     found = published(args.peft)
     names = list(found)
-    configs = dict(zip(names, run_configs([found[n][0] for n in names])))
+    by_run = {cfg.run: cfg for cfg in run_configs([found[n][0] for n in names])}  # and the untrained baseline
+    configs = {n: by_run[n.replace("/", "--")] for n in names}
     truth = {n: found[n][1] for n in names}
     failed: dict[str, str] = {}
     length = args.length
@@ -115,6 +122,12 @@ def main() -> int:
                 two[name] = (predict_at(configs[name], 384), predict_at(configs[name], 768))
             except Exception as e:  # noqa: BLE001 - reported per run below
                 failed[name] = f"{type(e).__name__}: {str(e)[:200]}"
+            if args.progress:
+                line = {"experiment": name, "method": configs[name].method, "published": truth[name]}
+                line |= {"failed": failed[name]} if name in failed else {
+                    str(n): {k: getattr(p, k) for k in PARTS} for n, p in zip((384, 768), two[name])}
+                with args.progress.open("a") as f:
+                    f.write(json.dumps(line) + "\n")
         length = fit_length(two, truth, (384, 768))
     rows = []
     for name in names:
@@ -131,6 +144,26 @@ def main() -> int:
     report(rows, failed, length, args.length is None)
     if args.json:
         args.json.write_text(json.dumps({"length": length, "rows": rows, "failed": failed}, indent=1))
+    return 0
+
+
+def summarise(progress: Path) -> int:
+    """The report from --progress's lines: the length fitted as in main, each prediction interpolated at it."""
+    from types import SimpleNamespace
+
+    lines = [json.loads(line) for line in progress.read_text().splitlines()]
+    done = {d["experiment"]: d for d in lines if "failed" not in d}
+    two = {n: (SimpleNamespace(**d["384"]), SimpleNamespace(**d["768"])) for n, d in done.items()}
+    truth = {n: d["published"] for n, d in done.items()}
+    length = fit_length(two, truth, (384, 768))
+    w = (length - 384) / (768 - 384)
+    rows = []
+    for n, d in done.items():
+        parts = {k: (1 - w) * d["384"][k] + w * d["768"][k] for k in PARTS}
+        predicted = reserved(parts)
+        rows.append({"experiment": n, "method": d["method"], "published": d["published"], "predicted": predicted,
+                     "error": predicted / d["published"] - 1} | parts)
+    report(rows, {d["experiment"]: d["failed"] for d in lines if "failed" in d}, length, True)
     return 0
 
 

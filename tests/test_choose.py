@@ -79,7 +79,8 @@ def test_a_method_significantly_better_on_the_same_examples_wins_whatever_its_co
                scored("ia3", "ia3", weak, 1 * GB, 10, 100 * KB, 10 ** 4, 2)]
     rec = recommend(records)
     assert rec.choice.name == "full" and rec.tied == []
-    assert rec.versus[0].worse and rec.versus[0].how.endswith("12 vs 0 of 30 examples right for one run only, p = 0.00049")
+    assert rec.versus[0].worse
+    assert rec.versus[0].how.endswith("12 vs 0 of 30 examples right for one run only, p = 0.00049")
     assert explain(rec).reason.startswith(
         "full: exact match 0.900 vs ia3 0.500, a difference the eval examples support (McNemar's exact test: 12 vs 0 "
         "of 30 examples right for one run only, p = 0.00049).")
@@ -114,6 +115,10 @@ def test_with_seeds_welch_decides():
     assert all(v.how.startswith("Welch's t-test over seeds") for v in rec.versus)
     # 0.0333 apart, Welch's half-width 0.1027 (3.2 df): a tie, and the text says how large a gap it leaves open.
     assert rec.versus[0].how == "Welch's t-test over seeds, p = 0.39; a gap up to 0.136 is not ruled out"
+    assert explain(rec).reason.startswith(
+        "lora needs the least peak memory (2.7 GB) of the 2 methods whose exact match is not significantly worse than "
+        "the best, full (0.983 ± 0.072; lora against it: Welch's t-test over seeds, p = 0.39; a gap up to 0.136 is "
+        "not ruled out). Tied with it: full 0.983 ± 0.072, 3.2 GB (the best score).")
     assert SEEDS_HINT not in explain(rec).details  # three seeds: training noise is measured
     sharper = [r.model_copy(update={"metrics": {**r.metrics, "exact_match": 0.7}}) if r.config.group == "lora"
                else r for r in seeded_records()]
@@ -160,3 +165,16 @@ def test_compare_uses_the_paired_test_between_two_runs_on_the_same_examples():
     close = scored("lora", "lora", [1] * 25 + [0] * 5, GB, 10, MB, 10, 1)
     row = next(r for r in compare([before], [close], Regression()).rows if r.metric == "exact_match")
     assert row.paired_supported is False and "within the noise of the eval examples" in _verdict(row)
+
+
+def test_costs_within_5_percent_are_the_same_and_the_better_score_decides():
+    # The measured quickstart: prefix tuning 26/30 at 1.49 GB ties with full by McNemar (p = 0.125), IA3 30/30 at 1.54.
+    records = [scored("full", "full", ALL, 3.05 * GB, 524, 513 * MB, 10 ** 8, 1),
+               scored("ia3", "ia3", ALL, 1.54 * GB, 62, 236 * KB, 6 * 10 ** 4, 2),
+               scored("prefix_tuning", "prefix_tuning", [1] * 26 + [0] * 4, 1.49 * GB, 298, 720 * KB, 10 ** 5, 3)]
+    rec = recommend(records)
+    assert [v.worse for v in rec.versus] == [False, False] and rec.choice.name == "ia3"
+    assert explain(rec).reason.startswith("ia3 needs the least peak memory within 5% (1.5 GB) of the 3 methods whose "
+                                          "exact match is not significantly worse than the best, full (1.000). Costs "
+                                          "within 5% count as the same, so the better score decides among them.")
+    assert recommend(records[:1] + records[2:]).choice.name == "prefix_tuning"  # 1.49 GB against 3.05: it wins

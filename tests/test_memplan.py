@@ -86,6 +86,30 @@ def test_nf4_bytes_are_those_of_the_base_bitsandbytes_quantised():
     assert nf4_bytes(64 * 256) == 64 * 256 // 2 + 256 + 16 * 4 + 4 + 4 + 256 * 4  # packed, absmax, code, offset, ...
 
 
+def test_a_quantised_base_is_sized_at_what_its_backend_stores():
+    """training.quantization (bitsandbytes 8-bit here): the frozen bytes bench plan counts for the unquantised
+    model equal what the real 8-bit load holds (weights and their per-row scales), within the scales of the one
+    layer wider than the hidden size the bytes per weight are measured at (down_proj)."""
+    import json
+
+    from bench.config import ModelSpec, Quantization
+    from bench.models import load_model
+    from bench.quantsize import weight_bytes
+
+    q = Quantization(backend="bitsandbytes", bits=8)
+    quantised = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.bfloat16, load_in_4bit=False, seed=0,
+                           quantization=q)
+    linears = {n for n, m in quantised.named_modules() if type(m).__name__ == "Linear8bitLt"}
+    stored = sum(weight_bytes(m) for n, m in quantised.named_modules() if n in linears)
+    stored += sum(p.numel() * p.element_size() for n, p in quantised.named_parameters()
+                  if n.rpartition(".")[0] not in linears)
+    model = tiny_model().to(torch.bfloat16).requires_grad_(False)
+    counted = frozen_bytes(model, four_bit=False, quantization=json.dumps(q.model_dump()))
+    unquantised = frozen_bytes(model, four_bit=False)
+    assert counted < 0.7 * unquantised  # the linear layers at about a byte a weight, not two
+    assert abs(counted - stored) / stored < 0.01, (counted, stored)
+
+
 def test_one_linear_layer_saves_its_input_only_where_its_weight_trains():
     layer = torch.nn.Linear(32, 16)
     x = torch.randn(8, 32)
@@ -198,3 +222,20 @@ def test_the_cpu_prediction_is_within_15_percent_of_a_measured_training_peak(tmp
                            capture_output=True, text=True, timeout=900)
     assert check.returncode == 0, check.stdout + check.stderr[-2000:]
     assert "1 runs, 0 outside +-15%" in check.stdout
+
+
+def test_a_tuner_that_reads_weights_is_counted_at_two_depths_as_it_is_whole(monkeypatch):
+    """bench plan counts SHiRA (random weights needed) on a model too big to build whole from depth 1 and 2."""
+    from bench import tuners
+
+    arch = dict(TINY, num_hidden_layers=4)
+    params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    whole = tuners.apply(arch, METHODS["shira"], params, PLAN)
+    tuners._apply.cache_clear()
+    monkeypatch.setattr(tuners, "RANDOM_WEIGHTS_LIMIT", 0)
+    with pytest.raises(tuners.NeedsWeights):
+        tuners.apply(arch, METHODS["shira"], params, PLAN)
+    scaled = tuners.apply(arch, METHODS["shira"], params, PLAN, scaled=True)
+    assert (scaled.trainable, scaled.total, scaled.adapter_bytes) == (whole.trainable, whole.total, whole.adapter_bytes)
+    assert scaled.weights == "random, depth 1 and 2 extended"
+    tuners._apply.cache_clear()

@@ -199,7 +199,7 @@ def test_a_file_that_is_not_gguf_is_a_clear_error(tmp_path, cache):
                                    "  gguf: model.gguf"))
     with pytest.raises(SuiteError) as e:
         load_suite(suite_file)
-    assert e.value.problems == [f"line 8, model.gguf: '{fake}' is not a GGUF file (it does not start with 'GGUF')"]
+    assert e.value.problems == [f"line 9, model.gguf: '{fake}' is not a GGUF file (it does not start with 'GGUF')"]
 
 
 def test_a_damaged_gguf_fails_cleanly_and_leaves_no_cache(tiny_gguf, cache):

@@ -81,7 +81,7 @@ def test_fp16_is_refused_at_validate_time_without_cuda(tmp_path):
     path.write_text(text.replace("  seed: 0\n", "  seed: 0\n  precision: fp16\n", 1))
     with pytest.raises(SuiteError) as e:
         load_suite(path)
-    assert e.value.problems == ["line 22, training.precision: fp16 needs a CUDA device and this machine has none; use "
+    assert e.value.problems == ["line 23, training.precision: fp16 needs a CUDA device and this machine has none; use "
                                 "bf16 or fp32 (or validate where the runs will run)"]
 
 
