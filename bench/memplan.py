@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import math
 import re
@@ -250,24 +249,11 @@ def _built(key: str):
 
 def _construct(arch, depth: int, method, params, plan, setting: Setting, device: str):
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from bench.tuners import at_depth, model_config
+    from bench.tuners import at_depth, built
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[setting.dtype]
-    with torch.device(device), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(model_config(at_depth(arch, depth)), dtype=dtype,
-                                                 attn_implementation="sdpa")
-        model.requires_grad_(False)
-        peft_config = method.config(plan, **params)
-        if peft_config is None:
-            model.requires_grad_(True)
-        else:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+    model, _ = built(at_depth(arch, depth), method, params, plan, device, dtype=dtype, attn_implementation="sdpa")
     if setting.trainable_fp32:
         from bench.load import trainable_in_fp32
 

@@ -95,14 +95,18 @@ def _check_small(config: dict[str, Any], method: Method, limit: int) -> None:
                            "to build with random ones here")
 
 
-def _build(config, method: Method, params, plan: Plan, optimizer, optimizer_kwargs, device: str) -> Applied:
+def built(config: dict[str, Any], method: Method, params, plan: Plan, device: str, **from_config):
+    """The architecture `config` on `device` (meta: shapes only) with random weights (seed 0), frozen, and the method
+    applied as a run applies it (every weight trains where the method has no PEFT config); transformers' and PEFT's
+    warnings kept quiet. `from_config`: more arguments for from_config (dtype, attn_implementation). Returns the
+    model and its PEFT config."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device(device), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(model_config(config))
+        model = AutoModelForCausalLM.from_config(model_config(config), **from_config)
         model.requires_grad_(False)
         peft_config = method.config(plan, **params)
         if peft_config is None:
@@ -111,7 +115,15 @@ def _build(config, method: Method, params, plan: Plan, optimizer, optimizer_kwar
             from peft import get_peft_model
 
             model = get_peft_model(model, peft_config)
-            method.check(model, params)
+    return model, peft_config
+
+
+def _build(config, method: Method, params, plan: Plan, optimizer, optimizer_kwargs, device: str) -> Applied:
+    model, peft_config = built(config, method, params, plan, device)
+    if peft_config is not None:
+        method.check(model, params)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
         if optimizer is not None:
             from bench.optim import make_optimizer
 
