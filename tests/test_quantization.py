@@ -95,14 +95,14 @@ def test_what_peft_or_the_backend_refuses_is_a_validate_error_on_its_line(tmp_pa
                            "  - method: dora\n    training:\n      quantization: {bits: 8}\n")
     found = problems(path)
     # HQQ's layers are not nn.Linear: PEFT's all-linear (LoRA's preset) finds nothing to adapt.
-    assert found[0].startswith("line 40, runs[0].training.quantization: lora over hqq 4-bit: NoMatchingPeftModuleError: "
+    assert found[0].startswith("line 41, runs[0].training.quantization: lora over hqq 4-bit: NoMatchingPeftModuleError: "
                                "No `target_modules` passed")
-    assert found[1] == ("line 43, runs[1].training.quantization: qlora is LoRA over bitsandbytes NF4 with double "
+    assert found[1] == ("line 44, runs[1].training.quantization: qlora is LoRA over bitsandbytes NF4 with double "
                         "quantisation, its base fixed; to choose the base's quantisation use lora (or any method) with "
                         "training.quantization")
-    assert found[2] == ("line 47, runs[2].training.master_weights: false (pure bf16) keeps the weights that train in "
+    assert found[2] == ("line 48, runs[2].training.master_weights: false (pure bf16) keeps the weights that train in "
                         "bf16, so it needs training.precision: bf16, not auto")
-    assert found[3].startswith("line 50, runs[3].training.quantization: dora over bitsandbytes 8-bit: AttributeError: "
+    assert found[3].startswith("line 51, runs[3].training.quantization: dora over bitsandbytes 8-bit: AttributeError: "
                                "'NoneType' object has no attribute") and found[3].endswith("(forward and backward pass 2)")
     assert len(found) == 4
 
@@ -112,11 +112,11 @@ def test_a_bad_setting_and_an_optimiser_that_does_not_step_are_errors_on_their_l
                            "  - name: o\n    method: lora\n    training:\n      optimizer: {name: AdEMAMix32bit}\n"
                            "  - name: p\n    method: lora\n    training:\n      optimizer: {name: PagedAdamW8bt}\n")
     found = problems(path)
-    assert found[0] == ("line 40, runs[0].training.quantization: bitsandbytes 8-bit takes skip_modules - not "
+    assert found[0] == ("line 41, runs[0].training.quantization: bitsandbytes 8-bit takes skip_modules - not "
                         "quant_type")
-    assert found[1].startswith("line 44, runs[1].training.optimizer.name: bitsandbytes' AdEMAMix32bit does not step on "
+    assert found[1].startswith("line 45, runs[1].training.optimizer.name: bitsandbytes' AdEMAMix32bit does not step on "
                                "this machine's cpu: RuntimeError")
-    assert found[2].startswith("line 48, runs[2].training.optimizer.name: unknown optimiser 'PagedAdamW8bt' (did you "
+    assert found[2].startswith("line 49, runs[2].training.optimizer.name: unknown optimiser 'PagedAdamW8bt' (did you "
                                "mean 'PagedAdamW8bit'?)")
 
 
