@@ -171,7 +171,7 @@ def check_merge(shapes: Shapes, place: Place, plant: bool = False) -> tuple[str,
     the model holds is W + scale·B·A in float64 within half a bf16 ulp (plus fp32 noise); the merge's own error in
     float64 is noise; end to end the merged model's logits and greedy tokens against the adapter model's. QLoRA's
     merge is checked the same way one de-quantised layer at a time. Planted fault: the merge inside autocast."""
-    from bench.merge import EXACT, merge_layers, quantized_layers
+    from bench.merge import EXACT, merge_layers, quantized_layers, unload_merged
 
     lora = {"r": 16, "lora_alpha": 32, "target_modules": "all-linear"}
     vocab = PRESETS[shapes.preset]["vocab_size"]
@@ -182,7 +182,7 @@ def check_merge(shapes: Shapes, place: Place, plant: bool = False) -> tuple[str,
     with torch.no_grad(), place.autocast():
         before = model(input_ids=probe).logits.float()
     layers = merge_layers(model, place.autocast if plant else contextlib.nullcontext)
-    merged = model.merge_and_unload()
+    merged = unload_merged(model, layers)
     with torch.no_grad(), place.autocast():
         after = merged(input_ids=probe).logits.float()
     same = float((before.argmax(-1) == after.argmax(-1)).float().mean())

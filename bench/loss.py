@@ -21,8 +21,12 @@ from torch.utils.checkpoint import checkpoint
 IGNORE = -100
 # fp32 logits of one chunk: at Llama-3's 128k vocabulary about 2,000 positions.
 DEFAULT_CHUNK_BYTES = 1024 ** 3
-# PEFT types whose forward computes its own loss from the full logits: they keep the model's own loss.
-OWN_LOSS = {"CPT"}
+# PEFT types whose forward needs the model's own head or loss as they are: they keep the model's own loss.
+OWN_LOSS = {
+    "CPT": "computes its own loss from the full logits",
+    # Its auxiliary loss runs the base model's output head on the shadow network's states for every position.
+    "SHADOW": "calls the output head itself for its auxiliary loss",
+}
 
 
 def causal_lm(model):
@@ -33,8 +37,9 @@ def causal_lm(model):
 def chunkable(model) -> str | None:
     """Why the chunked loss cannot stand in for this model's own; None when it can."""
     peft_type = getattr(getattr(model, "active_peft_config", None), "peft_type", None)
-    if peft_type is not None and str(getattr(peft_type, "value", peft_type)) in OWN_LOSS:
-        return f"{peft_type} computes its own loss from the full logits"
+    name = str(getattr(peft_type, "value", peft_type))
+    if peft_type is not None and name in OWN_LOSS:
+        return f"{name} {OWN_LOSS[name]}"
     lm = causal_lm(model)
     if not hasattr(lm, "get_output_embeddings") or lm.get_output_embeddings() is None:
         return f"{type(lm).__name__} has no output head"

@@ -91,7 +91,7 @@ def check_merge(cfg: RunConfig, method: Method, model, loaded: Loaded, gens: E.G
         if quant is None:
             # Outside autocast: PEFT computes each ΔW in fp32 and adds it into the stored weight, rounding once.
             layers = merge_layers(model)
-            merged, how = model.merge_and_unload(), "merge_and_unload into the base weights (fp32 ΔW, no autocast)"
+            merged, how = unload_merged(model, layers), "merge_and_unload into the base weights (fp32 ΔW, no autocast)"
         elif in_place_merge(quant):
             layers, merged = LayerErrors(), model.merge_and_unload()
             how = (f"merge_and_unload into the {describe(quant)} base itself (PEFT de-quantises each layer, adds "
@@ -139,7 +139,7 @@ def _into_dequantized(cfg: RunConfig, model, loaded: Loaded, saved: Saved, place
     # The part of the merge difference that is not the merge's doing.
     m["quantized_base_max_abs_logit_diff"] = E.logit_diff(base_quantized, base_deq)["max_abs"]
     layers = merge_layers(peft_deq)
-    return layers, peft_deq.merge_and_unload(), ("merge_and_unload into a de-quantised copy of the "
+    return layers, unload_merged(peft_deq, layers), ("merge_and_unload into a de-quantised copy of the "
                                                  f"{describe(quant)} base the adapter trained against")
 
 
@@ -184,6 +184,7 @@ class LayerErrors:
     # The merged weights the model holds against W + ΔW in float64, element by element, as a share of the bound
     # `weight_bound` allows (<= 1: every weight is the correctly rounded float64 merge, give or take fp32 noise).
     weights: float = 0.0
+    merged: list = field(default_factory=list)  # the adapter layers merge_layers merged in place
 
     def add(self, own: float, rounding: float, weights: float, storage: torch.dtype) -> None:
         self.checked += 1
@@ -259,8 +260,17 @@ def merge_layers(model, autocast=contextlib.nullcontext) -> LayerErrors:
         own, rounding, reference, original = _one_layer(module, storage, generator)
         with autocast():
             module.merge()
+        out.merged.append(module)
         out.add(own, rounding, weight_error(base.weight.data, reference, original), storage)
     return out
+
+
+def unload_merged(model, layers: LayerErrors):
+    """merge_and_unload after merge_layers: the layers merge_layers merged are unloaded, not merged again (not every
+    PEFT layer refuses a second merge: OSF's adds its ΔW again); modules_to_save copies and the rest merge as usual."""
+    for module in layers.merged:
+        module.merge = lambda *args, **kwargs: None
+    return model.merge_and_unload()
 
 
 def _one_layer(layer, storage: torch.dtype, generator: torch.Generator):
