@@ -4,6 +4,7 @@ loop hooks). PEFT's config dataclass is the schema; what a method can do is aske
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import dataclasses
 import functools
@@ -109,7 +110,9 @@ class Method:
         """The PEFT config this run trains with (PEFT's __post_init__ checks run here); None trains every weight."""
         if self.peft_type is None:
             return None
-        merged = self.prepare(self.preset | params | self.fixed, plan)
+        # A copy: PEFT changes some fields of the config it is given in place (ensure_weight_tying adds the tied
+        # embeddings to modules_to_save), which would otherwise leak into the method's own lists and the next run.
+        merged = self.prepare(copy.deepcopy(self.preset | params | self.fixed), plan)
         return config_class(self.peft_type)(task_type="CAUSAL_LM",
                                             **{k: v for k, v in merged.items() if k not in self.extras})
 
