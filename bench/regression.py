@@ -19,7 +19,8 @@ in steps of 1/N examples and are gated at absolute 0.02.
 - Time is reported but not gated: on this shared CPU machine the same run's training took 2.6 s and 14.9 s
   minutes apart (other processes hold the cores), and even on the H100 it varied by up to 37% between two runs
   (six steps of a tiny model: launch overheads and warm-up, not arithmetic). A suite that runs long on a card of
-  its own can gate it: `warn_only: []`, or `warn_only_on_cpu: [train_seconds]` to gate it on GPUs only.
+  its own can gate it: `warn_only: []`, or `warn_only_on_cpu: [steady_train_seconds]` to gate it on GPUs only.
+  The time compared is the headline one (bench.headline): steady state, the warm-up steps left out.
 - Trainable parameters and optimiser steps are exact: a different count means the method or the budget changed.
 """
 
@@ -29,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, field_validator, model_validator
 
+from bench.headline import TIME
 from bench.metrics import METRICS
 from bench.util import did_you_mean
 
@@ -76,7 +78,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "final_train_loss": Tolerance(absolute=0.001),
     "peak_memory_bytes": Tolerance(relative=0.10),
     "cuda_max_allocated_bytes": Tolerance(relative=0.10),
-    "train_seconds": Tolerance(relative=0.25),
+    TIME: Tolerance(relative=0.25),
     "trainable_params": Tolerance(absolute=0),
     "train_steps": Tolerance(absolute=0),
 }
@@ -97,11 +99,11 @@ class Regression(BaseModel):
                                              "suite names only those it changes, the other defaults stay")
     score_tolerance: Tolerance = Field(Tolerance(absolute=0.02), description="the tolerance of any score the suite "
                                        "computes that `tolerances` does not name")
-    warn_only: list[str] = Field(["train_seconds"], description="metrics shown with their verdict but never failing "
+    warn_only: list[str] = Field([TIME], description="metrics shown with their verdict but never failing "
                                  "the gate")
     warn_only_on_cpu: list[str] = Field([], description="metrics that fail the gate only when the current run ran on "
                                         "a GPU")
-    same_environment_only: list[str] = Field(["peak_memory_bytes", "cuda_max_allocated_bytes", "train_seconds"],
+    same_environment_only: list[str] = Field(["peak_memory_bytes", "cuda_max_allocated_bytes", TIME],
                                              description="metrics gated only when the run's environment matches the "
                                              "baseline's")
 

@@ -5,20 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from bench import headline
 from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.records import RunRecord, error_headline
 from bench.stats import Difference, Summary, summarize, welch
 
-# Columns of the summary table, in order: (metric name, header).
+# Columns of the summary table, in order: (metric name, header). Time and throughput are the headline figures
+# (bench.headline: steady state), the warm-up they leave out beside them.
 SUMMARY = [
     ("trainable_params", "trainable"),
     ("trainable_pct", "trainable %"),
     ("peak_memory_bytes", "peak mem"),
-    ("train_seconds", "train s"),
-    ("train_tokens_per_second", "tok/s"),
+    (headline.TIME, "train s"),
+    (headline.THROUGHPUT, "tok/s"),
+    ("warmup", "warm-up"),
     ("eval_loss", "eval loss"),
 ]
+# Columns shown as text: never marked best, never a metric.
+TEXT_COLUMNS = ("run", "method", "seeds", "warmup", "merge", "serve", "status")
 
 
 def score_names(records: list[RunRecord]) -> list[str]:
@@ -88,16 +93,16 @@ def serve_cell(r: RunRecord) -> str:
 
 
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
-    """One row per run: raw values (for sorting, CSV and best-marking) and their formatted text."""
+    """One row per run: raw values (for sorting, CSV and best-marking) and their formatted text. Time and
+    throughput are the headline figures; `includes_warmup` says they are the whole run's (an older record)."""
     scores = score_names(records)
     rows = []
     for r in ordered(records):
         values: dict[str, Any] = {"run": r.run, "method": r.method, "status": r.status}
-        for name, _ in SUMMARY:
-            values[name] = r.metrics.get(name)
-        for name in scores:
-            values[name] = r.metrics.get(name)
-        values["adapter_bytes"] = r.metrics.get("adapter_bytes")
+        for name in [n for n, _ in SUMMARY if n not in TEXT_COLUMNS] + scores + ["adapter_bytes"]:
+            values[name] = headline.value(r.metrics, name)[0]
+        values |= {"warmup_steps": r.metrics.get("warmup_steps"), "warmup_seconds": r.metrics.get("warmup_seconds"),
+                   "includes_warmup": headline.includes_warmup(r.metrics)}
         values["merge"] = merge_cell(r)
         values["serve"] = serve_cell(r)
         values["error"] = error_headline(r.error)
@@ -114,18 +119,26 @@ def columns(records: list[RunRecord]) -> list[tuple[str, str]]:
     )
 
 
-def best(rows: list[dict[str, Any]], name: str) -> Any:
-    """The best value of a column among successful trained runs, by the metric's direction."""
-    direction = metric(name).better
-    vals = [r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
-            and isinstance(r.get(name), (int, float))]
-    if not vals or direction == "none":
-        return None
-    return max(vals) if direction == "higher" else min(vals)
+def best_cells(rows: list[dict[str, Any]], names: list[str]) -> set[tuple[int, str]]:
+    """The cells a summary table marks best, as (row index, column name): the best value of each numeric column
+    among finished trained runs, by the metric's direction. Not marked where those runs all tie (a mark on every
+    cell says nothing); the headline time and throughput are judged among the steady figures alone where any run
+    has them (a whole-run figure includes warm-up: not like with like)."""
+    out = set()
+    for name in [n for n in names if n not in TEXT_COLUMNS and metric(n).better != "none"]:
+        found = [(i, r[name]) for i, r in enumerate(rows) if r["status"] == "success" and r["method"] != BASELINE
+                 and isinstance(r.get(name), (int, float))]
+        if name in headline.WHOLE_RUN and any(not rows[i].get("includes_warmup") for i, _ in found):
+            found = [(i, v) for i, v in found if not rows[i].get("includes_warmup")]
+        if len({v for _, v in found}) < 2:
+            continue
+        top = (max if metric(name).better == "higher" else min)(v for _, v in found)
+        out |= {(i, name) for i, v in found if v == top}
+    return out
 
 
 def cell(name: str, value: Any) -> str:
-    if name in ("run", "method", "status", "merge", "serve", "error"):
+    if name in TEXT_COLUMNS or name == "error":
         return str(value) if value not in (None, "") else "-"
     return format_value(name, value)
 
@@ -157,7 +170,9 @@ class Group:
         return [r.config.seed if r.config.seed is not None else r.config.training.seed for r in self.records]
 
     def values(self, name: str) -> list[float]:
-        return [float(r.metrics[name]) for r in self.ok if isinstance(r.metrics.get(name), (int, float))]
+        """A metric over the seeds that finished; the headline time and throughput as bench.headline reads them."""
+        found = [headline.value(r.metrics, name)[0] for r in self.ok]
+        return [float(v) for v in found if isinstance(v, (int, float))]
 
     def summary(self, name: str) -> Summary | None:
         vals = self.values(name)
@@ -220,10 +235,13 @@ def group_rows(groups: list[Group], records: list[RunRecord]) -> list[dict[str, 
         values: dict[str, Any] = {"run": g.name, "method": g.method, "status": g.status,
                                   "seeds": str(len(g.ok)) if g.status == "success" else
                                   f"{len(g.ok)} of {len(g.records)}"}
-        for name in [n for n, _ in SUMMARY] + score_names(records) + ["adapter_bytes"]:
+        for name in [n for n, _ in SUMMARY if n not in TEXT_COLUMNS] + score_names(records) + ["adapter_bytes",
+                                                                                         "warmup_steps",
+                                                                                         "warmup_seconds"]:
             s = g.summary(name)
             values[name] = None if s is None else s.mean
             values[f"{name}±"] = s.half_width if s is not None and metric(name).kind == "score" else None
+        values["includes_warmup"] = any(headline.includes_warmup(r.metrics) for r in g.ok)
         values["merge"] = merge_cell(_worst_merge(g))
         values["serve"] = serve_cell((g.ok or list(g.records))[0])
         values["error"] = next((error_headline(r.error) for r in g.records if r.status != "success"), "")
@@ -236,12 +254,22 @@ def group_columns(records: list[RunRecord]) -> list[tuple[str, str]]:
     return cols[:2] + [("seeds", "seeds")] + cols[2:]
 
 
-def group_cell(name: str, row: dict[str, Any]) -> str:
+def row_cell(name: str, row: dict[str, Any]) -> str:
+    """A summary cell's text, for a run's row or a seed group's: scores with their interval's half-width, the
+    warm-up's steps and seconds, and the mark of a whole-run figure standing in for a steady one."""
     if name == "seeds":
         return row["seeds"]
+    if name == "warmup":
+        if row.get("includes_warmup"):
+            return f"included {headline.MARK}"
+        return headline.warmup_text(row.get("warmup_steps"), row.get("warmup_seconds"))
     text = cell(name, row.get(name))
     half = row.get(f"{name}±")
-    return text if half is None or row.get(name) is None else f"{text} ± {format_value(name, half)}"
+    if half is not None and row.get(name) is not None:
+        text += f" ± {format_value(name, half)}"
+    if name in headline.WHOLE_RUN and row.get("includes_warmup") and row.get(name) is not None:
+        text += f" {headline.MARK}"
+    return text
 
 
 def unsupported(groups: list[Group], name: str) -> list[tuple[Group, Group, Difference]]:

@@ -234,9 +234,9 @@ def run_with_progress(todo: list[RunConfig], out_dir: Path, slots: list[runner.S
 def summarise(records: list[RunRecord], out_dir: Path, title: str | None = None, report: bool = True) -> list[Path]:
     """The summary table (a sweep as its chosen point), every failure in a line, and the reports (their paths)."""
     from bench.sweeps import selected
-    from bench.terminal import summary_table
+    from bench.terminal import rich_table
 
-    console.print(summary_table(selected(records), title=title))
+    console.print(rich_table(selected(records), title=title))
     for r in records:
         if not r.ok:
             console.print(f"[red]{r.run}: {r.status}[/] - {error_headline(r.error)}", markup=True)

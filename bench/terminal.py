@@ -1,31 +1,35 @@
-"""The rich summary table for the terminal."""
+"""The summary table for the terminal: bench.table's plain table laid out with rich."""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
-from bench.config import BASELINE
 from bench.records import RunRecord
-from bench.rows import best, cell, columns, group_cell, group_columns, group_rows, multi_seed, seed_groups, summary_rows
+from bench.table import summary_table
+
+# The notes the terminal keeps: the method and the trainable share, which stand in for columns of their own. The
+# baseline's score beside every score is left to the reports (its own row shows it): a terminal is narrow.
+NOTED = ("run / method", "trainable params")
 
 
-def summary_table(records: list[RunRecord], title: str | None = None) -> Table:
-    """One row per run; with seeds, one per suite entry: mean ± 95% interval half-width of scores, mean costs."""
-    seeds = multi_seed(records)
-    rows = group_rows(seed_groups(records), records) if seeds else summary_rows(records)
-    cols = group_columns(records) if seeds else columns(records)
-    table = Table(title=title, header_style="bold")
-    for name, header in cols:
-        table.add_column(header, justify="left" if name in ("run", "method", "merge", "serve", "status") else "right")
-    for row in rows:
+def rich_table(records: list[RunRecord], title: str | None = None) -> Table:
+    """One row per run; with seeds, one per suite entry: mean ± 95% interval half-width of scores, mean costs.
+    The best cells in bold green, what the marks mean under the table."""
+    data = summary_table(records)
+    table = Table(title=title, header_style="bold", caption_justify="left",
+                  caption=("Bold green: " + " ".join(data.notes)) if data.notes else None)
+    for header, numeric in zip(data.headers, data.numeric):
+        table.add_column(header, justify="right" if numeric else "left")
+    for row in data.rows:
         cells = []
-        for name, _ in cols:
-            text = group_cell(name, row) if seeds else cell(name, row.get(name))
-            if row["status"] == "success" and row["method"] != BASELINE and row.get(name) is not None \
-                    and row.get(name) == best(rows, name):
+        for header, c in zip(data.headers, row.cells):
+            text = escape(c.text)
+            if c.best:
                 text = f"[bold green]{text}[/]"
-            if name == "status" and row["status"] != "success":
+            if header == "status" and not row.ok:
                 text = f"[red]{text}[/]"
-            cells.append(text)
+            noted = c.note is not None and header in NOTED
+            cells.append(text + (f" [dim]({escape(c.note)})[/]" if noted else ""))
         table.add_row(*cells)
     return table

@@ -367,12 +367,12 @@ def run_output(name: str = "quickstart") -> str:
     from rich.console import Console
 
     from bench.sweeps import selected
-    from bench.terminal import summary_table
+    from bench.terminal import rich_table
 
     about, records = _records(name)
     suite, version = records[0].suite, records[0].config.suite_version
     console = Console(record=True, width=240, file=io.StringIO(), color_system=None)
-    console.print(summary_table(selected(records), title=f"{suite} (suite version {version})"))
+    console.print(rich_table(selected(records), title=f"{suite} (suite version {version})"))
     table = "\n".join(line.rstrip() for line in console.export_text().splitlines())
     progress = []
     # rich's progress line as each run ends: its bar full, status, first score, time taken

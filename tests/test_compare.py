@@ -160,16 +160,31 @@ def test_counts_regress_in_either_direction():
 
 
 def test_time_is_reported_but_not_gated_unless_a_suite_asks(committed):
-    slow = edited(committed, "lora", metrics={"train_seconds": 10 * next(
-        r for r in committed if r.run == "lora").metrics["train_seconds"]})
+    # The gated time is the steady one (bench.headline.TIME): warm-up left out.
+    slow = edited(committed, "lora", metrics={"steady_train_seconds": 10 * next(
+        r for r in committed if r.run == "lora").metrics["steady_train_seconds"]})
     on_gpu = [r.model_copy(update={"environment": {**r.environment, "device_type": "cuda"}}) for r in slow]
     by_default = compare(committed, on_gpu, Regression())
-    row = next(r for r in by_default.rows if r.run == "lora" and r.metric == "train_seconds")
+    row = next(r for r in by_default.rows if r.run == "lora" and r.metric == "steady_train_seconds")
     assert (row.verdict, row.gated, by_default.failed) == ("regression", False, False)
     assert "regression (not gated)" in render_markdown(by_default)
-    gpu_only = Regression(warn_only=[], warn_only_on_cpu=["train_seconds"])
+    gpu_only = Regression(warn_only=[], warn_only_on_cpu=["steady_train_seconds"])
     assert compare(committed, on_gpu, gpu_only).failed
     assert not compare(committed, slow, gpu_only).failed  # the committed records ran on a CPU
+
+
+def test_the_gate_judges_the_steady_time_not_the_warmup(committed):
+    strict = Regression(warn_only=[])  # time gated, as a suite on a card of its own would
+    lora = next(r for r in committed if r.run == "lora")
+    # A slower warm-up (kernel selection, allocator growth) moves the whole run's time, not the steady one: ok.
+    warm = edited(committed, "lora", metrics={"train_seconds": 10 * lora.metrics["train_seconds"],
+                                              "warmup_seconds": 10 * lora.metrics["warmup_seconds"] + 1})
+    c = compare(committed, warm, strict)
+    assert not c.failed and "train_seconds" not in {r.metric for r in c.rows}
+    row = next(r for r in c.rows if r.run == "lora" and r.metric == "steady_train_seconds")
+    assert (row.verdict, row.gated, row.tolerance) == ("ok", True, "±25%")
+    slow = edited(committed, "lora", metrics={"steady_train_seconds": 1.3 * lora.metrics["steady_train_seconds"]})
+    assert compare(committed, slow, strict).failed
 
 
 # ---- like with like ---------------------------------------------------------------------------------------------
@@ -225,7 +240,8 @@ def test_memory_is_not_gated_across_environments(committed, tmp_path, capsys):
     code, out, _ = gate(capsys, BASELINE, as_folder(current, tmp_path))
     assert code == 0
     assert "| lora | peak memory (training) |" in out and "regression (not gated)" in out
-    assert "- peak_memory_bytes, cuda_max_allocated_bytes, train_seconds: not gated where the environment differs" in out
+    assert ("- peak_memory_bytes, cuda_max_allocated_bytes, steady_train_seconds: not gated where the environment "
+            "differs") in out
 
 
 def test_not_a_baseline_file_is_a_clear_error(tmp_path, capsys):

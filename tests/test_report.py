@@ -71,9 +71,50 @@ def test_best_marks_follow_metric_direction_and_skip_ties(records):
     assert lora.cells[col["trainable params"]].note == "12.4696%"
 
 
+def steady(record, seconds: float, tokens_per_second: float, warmup_steps: int, warmup_seconds: float):
+    """A copy of a record as the loop writes it now: the steady figures beside the whole run's."""
+    return record.model_copy(deep=True, update={"metrics": {
+        **record.metrics, "steady_train_seconds": seconds, "steady_tokens_per_second": tokens_per_second,
+        "warmup_steps": warmup_steps, "warmup_seconds": warmup_seconds}})
+
+
+def test_the_headline_time_and_throughput_are_steady_with_the_warmup_beside_them(records):
+    # full's warm-up is most of its run: whole run 0.179 s at 29,889 tok/s, steady 0.05 s at 70,000 tok/s.
+    full = next(r for r in records if r.run == "full")
+    assert round(full.metrics["train_seconds"], 2) == 0.18 and round(full.metrics["train_tokens_per_second"]) == 29889
+    now = [steady(r, 0.05, 70000.0, 5, 0.129) if r.run == "full" else r for r in records]
+    table = summary_table(now)
+    col = {h: i for i, h in enumerate(table.headers)}
+    row = next(r for r in table.rows if r.cells[0].text == "full")
+    assert [row.cells[col[h]].text for h in ("train s", "tok/s", "warm-up")] == ["0.1", "70,000", "5 steps, 0.1 s"]
+    # The steady figures are judged among themselves: full's is the only one, so none is marked best ...
+    assert not row.cells[col["tok/s"]].best and not row.cells[col["train s"]].best
+    # ... and the older records keep their whole-run figures, marked, with the mark explained under the table.
+    lora = next(r for r in table.rows if r.cells[0].text == "lora")
+    shown = [lora.cells[col[h]].text for h in ("train s", "tok/s", "warm-up")]
+    assert shown == ["0.2 †", "22,910 †", "included †"]
+    assert any(n.startswith("† whole run, warm-up included") for n in table.notes)
+    assert any(n.startswith("train s and tok/s leave out the first steps") for n in table.notes)
+    md = render_markdown(now)
+    assert "| full | 115,008 (100.0000%) | 538.0 MB | 0.1 | 70,000 | 5 steps, 0.1 s |" in md
+    assert "- exact match vs train time, steady (s): full (0.1, 0.000)" in md  # golden: prompt_tuning †
+
+
+def test_steady_figures_of_every_run_are_marked_best_among_themselves(records):
+    numbers = {"full": (0.3, 9000.0), "lora": (0.02, 80000.0), "qlora": (0.04, 60000.0), "prompt_tuning": (0.1, 1.0)}
+    now = [steady(r, *numbers[r.run], 3, 0.01) if r.run in numbers else r for r in records]
+    table = summary_table(now)
+    col = {h: i for i, h in enumerate(table.headers)}
+    best = {h: [r.cells[0].text for r in table.rows if r.cells[col[h]].best] for h in ("train s", "tok/s")}
+    # Whole-run, prompt_tuning was best on both (0.09 s, 56,517 tok/s); steady, lora is.
+    assert best == {"train s": ["lora"], "tok/s": ["lora"]}
+    assert not any("†" in c.text for r in table.rows for c in r.cells)
+    assert not any(n.startswith("†") for n in table.notes)
+
+
 def test_failed_record_is_a_failed_row_with_its_error(records):
     md = render_markdown(records)
-    assert "| lora-typo (lora) | - | - | - | - | - | - | - | - | - | - | - | failed |" in md  # serve as-is: "-"
+    assert "| lora-typo (lora) | - | - | - | - | - | - | - | - | - | - | - | - | failed |" in md  # serve as-is: "-"
     assert "### lora-typo (lora): failed at step 0" in md
     # The headline is the exception, not the traceback's first line.
     section = md.split("## Runs that did not finish")[1]
@@ -201,6 +242,9 @@ def test_csv_has_raw_numbers_and_error_headlines(folder):
     frame = pd.read_csv(path)
     assert list(frame["run"]) == ["baseline", "full", "lora", "qlora", "prompt_tuning", "lora-typo"]
     assert frame.set_index("run").loc["lora", "peak_memory_bytes"] == 569602048
+    # An older record's time is the whole run's, and the CSV says so beside it.
+    lora = frame.set_index("run").loc["lora"]
+    assert (round(lora["steady_train_seconds"], 4), bool(lora["includes_warmup"])) == (0.234, True)
     failed = frame.set_index("run").loc["lora-typo"]
     assert failed["status"] == "failed"
     assert failed["error"].startswith("peft.utils.error.NoMatchingPeftModuleError: Target modules {'q_prj'}")

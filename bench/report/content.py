@@ -4,58 +4,21 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
+from bench import headline
 from bench.config import BASELINE
 from bench.metrics import format_value, metric
 from bench.recommend import Explanation, explain, recommend
 from bench.records import ENVIRONMENT_KEYS, RunRecord, environment_signature, error_headline
 from bench.report.plots import MARKERS, PALETTE, pareto_front
-from bench.rows import (
-    Group,
-    base_marks,
-    baseline,
-    best,
-    cell,
-    columns,
-    group_cell,
-    group_columns,
-    group_rows,
-    interval_text,
-    labels,
-    multi_seed,
-    ordered,
-    score_names,
-    seed_groups,
-    summary_rows,
-    unsupported,
-)
+from bench.rows import (Group, baseline, group_columns, labels, multi_seed, ordered, score_names, seed_groups,
+                        unsupported)
+from bench.table import Table, base_group, summary_table
 from bench.util import flatten
-
-TEXT_COLUMNS = ("run", "method", "merge", "serve", "status")
 EXAMPLES = 3  # evaluation examples shown, each with every run's prediction
 RECOMMEND_HINT = ("With limits: `python -m bench recommend FOLDER --max-memory 8GB --max-train-time 1h "
                   "--max-adapter-size 50MB --min-score exact_match=0.9`.")
-
-
-@dataclass(frozen=True)
-class Cell:
-    text: str
-    best: bool = False
-    note: str | None = None  # shown beside the value: the baseline's score, or the trainable share
-
-
-@dataclass(frozen=True)
-class Row:
-    cells: list[Cell]
-    ok: bool
-
-
-@dataclass(frozen=True)
-class Table:
-    headers: list[str]
-    numeric: list[bool]  # right-aligned columns
-    rows: list[Row]
 
 
 @dataclass(frozen=True)
@@ -164,87 +127,6 @@ def grouped_text(g: dict[str, list[str]]) -> str:
     return "; ".join(f"{value} ({', '.join(runs)})" for value, runs in g.items())
 
 
-def _marks(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> dict[str, Any]:
-    marks = {}
-    for name, _ in cols:
-        if name in TEXT_COLUMNS:
-            continue
-        vals = {r[name] for r in rows if r["status"] == "success" and r["method"] != BASELINE
-                and isinstance(r.get(name), (int, float))}
-        # A best is only news when runs differ; marking every tied cell says nothing.
-        marks[name] = best(rows, name) if len(vals) > 1 else None
-    return marks
-
-
-def base_group(groups: list[Group]) -> Group | None:
-    return next((g for g in groups if g.method == BASELINE and g.status == "success"), None)
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """One row of the summary table, whether a run or a suite entry over seeds."""
-
-    label: str
-    method: str
-    text: Callable[[str], str]  # a column's text
-    base_note: Callable[[str], str | None]  # the baseline's value beside a score, where there is one
-    tried_merge: bool  # a run that never finished never tried to merge: "-", not its missing status
-
-
-def summary_table(records: list[RunRecord]) -> Table:
-    if multi_seed(records):
-        groups = seed_groups(records)
-        rows, cols = group_rows(groups, records), group_columns(records)
-        base = base_group(groups)
-
-        def entry(g: Group, row: dict[str, Any]) -> _Entry:
-            def note(name: str) -> str | None:
-                if base is None or g is base or base.summary(name) is None:
-                    return None
-                return f"base {interval_text(name, base.summary(name))}"
-            return _Entry(g.name, g.method, lambda name: group_cell(name, row), note, bool(g.ok))
-
-        return _table(rows, cols, [entry(g, row) for g, row in zip(groups, rows)])
-    rows, names, base = summary_rows(records), labels(records), baseline(records)
-
-    def run_entry(rec: RunRecord, row: dict[str, Any]) -> _Entry:
-        def note(name: str) -> str | None:
-            if base is None or rec is base or base.metrics.get(name) is None:
-                return None
-            return f"base {format_value(name, base.metrics[name])}"
-        return _Entry(names[id(rec)] + base_marks(rec), rec.method, lambda name: cell(name, row.get(name)), note,
-                      rec.ok or rec.merge is not None)
-
-    return _table(rows, columns(records), [run_entry(r, row) for r, row in zip(ordered(records), rows)])
-
-
-def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: list[_Entry]) -> Table:
-    # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
-    cols = [(n, h) for n, h in columns if n not in ("method", "trainable_pct")]
-    renamed = {"run": "run / method", "trainable_params": "trainable params"}
-    marks = _marks(rows, cols)
-    out = []
-    for e, row in zip(entries, rows):
-        ok = row["status"] == "success"
-        cells = []
-        for name, _ in cols:
-            value = row.get(name)
-            text = e.label if name == "run" else e.text(name)
-            if name == "merge" and not e.tried_merge:
-                text = "-"
-            note = None
-            if name == "run" and e.method != e.label:
-                note = e.method
-            elif name == "trainable_params" and row.get("trainable_pct") is not None:
-                note = f"{cell('trainable_pct', row['trainable_pct'])}%"
-            elif metric(name).kind == "score" and value is not None and name not in TEXT_COLUMNS:
-                note = e.base_note(name)
-            is_best = ok and e.method != BASELINE and marks.get(name) is not None and value == marks[name]
-            cells.append(Cell(text, is_best, note))
-        out.append(Row(cells, ok))
-    return Table([renamed.get(n, h) for n, h in cols], [n not in TEXT_COLUMNS for n, _ in cols], out)
-
-
 def doubts(records: list[RunRecord]) -> list[str]:
     """Per score, the pairs of methods whose difference in mean the seeds do not support (Welch's t-test), each
     better mean first with every worse one it is level with: "full vs lora, ia3; lora vs ia3" (the values are in
@@ -270,7 +152,7 @@ def failures(records: list[RunRecord]) -> list[Failure]:
 # Cost axes for the score plots: (metric, axis label, plot on a log axis).
 TRADEOFFS = [
     ("peak_memory_bytes", "peak memory", False),
-    ("train_seconds", "train time (s)", False),
+    (headline.TIME, "train time, steady (s)", False),
     ("trainable_params", "trainable parameters", True),
 ]
 
@@ -285,7 +167,7 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
     base = base_group(groups)
     out = []
     for name, label, log_x in TRADEOFFS:
-        pts = [Point(g.name, g.mean(name), g.mean(score), *style[id(g.records[0])])
+        pts = [Point(g.name + _mark(g, name), g.mean(name), g.mean(score), *style[id(g.records[0])])
                for g in groups
                if g.status == "success" and g.method != BASELINE and g.mean(name) is not None
                and g.mean(score) is not None]
@@ -301,6 +183,12 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
         out.append(Tradeoff(name, x_label, score, metric(score).label, pts, front, x_better, y_better, divisor,
                             log_x, base_y))
     return out
+
+
+def _mark(g: Group, name: str) -> str:
+    """A point whose time is the whole run's (an older record, warm-up included) is marked as the table marks it."""
+    whole = name in headline.WHOLE_RUN and any(headline.includes_warmup(r.metrics) for r in g.ok)
+    return f" {headline.MARK}" if whole else ""
 
 
 def curves(records: list[RunRecord]) -> list[Curve]:
@@ -568,10 +456,6 @@ def build(records: list[RunRecord]) -> Report:
     if starts and ends:
         intro.append(f"Runs started between {starts[0]} and {starts[-1]}; the last finished at {ends[-1]}.")
     scores = score_names(records)
-    notes = [("the best value in each column among finished trained runs, by the metric's direction "
-              "(not marked where all runs tie).")]
-    if baseline(records) is not None:
-        notes.append("Scores show the untrained baseline's value beside them (base ...).")
     intervals = []
     if multi_seed(records):
         seeded = [g for g in seed_groups(records) if len(g.records) > 1]
@@ -585,12 +469,13 @@ def build(records: list[RunRecord]) -> Report:
                      "Two methods' difference in a score counts as supported when Welch's t-test finds it at the 5% "
                      "level (the 95% interval of the difference excludes zero)."]
     shared, per_run = config_sections(records)
+    table = summary_table(records)
     return Report(
         title=f"{', '.join(suites) or 'No runs'}: PEFT benchmark report",
         intro=intro,
         warnings=warnings(records) + decoding_warnings(records),
-        summary=summary_table(records),
-        summary_notes=notes,
+        summary=table,
+        summary_notes=table.notes,
         score=metric(scores[0]).label if scores else None,
         tradeoffs=tradeoffs(records),
         curves=curves(records),
