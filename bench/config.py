@@ -317,6 +317,9 @@ class Training(Versioned):
                                          "memory, about a third more compute")
     save_every: Annotated[Literal["epoch"] | PositiveInt | None, KEPT] = Field(None, description="checkpoint each epoch or every N steps")
     timeout_s: Annotated[PositiveFloat, KEPT] = Field(3600.0, description="wall-clock limit of one run's process")
+    save_weights: bool = Field(True, description="false: keep no trained weights (no adapter or model folder, no "
+                               "size on disk, no merge check): a cost-only run where writing a whole model is time "
+                               "nobody reads (bench perf's full fine-tuning)")
     distributed: Distributed | None = Field(None, description="train across several processes through accelerate")
     attn_implementation: Attention | None = Field(
         None, description="attention kernel; unset, for packed runs on CUDA: flash_attention_2 where flash-attn is "

@@ -91,7 +91,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
                 with place.autocast():
                     scores, record.lm_eval = run_lm_eval(cfg, method, model, loaded.tokenizer, place.device)
                 record.metrics |= scores
-    if method is not None:
+    if method is not None and cfg.training.save_weights:
         saved = save(cfg, method, model, loaded.tokenizer, run_dir)
         with phases("merge", timed=False):
             merged = check_merge(cfg, method, model, loaded, evaluated and evaluated.generations, place, saved,

@@ -3,7 +3,8 @@
 # it installs the offline bundle (scripts/gpu_bundle.sh) into a temporary folder put first on PYTHONPATH, then runs
 # `bench gpu-check` (the checks that can fail: fp32 masters, QLoRA vs LoRA memory, the merged weights, packed
 # attention, chunked eval memory) and then a trimmed `bench perf` (full fine-tuning, LoRA, QLoRA and their memory
-# runs on TinyLlama-1.1B's shape; checkpoints in a temporary folder, deleted at the end). One line per check.
+# runs on TinyLlama-1.1B's shape; full fine-tuning keeps no weights, the rest write to a temporary folder, deleted
+# at the end). One line per check.
 # Usage: bash scripts/gpu_check.sh [--bundle DIR] [--out DIR] [--dry-run] [--only-install]
 #   --bundle DIR  wheels from scripts/gpu_bundle.sh (default .gpu-bundle; without one, what is installed is used)
 #   --out DIR     summary.txt (one line per check) and at most 5 more small files: gpu-check.log, perf.md,

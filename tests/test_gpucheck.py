@@ -115,3 +115,20 @@ def test_packed_and_padded_losses_agree_under_flex_attention():
     with torch.no_grad():
         packed, padded = (float(model(**collate(feats, 0, packed=p), use_cache=False).loss) for p in (True, False))
     assert abs(packed - padded) < 1e-5, (packed, padded)
+
+
+@pytest.mark.worker
+def test_the_trimmed_perf_keeps_no_full_model(tmp_path):
+    """Full fine-tuning in bench perf saves nothing (training.save_weights: false): no figure the check reports
+    reads the 4.4 GB fp32 model it would write at TinyLlama's size."""
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "bench", "perf", "--dry-run", "--seq-len", "256", "--output",
+                          str(tmp_path), "--only", "full"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    record = json.loads((tmp_path / "full.json").read_text())
+    assert record["status"] == "success" and record["config"]["training"]["save_weights"] is False
+    assert record["metrics"]["steady_tokens_per_second"] > 0 and "checkpoint_bytes" not in record["metrics"]
+    assert record["merge"] is None
+    assert not list(tmp_path.rglob("*.safetensors"))
+    assert "| full | 1 | no | success |" in (tmp_path / "perf.md").read_text()
