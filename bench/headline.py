@@ -27,13 +27,14 @@ def value(metrics: dict[str, Any], name: str) -> tuple[Any, bool]:
     return metrics.get(name), False
 
 
-def includes_warmup(metrics: dict[str, Any]) -> bool:
-    """Whether a trained run's headline time is the whole run's (an older record)."""
-    return value(metrics, TIME)[1]
+def stand_ins(metrics: dict[str, Any]) -> list[str]:
+    """The headline figures a record shows as the whole run's (warm-up included) for want of the steady one. Older
+    records may hold the steady throughput but not the steady time: each figure is judged on its own."""
+    return [name for name in WHOLE_RUN if value(metrics, name)[1]]
 
 
 def warmup_text(steps: float | None, seconds: float | None) -> str:
-    """The warm-up column: "5 steps, 0.8 s"; "-" where the record has none."""
+    """The warm-up column: "5 steps, 0.8 s"; "-" where the record has none (an older record)."""
     if steps is None or seconds is None:
         return "-"
     return f"{steps:.0f} step{'s' * (round(steps) != 1)}, {format_value('warmup_seconds', seconds)} s"

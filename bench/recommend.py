@@ -129,7 +129,7 @@ def _shown(name: str, value: float, g: Group | None = None) -> str:
     """A cost as the text prints it; a whole run's time standing in for the steady one (an older record) marked."""
     if name == TIME:  # the reports' one decimal makes 0.16 s and 0.24 s both "0.2"
         text = f"{value:.2f} s" if value < 10 else f"{value:.0f} s"
-        return text + (f" {headline.MARK}" if g is not None and any(headline.includes_warmup(r.metrics)
+        return text + (f" {headline.MARK}" if g is not None and any(TIME in headline.stand_ins(r.metrics)
                                                                      for r in g.ok) else "")
     return format_value("adapter_bytes" if name == "saved_bytes" else name, value)
 
@@ -548,7 +548,7 @@ def _choice_details(rec: Recommendation) -> list[str]:
                    ", ".join(f"{v.group.name} ({v.how})" for v in untested))
     if rec.one_seed:
         out.append(SEEDS_HINT)
-    if any(headline.includes_warmup(r.metrics) for g in rec.ranking for r in g.ok):
+    if any(TIME in headline.stand_ins(r.metrics) for g in rec.ranking for r in g.ok):
         out.append("Training times are steady state (warm-up steps left out); " + headline.WHOLE_RUN_NOTE)
     return out
 

@@ -94,7 +94,7 @@ def serve_cell(r: RunRecord) -> str:
 
 def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
     """One row per run: raw values (for sorting, CSV and best-marking) and their formatted text. Time and
-    throughput are the headline figures; `includes_warmup` says they are the whole run's (an older record)."""
+    throughput are the headline figures; `whole_run` names those shown as the whole run's (an older record)."""
     scores = score_names(records)
     rows = []
     for r in ordered(records):
@@ -102,7 +102,7 @@ def summary_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
         for name in [n for n, _ in SUMMARY if n not in TEXT_COLUMNS] + scores + ["adapter_bytes"]:
             values[name] = headline.value(r.metrics, name)[0]
         values |= {"warmup_steps": r.metrics.get("warmup_steps"), "warmup_seconds": r.metrics.get("warmup_seconds"),
-                   "includes_warmup": headline.includes_warmup(r.metrics)}
+                   "whole_run": " ".join(headline.stand_ins(r.metrics))}
         values["merge"] = merge_cell(r)
         values["serve"] = serve_cell(r)
         values["error"] = error_headline(r.error)
@@ -128,8 +128,9 @@ def best_cells(rows: list[dict[str, Any]], names: list[str]) -> set[tuple[int, s
     for name in [n for n in names if n not in TEXT_COLUMNS and metric(n).better != "none"]:
         found = [(i, r[name]) for i, r in enumerate(rows) if r["status"] == "success" and r["method"] != BASELINE
                  and isinstance(r.get(name), (int, float))]
-        if name in headline.WHOLE_RUN and any(not rows[i].get("includes_warmup") for i, _ in found):
-            found = [(i, v) for i, v in found if not rows[i].get("includes_warmup")]
+        steady = [(i, v) for i, v in found if name not in rows[i].get("whole_run", "").split()]
+        if name in headline.WHOLE_RUN and steady:
+            found = steady
         if len({v for _, v in found}) < 2:
             continue
         top = (max if metric(name).better == "higher" else min)(v for _, v in found)
@@ -241,7 +242,8 @@ def group_rows(groups: list[Group], records: list[RunRecord]) -> list[dict[str, 
             s = g.summary(name)
             values[name] = None if s is None else s.mean
             values[f"{name}±"] = s.half_width if s is not None and metric(name).kind == "score" else None
-        values["includes_warmup"] = any(headline.includes_warmup(r.metrics) for r in g.ok)
+        values["whole_run"] = " ".join(n for n in headline.WHOLE_RUN if any(n in headline.stand_ins(r.metrics)
+                                                                              for r in g.ok))
         values["merge"] = merge_cell(_worst_merge(g))
         values["serve"] = serve_cell((g.ok or list(g.records))[0])
         values["error"] = next((error_headline(r.error) for r in g.records if r.status != "success"), "")
@@ -260,14 +262,12 @@ def row_cell(name: str, row: dict[str, Any]) -> str:
     if name == "seeds":
         return row["seeds"]
     if name == "warmup":
-        if row.get("includes_warmup"):
-            return f"included {headline.MARK}"
         return headline.warmup_text(row.get("warmup_steps"), row.get("warmup_seconds"))
     text = cell(name, row.get(name))
     half = row.get(f"{name}±")
     if half is not None and row.get(name) is not None:
         text += f" ± {format_value(name, half)}"
-    if name in headline.WHOLE_RUN and row.get("includes_warmup") and row.get(name) is not None:
+    if name in row.get("whole_run", "").split() and row.get(name) is not None:
         text += f" {headline.MARK}"
     return text
 

@@ -47,8 +47,8 @@ class Table:
     headers: list[str]
     numeric: list[bool]  # right-aligned columns
     rows: list[Row]
-    # What the marks mean, the first one saying what the best mark is: printed under the table.
-    notes: list[str] = field(default_factory=list)
+    # What the marks mean, by kind (bench.table.notes), the best mark first: printed under the table.
+    notes: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def summary_table(records: list[RunRecord]) -> Table:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: list[_Entry],
-           table_notes: list[str]) -> Table:
+           table_notes: dict[str, str]) -> Table:
     # The method and the trainable share ride in the run and trainable cells: two fewer columns to scroll past.
     cols = [(n, h) for n, h in columns if n not in ("method", "trainable_pct")]
     renamed = {"run": "run / method", "trainable_params": "trainable params"}
@@ -117,15 +117,16 @@ def _table(rows: list[dict[str, Any]], columns: list[tuple[str, str]], entries: 
     return Table([renamed.get(n, h) for n, h in cols], [n not in TEXT_COLUMNS for n, _ in cols], out, table_notes)
 
 
-def notes(records: list[RunRecord], rows: list[dict[str, Any]]) -> list[str]:
-    """What the table's marks and headline columns mean, the best mark first."""
-    out = ["the best value in each column among finished trained runs, by the metric's direction (not marked where "
-           "all runs tie)."]
+def notes(records: list[RunRecord], rows: list[dict[str, Any]]) -> dict[str, str]:
+    """What the table's marks and headline columns mean, by kind, the best mark first; "base" explains the
+    baseline's value beside each score (the terminal leaves those out)."""
+    out = {"best": "the best value in each column among finished trained runs, by the metric's direction (not "
+                   "marked where all runs tie)."}
     if baseline(records) is not None:
-        out.append("Scores show the untrained baseline's value beside them (base ...).")
+        out["base"] = "Scores show the untrained baseline's value beside them (base ...)."
     if any(r.get("warmup_steps") is not None for r in rows):
-        out.append(headline.STEADY_NOTE)
-    if any(r.get("includes_warmup") for r in rows):
-        out.append(headline.WHOLE_RUN_NOTE + " The best mark compares them with steady figures only where no run "
-                   "has any.")
+        out["steady"] = headline.STEADY_NOTE
+    if any(r.get("whole_run") for r in rows):
+        out["whole_run"] = (headline.WHOLE_RUN_NOTE + " The best mark compares them with steady figures only where "
+                            "no run has any.")
     return out

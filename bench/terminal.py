@@ -17,8 +17,9 @@ def rich_table(records: list[RunRecord], title: str | None = None) -> Table:
     """One row per run; with seeds, one per suite entry: mean ± 95% interval half-width of scores, mean costs.
     The best cells in bold green, what the marks mean under the table."""
     data = summary_table(records)
+    notes = [text for kind, text in data.notes.items() if kind != "base"]
     table = Table(title=title, header_style="bold", caption_justify="left",
-                  caption=("Bold green: " + " ".join(data.notes)) if data.notes else None)
+                  caption=("Bold green: " + " ".join(notes)) if notes else None)
     for header, numeric in zip(data.headers, data.numeric):
         table.add_column(header, justify="right" if numeric else "left")
     for row in data.rows:

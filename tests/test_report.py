@@ -92,9 +92,9 @@ def test_the_headline_time_and_throughput_are_steady_with_the_warmup_beside_them
     # ... and the older records keep their whole-run figures, marked, with the mark explained under the table.
     lora = next(r for r in table.rows if r.cells[0].text == "lora")
     shown = [lora.cells[col[h]].text for h in ("train s", "tok/s", "warm-up")]
-    assert shown == ["0.2 †", "22,910 †", "included †"]
-    assert any(n.startswith("† whole run, warm-up included") for n in table.notes)
-    assert any(n.startswith("train s and tok/s leave out the first steps") for n in table.notes)
+    assert shown == ["0.2 †", "22,910 †", "-"]
+    assert any(n.startswith("† whole run, warm-up included") for n in table.notes.values())
+    assert any(n.startswith("train s and tok/s leave out the first steps") for n in table.notes.values())
     md = render_markdown(now)
     assert "| full | 115,008 (100.0000%) | 538.0 MB | 0.1 | 70,000 | 5 steps, 0.1 s |" in md
     assert "- exact match vs train time, steady (s): full (0.1, 0.000)" in md  # golden: prompt_tuning †
@@ -109,7 +109,19 @@ def test_steady_figures_of_every_run_are_marked_best_among_themselves(records):
     # Whole-run, prompt_tuning was best on both (0.09 s, 56,517 tok/s); steady, lora is.
     assert best == {"train s": ["lora"], "tok/s": ["lora"]}
     assert not any("†" in c.text for r in table.rows for c in r.cells)
-    assert not any(n.startswith("†") for n in table.notes)
+    assert not any(n.startswith("†") for n in table.notes.values())
+
+
+def test_each_headline_figure_is_marked_on_its_own(records):
+    # Records from before steady_train_seconds held the steady throughput already (docs/results/quickstart.json).
+    now = [r.model_copy(deep=True, update={"metrics": {**r.metrics, "steady_tokens_per_second": 33.0}})
+           if r.run == "lora" else r for r in records]
+    table = summary_table(now)
+    col = {h: i for i, h in enumerate(table.headers)}
+    lora = next(r for r in table.rows if r.cells[0].text == "lora")
+    assert [lora.cells[col[h]].text for h in ("train s", "tok/s", "warm-up")] == ["0.2 †", "33", "-"]
+    # lora's steady 33 tok/s is judged alone among the steady figures (no mark); the whole-run ones are not.
+    assert [r.cells[0].text for r in table.rows if r.cells[col["tok/s"]].best] == []
 
 
 def test_failed_record_is_a_failed_row_with_its_error(records):
@@ -244,7 +256,8 @@ def test_csv_has_raw_numbers_and_error_headlines(folder):
     assert frame.set_index("run").loc["lora", "peak_memory_bytes"] == 569602048
     # An older record's time is the whole run's, and the CSV says so beside it.
     lora = frame.set_index("run").loc["lora"]
-    assert (round(lora["steady_train_seconds"], 4), bool(lora["includes_warmup"])) == (0.234, True)
+    assert (round(lora["steady_train_seconds"], 4), lora["whole_run"]) == (0.234, "steady_train_seconds "
+                                                                          "steady_tokens_per_second")
     failed = frame.set_index("run").loc["lora-typo"]
     assert failed["status"] == "failed"
     assert failed["error"].startswith("peft.utils.error.NoMatchingPeftModuleError: Target modules {'q_prj'}")

@@ -64,7 +64,7 @@ def test_reports_say_what_the_interval_is_and_which_test_judges_pairs():
     records = seeded_records()
     md = render_markdown(records)
     # These handmade records hold no steady figures: their whole-run time is shown, marked (bench.headline).
-    assert ("| full | 3 | **1,000** | 3.2 GB | 90.0 † | - | included † | **0.1000 ± 0.0000** (base 2.0000) | "
+    assert ("| full | 3 | **1,000** | 3.2 GB | 90.0 † | - | - | **0.1000 ± 0.0000** (base 2.0000) | "
             "**0.983 ± 0.072** (base 0.000) |") in md
     assert "Every row ran over seeds" not in md  # the pretrained baseline ran once
     assert "4 of the 5 rows ran over seeds 0, 1, 2; each row is one suite entry." in md

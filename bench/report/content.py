@@ -187,7 +187,7 @@ def tradeoffs(records: list[RunRecord]) -> list[Tradeoff]:
 
 def _mark(g: Group, name: str) -> str:
     """A point whose time is the whole run's (an older record, warm-up included) is marked as the table marks it."""
-    whole = name in headline.WHOLE_RUN and any(headline.includes_warmup(r.metrics) for r in g.ok)
+    whole = any(name in headline.stand_ins(r.metrics) for r in g.ok)
     return f" {headline.MARK}" if whole else ""
 
 
@@ -475,7 +475,7 @@ def build(records: list[RunRecord]) -> Report:
         intro=intro,
         warnings=warnings(records) + decoding_warnings(records),
         summary=table,
-        summary_notes=table.notes,
+        summary_notes=list(table.notes.values()),
         score=metric(scores[0]).label if scores else None,
         tradeoffs=tradeoffs(records),
         curves=curves(records),
