@@ -336,27 +336,31 @@ def _records(name: str):
 
 QUICKSTART_COLUMNS = [("trainable_pct", "trainable %"), ("peak_memory_bytes", "train peak"),
                       ("load_memory_bytes", "load"), ("eval_peak_memory_bytes", "eval peak"),
-                      ("merge_peak_memory_bytes", "merge peak"), ("train_seconds", "train s")]
+                      ("merge_peak_memory_bytes", "merge peak"), ("steady_train_seconds", "train s")]
 
 
 def quickstart_table(name: str = "quickstart") -> str:
     """The quickstart's summary: costs by phase, exact match with its 95% interval over the eval examples, the
     score through generate(), token F1 and the merge check."""
+    from bench import headline
     from bench.metrics import format_value
-    from bench.rows import merge_cell, ordered
+    from bench.rows import merge_cell, ordered, row_cell, summary_rows
 
     about, records = _records(name)
     head = ["run", *(label for _, label in QUICKSTART_COLUMNS), "exact match (95% interval)", "via generate()",
             "token F1", "merge"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in ordered(records):
+    rows = summary_rows(records)  # the time column as every summary shows it: steady, or the whole run's marked
+    for r, row in zip(ordered(records), rows):
         em, iv = r.metrics.get("exact_match"), r.intervals.get("exact_match")
         score = format_value("exact_match", em) + (f" ({iv.low:.3f}-{iv.high:.3f})" if iv else "")
-        cells = [r.run, *(format_value(k, r.metrics.get(k)) for k, _ in QUICKSTART_COLUMNS), score,
+        cells = [r.run, *(row_cell(k, row) if k in headline.WHOLE_RUN else format_value(k, r.metrics.get(k))
+                          for k, _ in QUICKSTART_COLUMNS), score,
                  format_value("exact_match", r.metrics.get("via_generate_exact_match")),
                  format_value("token_f1", r.metrics.get("token_f1")), merge_cell(r)]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
-    return "\n".join([*lines, "", provenance(about)])
+    marked = [headline.WHOLE_RUN_NOTE] if any(row["whole_run"] for row in rows) else []
+    return "\n".join([*lines, "", *marked, *([""] if marked else []), provenance(about)])
 
 
 def run_output(name: str = "quickstart") -> str:
