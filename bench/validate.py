@@ -269,9 +269,9 @@ def _type_problem(method: Method, key: str, value: Any) -> str | None:
 
 def _plan_for_validation(suite: Suite):
     """Stand-ins for what a run knows only once it runs: its step count (the step budget where there is one)."""
-    from methods import Plan
+    from methods import RunFacts
 
-    return Plan(total_steps=suite.budget.max_steps or 1000, special_token_ids=(0,))
+    return RunFacts(total_steps=suite.budget.max_steps or 1000, special_token_ids=(0,))
 
 
 def _resolved_problems(suite: Suite, doc: dict, bad: set[int]) -> list[Problem]:
