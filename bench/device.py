@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import torch
 
 from bench.config import Precision
@@ -38,7 +38,7 @@ class Place:
 
     device: torch.device
     dtype: torch.dtype
-    ranks: Ranks = None  # type: ignore[assignment]  # set from `device` when not given
+    ranks: Ranks = field(default=None, compare=False)  # type: ignore[assignment]  # from `device` when not given
 
     def __post_init__(self):
         if self.ranks is None:
