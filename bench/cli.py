@@ -208,21 +208,22 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.baseline import load_side
     from bench.compare import compare, settings_from
     from bench.records import RecordError
+    from bench.reference import load_side
     from bench.report.gate import render_markdown, render_refusal
 
     try:
-        baseline, current = load_side(args.baseline), load_side(args.current)
+        reference, current = load_side(args.reference), load_side(args.current)
     except RecordError as e:
         print(e, file=sys.stderr)
         return EXIT_USAGE
-    comparison = compare(baseline, current, settings_from(current))
+    comparison = compare(reference, current, settings_from(current))
     if comparison.refusals and not args.force:
         for line in comparison.refusals:
             print(f"not comparable: {line}", file=sys.stderr)
-        print("Make a new baseline for the changed suite, or compare anyway with --force.", file=sys.stderr)
+        print("Store new reference records for the changed suite (bench save-reference), or compare anyway with "
+              "--force.", file=sys.stderr)
         if args.markdown:
             Path(args.markdown).write_text(render_refusal(comparison.refusals))
         return EXIT_USAGE
@@ -235,9 +236,9 @@ def cmd_compare(args) -> int:
     return 1 if comparison.failed else EXIT_OK
 
 
-def cmd_save_baseline(args) -> int:
-    from bench.baseline import load_side, save_baseline
+def cmd_save_reference(args) -> int:
     from bench.records import RecordError
+    from bench.reference import load_side, save_reference
 
     try:
         records = load_side(args.results)
@@ -246,11 +247,11 @@ def cmd_save_baseline(args) -> int:
         return EXIT_USAGE
     failed = [r.run for r in records if not r.ok]
     if failed:
-        # A baseline with failed runs would let those runs fail forever unnoticed.
-        print(f"{args.results}: not every run succeeded ({', '.join(failed)}); rerun before storing a baseline",
+        # Reference records with failed runs would let those runs fail forever unnoticed.
+        print(f"{args.results}: not every run succeeded ({', '.join(failed)}); rerun before storing reference records",
               file=sys.stderr)
         return 1
-    save_baseline(records, Path(args.file))
+    save_reference(records, Path(args.file))
     print(f"wrote {args.file} ({len(records)} records)")
     return EXIT_OK
 
@@ -365,16 +366,18 @@ def _result_parsers(sub) -> None:
     p.add_argument("results", help="results folder")
     p.add_argument("--csv", action="store_true", help="also write summary.csv")
     p.set_defaults(func=cmd_report)
-    p = sub.add_parser("compare", help="regression gate: compare records against a baseline (exit 1 on regression)")
-    p.add_argument("baseline", help="baseline results folder or stored baseline file")
+    p = sub.add_parser("compare", help="regression gate: compare records against reference records (a stored file "
+                       "such as baselines/smoke.json, or a results folder; exit 1 on regression)")
+    p.add_argument("reference", help="stored reference file (bench save-reference) or results folder to compare with")
     p.add_argument("current", help="current results folder")
     p.add_argument("--force", action="store_true", help="compare even when suite version, model or data differ")
     p.add_argument("--markdown", metavar="FILE", help="also write the Markdown table to FILE (for a PR comment)")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("save-baseline", help="store the records of a results folder as one baseline file")
+    p = sub.add_parser("save-reference", aliases=["save-baseline"], help="store the records of a results folder as "
+                       "one reference file the gate compares with (also: save-baseline)")
     p.add_argument("results", help="results folder")
-    p.add_argument("file", help="baseline file to write (JSON)")
-    p.set_defaults(func=cmd_save_baseline)
+    p.add_argument("file", help="reference file to write (JSON), e.g. baselines/smoke.json")
+    p.set_defaults(func=cmd_save_reference)
     p = sub.add_parser("recommend", help="the best method under limits on memory, time and size, its Pareto front, "
                        "and why (exit 1 when no method meets the limits)")
     p.add_argument("results", help="results folder")

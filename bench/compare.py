@@ -1,9 +1,10 @@
-"""The regression gate's comparison: each run's metrics against a baseline's, matched by run name, as plain data.
+"""The regression gate's comparison: each run's metrics against the reference records' (a stored file or a results
+folder; "baseline" is the untrained run), matched by run name, as plain data.
 
 Every metric gets a verdict (ok / regression / improved / missing) against its tolerance (bench.regression) in its
 worse direction; `Comparison.failed` is whether the gate fails. Refusals say when the two sides are not like with like
 (suite version, model, dataset) and warnings when their environments differ. Rendering is bench.report.gate, stored
-baselines bench.baseline, the command `python -m bench compare` in bench.cli.
+baselines bench.reference, the command `python -m bench compare` in bench.cli.
 """
 
 from __future__ import annotations

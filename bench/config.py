@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, ClassVar, Literal, Optional
 
 from pydantic import (
     BaseModel,
@@ -19,6 +19,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    SerializationInfo,
     create_model,
     model_serializer,
     model_validator,
@@ -48,15 +49,27 @@ KEPT = _Marker("KEPT")
 NOT_HASHED = _Marker("NOT_HASHED")
 
 
+# In a dump's context: every field, defaults included: the fully resolved config a record stores. The hash and the
+# run's config.json take the form without defaults.
+RESOLVED = "resolved"
+
+
 def _marked(field: Any, marker: _Marker) -> bool:
     return any(m is marker for m in field.metadata)
 
 
 class Versioned(Strict):
-    """A part of a run's config: its JSON form leaves out each field at its default unless the field is KEPT."""
+    """A part of a run's config: its JSON form leaves out each field at its default unless the field is KEPT (or
+    the dump's context asks for RESOLVED)."""
+
+    # Fields at None that only some settings take (a backend's options): left out even when RESOLVED, since
+    # giving them refuses the config.
+    none_not_taken: ClassVar[bool] = False
 
     @model_serializer(mode="wrap")
-    def _without_defaults(self, handler):
+    def _without_defaults(self, handler, info: SerializationInfo):
+        if info.context and info.context.get(RESOLVED):
+            return {k: v for k, v in handler(self).items() if v is not None or not self.none_not_taken}
         fields = type(self).model_fields
         return {k: v for k, v in handler(self).items() if k not in fields or _marked(fields[k], KEPT)
                 or getattr(self, k) != fields[k].get_default(call_default_factory=True)}
@@ -260,6 +273,8 @@ BACKEND_SETTINGS: dict[tuple[str, int | None], dict[str, Any]] = {
 class Quantization(Versioned):
     """The base model's quantisation (loaded by bench.quantization): bitsandbytes 8- or 4-bit, torchao weight-only or
     HQQ. Every setting the backend takes is written out in the resolved config, its default where unset."""
+
+    none_not_taken: ClassVar[bool] = True
 
     backend: Annotated[Backend, KEPT] = Field("bitsandbytes", description="the library that quantises the base: "
                                               "bitsandbytes, torchao (weight-only) or hqq")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
+from dataclasses import dataclass, field
 import torch
 
 from bench.config import Precision
-
-if TYPE_CHECKING:
-    from bench.distributed import Ranks
+from bench.distributed import Ranks
 
 
 def pick_device() -> torch.device:
@@ -37,15 +33,20 @@ def pick_dtype(precision: Precision, device: torch.device) -> torch.dtype:
 
 @dataclass(frozen=True)
 class Place:
-    """The device and compute dtype of this process; `ranks` when it is one of a distributed run's processes."""
+    """The device and compute dtype of this process, and its place among the run's processes (`ranks`: this one
+    alone unless given)."""
 
     device: torch.device
     dtype: torch.dtype
-    ranks: Ranks | None = None
+    ranks: Ranks = field(default=None, compare=False)  # type: ignore[assignment]  # from `device` when not given
+
+    def __post_init__(self):
+        if self.ranks is None:
+            object.__setattr__(self, "ranks", Ranks(self.device))
 
     @classmethod
     def create(cls, precision: Precision, ranks: Ranks | None = None) -> Place:
-        device = ranks.device if ranks else pick_device()
+        device = ranks.device if ranks is not None else pick_device()  # a process alone unless ranks are given
         if device.type == "cuda" and device.index is not None:
             # Once, for every later call that takes the current device (kernels, caches, bitsandbytes): without it,
             # BENCH_DEVICE=cuda:1 alone would run half the work on GPU 0.
@@ -55,7 +56,7 @@ class Place:
     @property
     def main(self) -> bool:
         """Whether this process writes progress, checkpoints and the record."""
-        return self.ranks is None or self.ranks.main
+        return self.ranks.main
 
     @property
     def cuda(self) -> bool:

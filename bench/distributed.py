@@ -1,4 +1,4 @@
-"""One run across several processes: the worker under `accelerate launch` (DDP, FSDP), its rank, and global sums.
+"""A run's processes: one alone (`Ranks`), or several under `accelerate launch` (DDP, FSDP), with global sums.
 
 The runner starts such a run as `python -m accelerate.commands.launch --config_file C --num_processes N -m bench.worker
 CONFIG RUN_DIR`; every process runs the worker, trains its share of each micro-batch, and only the main process
@@ -7,10 +7,13 @@ evaluates and writes the result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any
 
 import torch
+
+from bench.loss import chunked
 
 SUPPORTED = ("MULTI_GPU", "MULTI_CPU", "FSDP")
 
@@ -20,7 +23,52 @@ class DistributedError(Exception):
 
 
 class Ranks:
-    """This process's place among the run's processes, and the collectives the training loop needs."""
+    """This process's place among the run's processes and the collectives the training loop needs: here a run in
+    one process, rank 0 of one, whose collectives return what they are given and whose model is its own."""
+
+    rank, world, main, sharded = 0, 1, True, False
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        return model, optimizer
+
+    def release(self) -> None:
+        pass
+
+    def gather(self, values: list[float]) -> list[list[float]]:
+        return [list(values)]
+
+    def sum(self, value: float) -> float:
+        return value
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """None: the model saves its own state."""
+        return None
+
+    def environment(self) -> dict[str, Any]:
+        """What the record's environment says about the processes: nothing for one."""
+        return {}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def no_sync(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Gradient accumulation: gradients are synchronised on the step's last micro-batch only (one process has
+        nothing to synchronise)."""
+        return contextlib.nullcontext()
+
+    def clip_grad_norm_(self, model: torch.nn.Module, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def loss(self, model: torch.nn.Module, chunk_bytes: int | str | None) -> contextlib.AbstractContextManager:
+        """The chunked loss over response positions (bench.loss)."""
+        return chunked(model, chunk_bytes)
+
+
+class DistributedRanks(Ranks):
+    """One of several processes under `accelerate launch`: its rank, and the collectives over all of them."""
 
     def __init__(self, device: torch.device, requested: str | None = None):
         """`device`: the one this process would use alone; accelerate picks each process's own from it.
@@ -67,9 +115,27 @@ class Ranks:
     def sum(self, value: float) -> float:
         return sum(row[0] for row in self.gather([value]))
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self) -> dict[str, Any] | None:
         """The whole model's state on the main process; every process must call it (FSDP gathers the shards)."""
         return self.accelerator.get_state_dict(self.model)
+
+    def environment(self) -> dict[str, Any]:
+        return {"distributed": self.describe()}
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss)
+
+    def no_sync(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if last else self.accelerator.no_sync(model)
+
+    def clip_grad_norm_(self, model: torch.nn.Module, params: list[torch.nn.Parameter], max_norm: float) -> None:
+        """The norm over every process's shards (FSDP): the wrapped model's parameters, not this process's list."""
+        self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+
+    def loss(self, model: torch.nn.Module, chunk_bytes: int | str | None) -> contextlib.AbstractContextManager:
+        """The model's own loss: DDP's and FSDP's hooks expect each weight's gradient once per forward, and FSDP's
+        shards are whole only inside it, so the chunked loss does not run here."""
+        return contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
         """What the record says about the set-up."""

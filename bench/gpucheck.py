@@ -77,8 +77,7 @@ def fit(cfg: RunConfig, place: Place, data: list[tuple[float, dict]], steps: int
         model.to(cast)
     built(model)
     tr = cfg.training.model_copy(update={"learning_rate": lr, "max_grad_norm": None, "warmup_ratio": 0.0})
-    result = train(model, iter(data * math.ceil(steps / len(data))), tr, Budget(max_steps=steps), steps,
-                   place.device, autocast=place.autocast)
+    result = train(model, iter(data * math.ceil(steps / len(data))), tr, Budget(max_steps=steps), steps, place)
     return [p["loss"] for p in result.curve], model
 
 

@@ -14,7 +14,7 @@ from bench import models as M
 from bench.config import RunConfig
 from bench.device import Place
 from bench.records import DataNotes
-from methods import METHODS, Method, Plan
+from methods import METHODS, Method, RunFacts
 
 
 @dataclass
@@ -110,12 +110,12 @@ def supports_flex(cfg: RunConfig, folder: str | None) -> bool:
     return bool(model_class is not None and getattr(model_class, "_supports_flex_attn", False))
 
 
-def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None, plan: Plan | None = None,
+def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | None, plan: RunFacts | None = None,
           tokenizer=None) -> torch.nn.Module:
     """The model as this run trains it: the base in the run's dtype (4-bit NF4 when the method says so), frozen,
     then the method's PEFT wrapping, with every weight that trains in fp32 (see `trainable_in_fp32`), and the
     method's `after_build` hook (which may read the tokenizer); with no method, the frozen base. `plan`
-    (bench.train.plan_of; default: the step budget) is what the method's hooks read."""
+    (bench.train.facts_of; default: the step budget) is what the method's hooks read."""
     from bench.quantization import of_run
 
     quant = of_run(cfg, method)
@@ -134,7 +134,7 @@ def build(cfg: RunConfig, folder: str | None, place: Place, method: Method | Non
         # and 4-bit bases work without PEFT's prepare_model_for_kbit_training, whose fp32 upcast of every other
         # weight (embeddings, norms, lm_head) costs gigabytes at 8B and puts the residual stream in fp32.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    peft_config = method.config(plan or Plan(total_steps=cfg.budget.max_steps or 1000), **cfg.params)
+    peft_config = method.config(plan or RunFacts(total_steps=cfg.budget.max_steps or 1000), **cfg.params)
     if peft_config is None:
         model.requires_grad_(True)
     else:

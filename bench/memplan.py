@@ -188,11 +188,11 @@ def measure(arch, method, params, setting: Setting, plan, depth: int, rows: int)
 
 @functools.lru_cache(maxsize=512)
 def _measure(key: str) -> Counted:
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     arch, method_id, params, setting, total_steps, special, depth, rows = json.loads(key)
     method, setting = METHODS[method_id], Setting(**setting)
-    plan = Plan(total_steps=total_steps, special_token_ids=tuple(special))
+    plan = RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
     try:
         return _count(_small_model(arch, depth, method, params, setting, plan), setting, rows, "fake")
     except Exception as e:  # noqa: BLE001 - an op that needs values; it runs for real below
@@ -229,10 +229,10 @@ def _small_model(arch, depth: int, method, params, setting: Setting, plan, real:
 @functools.lru_cache(maxsize=4)
 def _built(key: str):
     from bench.tuners import _mica
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     arch, depth, method_id, params, dtype, trainable_fp32, total_steps, special, real = json.loads(key)
-    method, plan = METHODS[method_id], Plan(total_steps=total_steps, special_token_ids=tuple(special))
+    method, plan = METHODS[method_id], RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
     setting = Setting(batch_size=1, seq_len=1, dtype=dtype, trainable_fp32=trainable_fp32)
     if not (real or method.needs_weights or _mica(params)):
         try:

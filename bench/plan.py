@@ -20,7 +20,9 @@ SHIPPED = Path(__file__).parent / "archs"  # config.json of the models the shipp
 
 
 @dataclass
-class PlanRow:
+class Sizing:
+    """What `bench plan` says of one run before it runs: its parameters, weights' bytes, predicted memory and time."""
+
     run: str
     method: str
     trainable_params: int | None
@@ -61,13 +63,13 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
                      "config")
 
 
-def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
+def size_run(cfg: RunConfig, card: tuple[float, str] | None = None) -> Sizing:
     """The row of one run; `card`: the memory of the card to fit (bytes, and its name)."""
     from bench.tuners import NeedsWeights, apply
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     precision = cfg.training.precision if cfg.training.precision != "auto" else "bf16"
-    row = PlanRow(cfg.run, cfg.method, None, None, None, None, None, precision, "meta")
+    row = Sizing(cfg.run, cfg.method, None, None, None, None, None, precision, "meta")
     try:
         arch = architecture(cfg)
     except Exception as e:  # the Hub offline, a missing file: said in the row, the other runs still plan
@@ -83,8 +85,8 @@ def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
         row.note = "the tokenizer cannot be read here: its special tokens (trainable_tokens' default rows) count as one"
     predict_memory(row, cfg, arch, card, special or (0,))
     try:
-        applied = apply(arch, METHODS[cfg.method], cfg.params, Plan(total_steps=cfg.budget.max_steps or 1000,
-                                                                    special_token_ids=special or (0,)),
+        applied = apply(arch, METHODS[cfg.method], cfg.params, RunFacts(total_steps=cfg.budget.max_steps or 1000,
+                                                                        special_token_ids=special or (0,)),
                         spec and spec.name, spec.kwargs if spec else None, scaled=True)
     except NeedsWeights as e:
         row.weights, row.note = "needs weights", str(e)
@@ -94,14 +96,14 @@ def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
     return row
 
 
-def predict_memory(row: PlanRow, cfg: RunConfig, arch: dict[str, Any], card: tuple[float, str] | None,
+def predict_memory(row: Sizing, cfg: RunConfig, arch: dict[str, Any], card: tuple[float, str] | None,
                    special: tuple[int, ...]) -> None:
     """The run's GPU training peak into the row; whether it fits `card` and the largest batch that does; the time its
     budget takes on `card` where it names a card with a known peak (an estimate)."""
     from bench.memplan import predict, setting_of, time_estimate
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
-    plan = Plan(total_steps=cfg.budget.max_steps or 1000, special_token_ids=special)
+    plan = RunFacts(total_steps=cfg.budget.max_steps or 1000, special_token_ids=special)
     try:
         pred = predict(arch, METHODS[cfg.method], cfg.params, setting_of(cfg), plan)
     except Exception as e:  # noqa: BLE001 - what PEFT or torch raise on this build: said in the row
@@ -129,7 +131,7 @@ def _special_token_ids(model_json: str) -> tuple[int, ...] | None:
 
 
 def special_token_ids(model) -> tuple[int, ...] | None:
-    """The special tokens of the run's tokenizer, as the run's plan has them (bench.train.plan_of); None where the
+    """The special tokens of the run's tokenizer, as the run's facts have them (bench.train.facts_of); None where the
     tokenizer cannot be read here."""
     return None if model.gguf else _special_token_ids(model.model_dump_json())
 
@@ -162,7 +164,7 @@ def cmd_plan(args) -> int:
     except (SuiteError, ValueError) as e:
         err.print(e.render() if isinstance(e, SuiteError) else str(e), markup=False)
         return EXIT_USAGE
-    rows = [plan_row(cfg, card) for cfg in suite.resolved_runs()]
+    rows = [size_run(cfg, card) for cfg in suite.resolved_runs()]
     say_unknown_architecture(args.suite, suite.model, rows)
     if args.json:
         for row in rows:
@@ -184,7 +186,7 @@ def fit_warnings(path: str, runs: list[RunConfig], gpu_memory: str) -> int:
     except ValueError as e:
         err.print(str(e), markup=False)
         return EXIT_USAGE
-    rows = [plan_row(cfg, card) for cfg in runs]
+    rows = [size_run(cfg, card) for cfg in runs]
     for r in rows:
         if r.fits is False:
             err.print(f"warning: {path}: run {r.run}: predicted GPU training peak {r.memory['need'] / 2**30:.1f} "
@@ -195,7 +197,7 @@ def fit_warnings(path: str, runs: list[RunConfig], gpu_memory: str) -> int:
     return EXIT_OK
 
 
-def say_unknown_architecture(path: str, model, rows: list[PlanRow]) -> None:
+def say_unknown_architecture(path: str, model, rows: list[Sizing]) -> None:
     """Once per suite, in one line: the model's config.json cannot be read here, and how to fix that."""
     unknown = [r for r in rows if r.note.startswith("architecture unknown")]
     if not unknown or model.hub is None:
@@ -208,7 +210,7 @@ def say_unknown_architecture(path: str, model, rows: list[PlanRow]) -> None:
         r.note = "architecture unknown (see above)"
 
 
-def plan_table(name: str, rows: list[PlanRow], card: tuple[float, str] | None):
+def plan_table(name: str, rows: list[Sizing], card: tuple[float, str] | None):
     from rich.table import Table
 
     from bench.metrics import human_bytes

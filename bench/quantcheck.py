@@ -92,7 +92,7 @@ def _trial(config: str, method_id: str, params: str, q: str) -> str | None:
 
     from bench.config import ModelSpec
     from bench.models import load_model
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     method = METHODS[method_id]
     try:
@@ -100,7 +100,8 @@ def _trial(config: str, method_id: str, params: str, q: str) -> str | None:
                           quantization=Quantization.model_validate_json(q))
         from peft import get_peft_model
 
-        model = get_peft_model(base, method.config(Plan(total_steps=10, special_token_ids=(0,)), **json.loads(params)))
+        facts = RunFacts(total_steps=10, special_token_ids=(0,))
+        model = get_peft_model(base, method.config(facts, **json.loads(params)))
     except Exception as e:  # whatever PEFT or the backend raises is the reason
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
     ids = torch.arange(1, 9).unsqueeze(0)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, SerializationInfo, ValidationError, field_serializer
 
-from bench.config import BASELINE, RunConfig
+from bench.config import BASELINE, RESOLVED, RunConfig
 from bench.layout import run_path
 from bench.util import atomic_write
 
@@ -122,6 +122,9 @@ SCHEMA_VERSION = 2
 
 
 class RunRecord(BaseModel):
+    """One run's record. `schema_version` says which version wrote it: `parse_record` brings an older one's shape to
+    today's (MIGRATIONS), and the number stays, since what a metric measured then is what it says (compare reads it)."""
+
     model_config = ConfigDict(extra="forbid")
 
     schema_version: int = SCHEMA_VERSION
@@ -152,10 +155,10 @@ class RunRecord(BaseModel):
     tracker_errors: dict[str, str] = {}
     placement: Placement | None = None  # None in records from before it was recorded
 
-    @field_validator("merge", "data", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: Any) -> Any:
-        return None if value == {} else value  # how records before these parts had types said "not measured"
+    @field_serializer("config")
+    def _resolved(self, config: RunConfig, info: SerializationInfo) -> dict[str, Any]:
+        """The fully resolved config, every default written out (its hash is over the form without them)."""
+        return config.model_dump(mode=info.mode, context={RESOLVED: True})
 
     @property
     def trained(self) -> bool:
@@ -167,7 +170,8 @@ class RunRecord(BaseModel):
 
     @property
     def stored_config(self) -> dict[str, Any]:
-        """The config as the record stores it (older records hold fewer keys than today's RunConfig has)."""
+        """The config as it was set: the fields a suite or resolution gave, defaults left out (a record written
+        before a field existed and one written after differ in nothing then)."""
         return self.config.model_dump(mode="json", exclude_unset=True)
 
     @classmethod
@@ -196,9 +200,33 @@ class RecordError(Exception):
     pass
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 said "not measured" of the merge check and the data notes with an empty mapping; now with None.
+    (Its peak_memory_bytes was the whole process's peak: a measurement no step can redo, so the record keeps saying
+    version 1 and compare does not gate memory across versions.)"""
+    return data | {k: None for k in ("merge", "data") if data.get(k) == {}}
+
+
+# One step per schema version: MIGRATIONS[n] takes a record's JSON data of version n to the shape of version n + 1.
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """A record's JSON data in today's shape: the steps from the version it says up to SCHEMA_VERSION, in order."""
+    version = data.get("schema_version")
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise RecordError(f"{where}: schema_version {version!r} is not one this harness reads (1 to "
+                          f"{SCHEMA_VERSION}; a newer harness wrote it?)")
+    for step in range(version, SCHEMA_VERSION):
+        data = MIGRATIONS[step](data)
+    return data
+
+
 def parse_record(data: Any, where: str) -> RunRecord:
+    if not isinstance(data, dict):
+        raise RecordError(f"{where}: not a valid run record (a JSON object expected, got {type(data).__name__})")
     try:
-        return RunRecord.model_validate(data)
+        return RunRecord.model_validate(migrate(data, where))
     except ValidationError as e:
         raise RecordError(f"{where}: not a valid run record ({str(e).splitlines()[0]})") from None
 

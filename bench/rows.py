@@ -60,7 +60,7 @@ def labels(records: list[RunRecord]) -> dict[int, str]:
 def base_marks(r: RunRecord) -> str:
     """What the summary table adds to a run's name where its base or its weights are not the usual: the base's
     quantisation (training.quantization, qlora's NF4) and pure bf16 (no fp32 master weights)."""
-    env = r.environment or {}
+    env = r.environment
     marks = [env["quantization"]["name"]] if isinstance(env.get("quantization"), dict) else []
     if env.get("master_weights", "").startswith("none"):
         marks.append("pure bf16, no fp32 masters")

@@ -47,13 +47,16 @@ def now() -> str:
 
 
 @dataclass
-class Plan:
+class Decision:
+    """Whether `bench run` runs a config or skips it, and why."""
+
     config: RunConfig
     action: str  # "run" or "skip"
     why: str
 
 
-def plan(configs: list[RunConfig], out_dir: Path, force: bool = False, only: list[str] | None = None) -> list[Plan]:
+def plan(configs: list[RunConfig], out_dir: Path, force: bool = False,
+         only: list[str] | None = None) -> list[Decision]:
     """What to run: a run whose successful record matches its resolved config is skipped unless forced. `only`
     names runs, methods or suite entries (an entry's name selects all its seeds)."""
     plans = []
@@ -62,22 +65,22 @@ def plan(configs: list[RunConfig], out_dir: Path, force: bool = False, only: lis
             continue
         path = record_path(out_dir, cfg.run)
         if force:
-            plans.append(Plan(cfg, "run", "forced"))
+            plans.append(Decision(cfg, "run", "forced"))
             continue
         if not path.exists():
-            plans.append(Plan(cfg, "run", "no record yet"))
+            plans.append(Decision(cfg, "run", "no record yet"))
             continue
         try:
             old = read_record(path)
         except RecordError:
-            plans.append(Plan(cfg, "run", "unreadable record"))
+            plans.append(Decision(cfg, "run", "unreadable record"))
             continue
         if old.status != "success":
-            plans.append(Plan(cfg, "run", f"last run {old.status}"))
+            plans.append(Decision(cfg, "run", f"last run {old.status}"))
         elif old.config_hash != cfg.config_hash:
-            plans.append(Plan(cfg, "run", "config changed"))
+            plans.append(Decision(cfg, "run", "config changed"))
         else:
-            plans.append(Plan(cfg, "skip", "up to date"))
+            plans.append(Decision(cfg, "skip", "up to date"))
     return plans
 
 

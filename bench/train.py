@@ -18,12 +18,11 @@ from bench.data import IGNORE
 from bench.device import Place
 from bench.flops import peak_flops, train_flops
 from bench.layout import PROGRESS
-from bench.loss import chunked
 
 if TYPE_CHECKING:
     from bench.distributed import Ranks
     from bench.load import Loaded
-    from methods import Method, Plan
+    from methods import Method, RunFacts
 
 Batch = dict[str, torch.Tensor]
 
@@ -55,15 +54,15 @@ def planned_steps(budget: Budget, n_batches_per_epoch: int, grad_accum: int, epo
     return min(budget.max_steps, by_epochs) if budget.max_steps is not None else by_epochs
 
 
-def plan_of(cfg: RunConfig, loaded: Loaded) -> Plan:
+def facts_of(cfg: RunConfig, loaded: Loaded) -> RunFacts:
     """What the method's hooks know of the run before the model exists: its planned optimiser steps and the
     tokenizer's special tokens."""
-    from methods import Plan
+    from methods import RunFacts
 
     tr = cfg.training
     steps_per_epoch = len(D.batch_order(loaded.train, tr.batch_size, tr.seed))
-    return Plan(total_steps=planned_steps(cfg.budget, steps_per_epoch, tr.grad_accum, tr.epochs),
-                special_token_ids=tuple(sorted(loaded.tokenizer.all_special_ids)))
+    return RunFacts(total_steps=planned_steps(cfg.budget, steps_per_epoch, tr.grad_accum, tr.epochs),
+                    special_token_ids=tuple(sorted(loaded.tokenizer.all_special_ids)))
 
 
 def steady_after(total_steps: int) -> int:
@@ -91,21 +90,21 @@ def train(
     training: Training,
     budget: Budget,
     total_steps: int,
-    device: torch.device,
+    place: Place,
     on_step: Callable[[dict[str, float]], None] = lambda _: None,
     on_epoch: Callable[[int, int], None] = lambda _e, _s: None,
     warmup_steps: int = 0,
-    ranks: Ranks | None = None,
-    scaler: torch.amp.GradScaler | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     method: Method | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> TrainResult:
-    """Train until the budget binds. With `ranks` (several processes, bench.distributed), `batches` yields this
-    process's share of each micro-batch; losses and counts in the result and the curve are over all processes.
-    `autocast` wraps each forward pass alone (backward runs outside it, as PyTorch advises); `scaler`: fp16's loss
-    scaling. Time spent in the callbacks is not training time: it is left out of the clock,
-    of throughput and of the max_seconds budget, and counted apart. `method.on_step`: after each optimiser step."""
-    model, optimizer, scheduler = _optimizer(model, training, total_steps, device, ranks)
+    """Train until the budget binds on `place`: its device, its dtype's autocast around each forward pass alone
+    (backward runs outside it, as PyTorch advises), and its ranks. With several processes (bench.distributed),
+    `batches` yields this process's share of each micro-batch; losses and counts in the result and the curve are over
+    all processes. `scaler`: fp16's loss scaling (one with PyTorch's defaults when the place computes in fp16).
+    Time spent in the callbacks is not training time: it is left out of the clock, of throughput and of the
+    max_seconds budget, and counted apart. `method.on_step`: after each optimiser step."""
+    ranks, scaler = place.ranks, scaler if scaler is not None else fp16_scaler(place)
+    model, optimizer, scheduler = _optimizer(model, training, total_steps, place)
     params = [p for p in model.parameters() if p.requires_grad]  # after the optimiser: LoRA-FA freezes lora_A
     after_step = (lambda step: method.on_step(model, step)) if method is not None else None
     result = TrainResult()
@@ -118,13 +117,12 @@ def train(
         if micro is None:
             result.stopped_by = result.stopped_by or "epochs"
             break
-        step_loss = _accumulate(model, micro, result, device, ranks, scaler, autocast, training.loss_chunk_bytes)
+        step_loss = _accumulate(model, micro, result, place, scaler, training.loss_chunk_bytes)
         if not math.isfinite(step_loss):
             result.curve.append({"step": result.steps + 1, "loss": step_loss})
             raise Diverged(f"loss became {step_loss} at step {result.steps + 1}")
         _update(model, params, optimizer, scheduler, training, ranks, scaler, after_step, result.steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # the step's kernels are done: its time is real, not queued
+        place.synchronize()  # on CUDA the step's kernels are done: its time is real, not queued
         result.steps += 1
         result.seconds = clock.seconds()
         if result.steps == warmup_steps:
@@ -147,18 +145,22 @@ def train(
     return result
 
 
-def _optimizer(model, training: Training, total_steps: int, device: torch.device, ranks: Ranks | None):
+def fp16_scaler(place: Place) -> torch.amp.GradScaler | None:
+    """fp16's loss scaling with PyTorch's defaults where the place computes in fp16; None elsewhere."""
+    return torch.amp.GradScaler(place.device.type) if place.dtype == torch.float16 else None
+
+
+def _optimizer(model, training: Training, total_steps: int, place: Place):
     """The run's optimiser (AdamW unless training.optimizer names another) over the trainable parameters and the
-    suite's schedule; under DDP/FSDP, prepared by accelerate."""
+    suite's schedule, model and optimiser prepared by the place's ranks (accelerate's wrapping under DDP/FSDP)."""
     from transformers import get_scheduler
 
     from bench.optim import make_optimizer
 
     spec = training.optimizer
     optimizer = make_optimizer(model, spec and spec.name, spec.kwargs if spec else {}, lr=training.learning_rate,
-                               weight_decay=training.weight_decay, fused=device.type == "cuda")
-    if ranks is not None:
-        model, optimizer = ranks.prepare(model, optimizer)
+                               weight_decay=training.weight_decay, fused=place.cuda)
+    model, optimizer = place.ranks.prepare(model, optimizer)
     scheduler = get_scheduler(training.scheduler, optimizer, num_training_steps=total_steps,
                               num_warmup_steps=int(training.warmup_ratio * total_steps))
     return model, optimizer, scheduler
@@ -186,14 +188,13 @@ def _take(batches: Iterator[tuple[float, Batch]], n: int) -> list[tuple[float, B
     return micro
 
 
-def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, device: torch.device,
-                ranks: Ranks | None, scaler: torch.amp.GradScaler | None, autocast, chunk_bytes: int | None) -> float:
+def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, place: Place,
+                scaler: torch.amp.GradScaler | None, chunk_bytes: int | None) -> float:
     """Forward and backward over one step's micro-batches; the step's loss. The loss is a mean over every response
     token of the step, however they split into micro-batches (and, with several processes, over every process's
     share)."""
-    n_targets = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
-    if ranks is not None:
-        n_targets = int(ranks.sum(n_targets))
+    ranks, device = place.ranks, place.device
+    n_targets = int(ranks.sum(sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)))
     step_loss = 0.0
     before = _counts(result)
     for i, (progress, batch) in enumerate(micro):
@@ -201,31 +202,19 @@ def _accumulate(model, micro: list[tuple[float, Batch]], result: TrainResult, de
         batch = {k: v.to(device) for k, v in batch.items()}
         # use_cache=False: with a KV cache transformers skips packed-sequence detection and packed examples would
         # attend to each other.
-        with _no_sync(ranks, model, last=i == len(micro) - 1):
-            with autocast(), _loss(model, ranks, chunk_bytes):
+        with ranks.no_sync(model, last=i == len(micro) - 1):
+            with place.autocast(), ranks.loss(model, chunk_bytes):
                 out = model(**batch, num_items_in_batch=torch.tensor(n_targets, device=device), use_cache=False)
             # DDP averages gradients over processes; each loss is already a share of the global mean.
-            loss = out.loss if ranks is None else out.loss * ranks.world
-            if scaler is not None:
-                loss = scaler.scale(loss)
-            if ranks is None:
-                loss.backward()
-            else:
-                ranks.accelerator.backward(loss)
+            loss = out.loss * ranks.world
+            ranks.backward(scaler.scale(loss) if scaler is not None else loss)
         step_loss += out.loss.item()
         result.epochs = progress
         if not filler:
             _count(result, batch)
-    if ranks is not None:
-        step_loss = _all_processes(ranks, result, before, step_loss)
+    step_loss = _all_processes(ranks, result, before, step_loss)
     result.target_tokens += n_targets
     return step_loss
-
-
-def _loss(model, ranks: Ranks | None, chunk_bytes: int | None):
-    """The chunked loss over response positions (bench.loss). Not under DDP/FSDP: their hooks expect each weight's
-    gradient once per forward, and FSDP's shards are whole only inside it; there the model's own loss runs."""
-    return chunked(model, chunk_bytes) if ranks is None else contextlib.nullcontext()
 
 
 def _count(result: TrainResult, batch: Batch) -> None:
@@ -235,14 +224,12 @@ def _count(result: TrainResult, batch: Batch) -> None:
     result.attention_pairs += sum(n * n for n in example_lengths(batch))
 
 
-def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks | None,
+def _update(model, params, optimizer, scheduler, training: Training, ranks: Ranks,
             scaler: torch.amp.GradScaler | None, after_step: Callable[[int], None] | None, step: int) -> None:
     if scaler is not None:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-    if training.max_grad_norm and ranks is None:
-        torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
-    elif training.max_grad_norm:  # under FSDP the norm is over every process's shards
-        ranks.accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+    if training.max_grad_norm:
+        ranks.clip_grad_norm_(model, params, training.max_grad_norm)
     if scaler is not None:
         scaler.step(optimizer)  # skipped when the scaled gradients overflowed; the scale then drops
         scaler.update()
@@ -257,7 +244,7 @@ def _update(model, params, optimizer, scheduler, training: Training, ranks: Rank
 class _Clock:
     """Training time: wall time since the start, less the time spent in callbacks."""
 
-    def __init__(self, ranks: Ranks | None):
+    def __init__(self, ranks: Ranks):
         self.ranks = ranks
         self.start = time.perf_counter()
         self.paused_seconds = 0.0
@@ -272,21 +259,14 @@ class _Clock:
 
     def seconds(self, gather: bool = True) -> float:
         seconds = time.perf_counter() - self.start - self.paused_seconds
-        if gather and self.ranks is not None:  # budgets must stop every process at one step: the slowest decides
+        if gather:  # budgets must stop every process at one step: the slowest decides
             seconds = max(row[0] for row in self.ranks.gather([seconds]))
         return seconds
 
 
-def _no_sync(ranks: Ranks | None, model, last: bool):
-    """Gradient accumulation under DDP/FSDP: all-reduce gradients once, on the step's last micro-batch."""
-    if ranks is None or last:
-        return contextlib.nullcontext()
-    return ranks.accelerator.no_sync(model)
-
-
 def _all_processes(ranks: Ranks, result: TrainResult, before: dict[str, float], step_loss: float) -> float:
     """The step's loss and token counts summed over processes: the result holds this process's counts before and
-    every process's after."""
+    every process's after (one process: its own)."""
     keys = ("real_tokens", "processed_tokens", "attention_pairs")
     rows = ranks.gather([step_loss] + [getattr(result, k) - before[k] for k in keys])
     for j, k in enumerate(keys, start=1):
@@ -313,7 +293,7 @@ def train_stage(cfg: RunConfig, method: Method, model: torch.nn.Module, loaded: 
     progress = (run_dir / PROGRESS).open("a") if place.main else None
 
     def save_checkpoint(name: str) -> None:
-        state = ranks.state_dict() if ranks else None  # every process takes part: FSDP gathers the shards
+        state = ranks.state_dict()  # every process takes part: FSDP gathers the shards
         if place.main:
             model.save_pretrained(run_dir / "checkpoints" / name, state_dict=state)
 
@@ -329,12 +309,10 @@ def train_stage(cfg: RunConfig, method: Method, model: torch.nn.Module, loaded: 
             save_checkpoint(f"epoch-{epoch}")
 
     batches = D.batches(loaded.train, tr.batch_size, tr.seed, loaded.pad_id, packed, tr.epochs,
-                        rank=ranks.rank if ranks else 0, world=ranks.world if ranks else 1)
-    scaler = torch.amp.GradScaler(place.device.type) if place.dtype == torch.float16 else None
+                        rank=ranks.rank, world=ranks.world)
     try:
-        return train(model, batches, tr, cfg.budget, total_steps, place.device, on_step, on_epoch,
-                     warmup_steps=steady_after(total_steps), ranks=ranks, scaler=scaler, autocast=place.autocast,
-                     method=method)
+        return train(model, batches, tr, cfg.budget, total_steps, place, on_step, on_epoch,
+                     warmup_steps=steady_after(total_steps), method=method)
     finally:
         if progress is not None:
             progress.close()
@@ -360,7 +338,7 @@ def train_metrics(result: TrainResult, model: torch.nn.Module, place: Place) -> 
           "model_tflops_per_second": flops / w["seconds"] / 1e12,
           "model_flops_per_token": flops / max(w["real_tokens"], 1)}
     # Tokens and FLOPs are every process's: MFU's peak is that of every device they ran on.
-    m["mfu_devices"] = devices = place.ranks.world if place.ranks else 1
+    m["mfu_devices"] = devices = place.ranks.world
     peak, _ = peak_flops(place.device, place.dtype)
     if peak:
         m["mfu"] = flops / w["seconds"] / (peak * devices)

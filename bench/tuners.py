@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
-from methods import Method, Plan
+from methods import Method, RunFacts
 
 # Above this many base parameters a tuner that needs real weights is not built with random ones at full depth: the
 # decomposition of a billion-parameter model's weights on a CPU takes minutes (`apply(scaled=True)` builds two layers).
@@ -36,7 +36,7 @@ def model_config(config: dict[str, Any]):
     return AutoConfig.for_model(fields.pop("model_type"), **fields)
 
 
-def apply(config: dict[str, Any], method: Method, params: dict[str, Any], plan: Plan, optimizer: str | None = None,
+def apply(config: dict[str, Any], method: Method, params: dict[str, Any], plan: RunFacts, optimizer: str | None = None,
           optimizer_kwargs: dict | None = None, scaled: bool = False) -> Applied:
     """Build the model from `config` on the meta device (with random weights on the CPU where the tuner needs real
     ones and the model is small), apply the method, and count. Raises what PEFT raises. `scaled`: where the model is
@@ -72,7 +72,7 @@ def _apply(key: str) -> Applied:
 
     config, method_id, params, total_steps, special, optimizer, optimizer_kwargs = json.loads(key)
     method = METHODS[method_id]
-    plan = Plan(total_steps=total_steps, special_token_ids=tuple(special))
+    plan = RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
     if not (method.needs_weights or _mica(params)):
         try:
             return _build(config, method, params, plan, optimizer, optimizer_kwargs, "meta")
@@ -95,7 +95,7 @@ def _check_small(config: dict[str, Any], method: Method, limit: int) -> None:
                            "to build with random ones here")
 
 
-def built(config: dict[str, Any], method: Method, params, plan: Plan, device: str, **from_config):
+def built(config: dict[str, Any], method: Method, params, plan: RunFacts, device: str, **from_config):
     """The architecture `config` on `device` (meta: shapes only) with random weights (seed 0), frozen, and the method
     applied as a run applies it (every weight trains where the method has no PEFT config); transformers' and PEFT's
     warnings kept quiet. `from_config`: more arguments for from_config (dtype, attn_implementation). Returns the
@@ -118,7 +118,7 @@ def built(config: dict[str, Any], method: Method, params, plan: Plan, device: st
     return model, peft_config
 
 
-def _build(config, method: Method, params, plan: Plan, optimizer, optimizer_kwargs, device: str) -> Applied:
+def _build(config, method: Method, params, plan: RunFacts, optimizer, optimizer_kwargs, device: str) -> Applied:
     model, peft_config = built(config, method, params, plan, device)
     if peft_config is not None:
         method.check(model, params)

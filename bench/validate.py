@@ -22,7 +22,7 @@ from bench import safety
 from bench.adapterfile import adapter_method
 from bench.config import BASELINE, RunConfig, Training, TrainingOverrides
 from bench.layout import UnsafeRunName, run_path
-from bench.schema import Suite
+from bench.schema import RunSpec, Suite
 from bench.util import did_you_mean, local_path
 from bench.yamlio import line_of, to_plain
 
@@ -97,29 +97,40 @@ def _runs(doc: dict) -> list[tuple[int, dict]]:
     return [(i, r) for i, r in enumerate(runs) if isinstance(r, dict)] if isinstance(runs, list) else []
 
 
-def _sweep_problems(doc: dict) -> tuple[list[Problem], set[int]]:
+def _specs(doc: dict) -> list[tuple[int, RunSpec]]:
+    """Each run entry the schema accepts on its own, typed, by its index (one the schema refuses has its problems
+    from pydantic). Read per entry, so a problem elsewhere in the suite hides none of a run's own."""
+    specs = []
+    for i, run in _runs(doc):
+        try:
+            specs.append((i, RunSpec.model_validate(to_plain(run))))
+        except ValidationError:
+            continue
+    return specs
+
+
+def _sweep_problems(doc: dict, specs: list[tuple[int, RunSpec]]) -> tuple[list[Problem], set[int]]:
     """Sweep keys are training fields or the method's params, and every value is one that key accepts; with the runs
     that have problems here."""
     from methods import METHODS
 
     problems, bad = [], set()
-    for i, run in _runs(doc):
-        if not (isinstance(run.get("sweep"), dict) and run.get("method") in METHODS):
+    for i, spec in specs:
+        if spec.sweep is None or spec.method not in METHODS:
             continue
-        accepted, found = METHODS[run["method"]].parameters(), []
-        for key, values in run["sweep"].items():
+        accepted, found = METHODS[spec.method].parameters(), []
+        for key, values in spec.sweep.items():
             place, line = f"runs[{i}].sweep.{key}", line_of(doc, ("runs", i, "sweep", key))
             if key not in Training.model_fields and key not in accepted:
                 choices = list(Training.model_fields) + list(accepted)
-                found.append((line, f"{place}: not a training field or a {run['method']} param"
+                found.append((line, f"{place}: not a training field or a {spec.method} param"
                               f"{did_you_mean(key, choices)}"))
             elif values == "default" and key != "learning_rate":
                 found.append((line, f"{place}: 'default' is a grid for learning_rate only; list the values"))
             elif isinstance(values, list) and not values:
                 found.append((line, f"{place}: no values to try; list at least one (or remove the key)"))
             elif isinstance(values, list):
-                found += [(line, f"{place}: {p}") for p in _value_problems(key, to_plain(values),
-                                                                            METHODS[run["method"]])]
+                found += [(line, f"{place}: {p}") for p in _value_problems(key, values, METHODS[spec.method])]
                 found += [] if key in Training.model_fields else _nonfinite(doc, ("runs", i, "sweep", key))
         problems += found
         bad |= {i} if found else set()
@@ -152,13 +163,13 @@ def _value_problems(key: str, values: list[Any], method: Method) -> list[str]:
     return problems
 
 
-def _name_problems(doc: dict) -> list[Problem]:
+def _name_problems(doc: dict, specs: list[tuple[int, RunSpec]]) -> list[Problem]:
     """Run names are distinct, and none is the baseline's."""
     problems, names = [], {}
-    for i, run in _runs(doc):
-        name = run.get("name") or run.get("method")
-        if not isinstance(name, str):
-            continue  # pydantic reports the type
+    for i, spec in specs:
+        name = spec.run_name
+        if name is None:
+            continue  # an adapter_config's method names the run: resolution checks it
         if name in names or name == BASELINE:
             why = "is reserved for the untrained base model" if name == BASELINE else f"repeats runs[{names[name]}]"
             problems.append((line_of(doc, ("runs", i)), f"runs[{i}]: run name '{name}' {why}; give it a distinct name"))
@@ -166,13 +177,14 @@ def _name_problems(doc: dict) -> list[Problem]:
     return problems
 
 
-def _run_method(doc: dict, i: int, run: dict, files: dict[int, dict | str]) -> tuple[str | None, dict, list[Problem]]:
+def _run_method(doc: dict, i: int, spec: RunSpec, files: dict[int, dict | str]) -> tuple[str | None, dict,
+                                                                                         list[Problem]]:
     """The run's method id and its own params, with the problems of the adapter_config file (`files`: each file's
     content as load_suite read it, or why it could not)."""
     from methods import METHODS
 
-    mid, params = run.get("method"), run.get("params") or {}
-    if not isinstance(run.get("adapter_config"), str):
+    mid, params = spec.method, spec.params
+    if spec.adapter_config is None:
         return mid, params, []
     line, file = line_of(doc, ("runs", i, "adapter_config")), files.get(i)
     if not isinstance(file, dict):  # unread where the suite did not type; a problem where it could not be read
@@ -199,25 +211,26 @@ def _run_method(doc: dict, i: int, run: dict, files: dict[int, dict | str]) -> t
     return mid, params, problems  # the file's fields merge in resolution, and PEFT builds the result
 
 
-def _method_problems(doc: dict, files: dict[int, dict | str]) -> tuple[list[Problem], set[int]]:
+def _method_problems(doc: dict, specs: list[tuple[int, RunSpec]],
+                     files: dict[int, dict | str]) -> tuple[list[Problem], set[int]]:
     """Method ids and params, checked against the fields of each method's PEFT config; with the runs that have
     problems here (their resolved configs are not built)."""
     from methods import METHODS
 
     problems, bad = [], set()
-    for i, run in _runs(doc):
-        mid, params, found = _run_method(doc, i, run, files)
-        if isinstance(mid, str) and not found:
+    for i, spec in specs:
+        mid, params, found = _run_method(doc, i, spec, files)
+        if mid is not None and not found:
             if mid not in METHODS:
                 found = [(line_of(doc, ("runs", i, "method")),
                           f"runs[{i}].method: unknown method '{mid}'{did_you_mean(mid, METHODS)}")]
             elif METHODS[mid].refusal:
                 found = [(line_of(doc, ("runs", i, "method")), f"runs[{i}].method: {mid} cannot run here: it "
                           f"{METHODS[mid].refusal}")]
-            elif isinstance(params, dict):
+            else:
                 found = _param_problems(doc, i, METHODS[mid], params) + _nonfinite(doc, ("runs", i, "params"))
         problems += found
-        if found or not isinstance(mid, str):
+        if found or mid is None:
             bad.add(i)
     return problems, bad
 
@@ -269,9 +282,9 @@ def _type_problem(method: Method, key: str, value: Any) -> str | None:
 
 def _plan_for_validation(suite: Suite):
     """Stand-ins for what a run knows only once it runs: its step count (the step budget where there is one)."""
-    from methods import Plan
+    from methods import RunFacts
 
-    return Plan(total_steps=suite.budget.max_steps or 1000, special_token_ids=(0,))
+    return RunFacts(total_steps=suite.budget.max_steps or 1000, special_token_ids=(0,))
 
 
 def _resolved_problems(suite: Suite, doc: dict, bad: set[int]) -> list[Problem]:
@@ -622,9 +635,10 @@ def problems(doc: dict, path: Path, suite: Suite | None, error: ValidationError 
     (None where the schema refused it, `error` saying why); `files` each run's adapter_config as load_suite read it;
     code the suite would run is a problem unless `trust_remote_code` (the command line's flag)."""
     found = _pydantic_problems(error, doc) if error is not None else []
-    method_found, bad = _method_problems(doc, files)
-    sweep_found, bad_sweeps = _sweep_problems(doc)
-    found += _name_problems(doc) + method_found + sweep_found + _optimizer_problems(doc)
+    specs = _specs(doc)
+    method_found, bad = _method_problems(doc, specs, files)
+    sweep_found, bad_sweeps = _sweep_problems(doc, specs)
+    found += _name_problems(doc, specs) + method_found + sweep_found + _optimizer_problems(doc)
     found += _data_problems(doc, path.parent) + _distributed_problems(doc, path.parent)
     found += _model_problems(doc, path.parent) + _nonfinite(doc, ("model", "config")) + safety.key_problems(doc)
     if suite is not None:

@@ -20,7 +20,7 @@ from bench import data as D
 from bench import models as M
 from bench.config import RunConfig
 from bench.device import Place, pick_device
-from bench.distributed import DistributedError, Ranks
+from bench.distributed import DistributedError, DistributedRanks, Ranks
 from bench.env import environment
 from bench.flops import peak_flops
 from bench.evaluation import evaluate, general_loss, general_texts
@@ -34,7 +34,7 @@ from bench.quantization import environment as quantization_environment
 from bench.quantization import of_run
 from bench.records import RunRecord, write_record
 from bench.safety import code_that_ran
-from bench.train import Diverged, plan_of, train_metrics, train_stage
+from bench.train import Diverged, facts_of, train_metrics, train_stage
 
 
 def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
@@ -46,13 +46,11 @@ def run_environment(cfg: RunConfig, place: Place, memory: str) -> dict:
 
 
 def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = None) -> RunRecord | None:
-    """Fill `record` stage by stage; it keeps what was measured if a stage raises. With `ranks` (a distributed
-    run), None on every process but the main one."""
+    """Fill `record` stage by stage; it keeps what was measured if a stage raises. `ranks`: this process's place
+    among the run's (this one alone unless given). None on every process of a distributed run but the main one."""
     place = Place.create(cfg.training.precision, ranks)
     phases = Phases(record, place)
-    record.environment = run_environment(cfg, place, phases.meter.method)
-    if ranks:
-        record.environment["distributed"] = ranks.describe()
+    record.environment = run_environment(cfg, place, phases.meter.method) | place.ranks.environment()
     torch.manual_seed(cfg.training.seed)
     method = method_of(cfg)
     texts = general_texts(cfg)
@@ -60,7 +58,7 @@ def run(cfg: RunConfig, run_dir: Path, record: RunRecord, ranks: Ranks | None = 
     with phases("load"):
         loaded = load(cfg)
         record.model_info, record.data = loaded.model_info, loaded.notes
-        model = build(cfg, loaded.folder, place, method, method and plan_of(cfg, loaded), loaded.tokenizer)
+        model = build(cfg, loaded.folder, place, method, method and facts_of(cfg, loaded), loaded.tokenizer)
         record.metrics |= params_metrics(model) | {"load_memory_bytes": phases.meter.now()}
         record.environment |= model_environment(cfg, model)
     measuring = method.measuring if method is not None else lambda _: contextlib.nullcontext()
@@ -119,7 +117,7 @@ def train(cfg: RunConfig, model, loaded: Loaded, place: Place, run_dir: Path, re
     spec = cfg.training.optimizer
     record.environment["optimizer"] = describe(spec and spec.name, spec.kwargs if spec else {})
     record.stopped_by = result.stopped_by
-    return whole_model(cfg, place, loaded, model) if place.ranks else model
+    return whole_model(cfg, place, loaded, model)
 
 
 def forgetting(cfg: RunConfig, model, loaded: Loaded, texts: list[str], place: Place, before: float) -> dict:
@@ -182,9 +180,9 @@ def params_metrics(model) -> dict[str, float]:
 def gather_peaks(record: RunRecord, place: Place, phases: Phases) -> dict[str, float]:
     """In a distributed run, every process's training peak (by rank): peak_memory_bytes is the largest, what one
     device must hold, beside their total; and the per-process throughput metrics."""
-    if place.ranks is None:
-        return {}
     world = place.ranks.world
+    if world == 1:
+        return {}
     m = {"world_size": world} | {f"{name}_per_process": record.metrics[name] / world for name in (
         "train_tokens_per_second", "steady_tokens_per_second") if name in record.metrics}
     train = phases.peaks.get("train")
@@ -197,7 +195,8 @@ def gather_peaks(record: RunRecord, place: Place, phases: Phases) -> dict[str, f
 
 def whole_model(cfg: RunConfig, place: Place, loaded: Loaded, model):
     """After distributed training, a model with every trained weight on the main process, for evaluation, saving and
-    the merge check. DDP keeps a whole copy in every process; FSDP's shards are gathered into a freshly built one."""
+    the merge check. One process and DDP keep a whole copy in every process; FSDP's shards are gathered into a freshly
+    built one."""
     ranks = place.ranks
     if not ranks.sharded:
         ranks.release()
@@ -231,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     record = RunRecord.start(cfg)
     refused = False
     try:
-        ranks = Ranks(pick_device(), requested_type(cfg)) if cfg.distributed else None
+        ranks = DistributedRanks(pick_device(), requested_type(cfg)) if cfg.distributed else Ranks(pick_device())
         out = run(cfg, run_dir, record, ranks)
     except DistributedError as e:
         out, refused = failed(record, e), True

@@ -12,7 +12,7 @@ from peft import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from methods import adalora, adamss, cartridge, dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning
 from methods import prompt_tuning, qlora, trainable_tokens, vera
-from methods.base import Method, Plan, config_class
+from methods.base import Method, RunFacts, config_class
 
 SHIPPED: dict[str, Method] = {
     m.METHOD.id: m.METHOD
@@ -43,4 +43,4 @@ _TYPES = sorted(str(t.value) if hasattr(t, "value") else str(t) for t in PEFT_TY
 METHODS: dict[str, Method] = SHIPPED | HOOKED | {
     t.lower(): _generated(t) for t in _TYPES if t.lower() not in SHIPPED and t.lower() not in HOOKED}
 
-__all__ = ["HOOKED", "METHODS", "Method", "Plan", "SHIPPED"]
+__all__ = ["HOOKED", "METHODS", "Method", "RunFacts", "SHIPPED"]

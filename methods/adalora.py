@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 
-from methods.base import Method, Plan
+from methods.base import Method, RunFacts
 
 
 @dataclass(frozen=True)
 class AdaLora(Method):
-    def prepare(self, params: dict, plan: Plan | None) -> dict:
+    def prepare(self, params: dict, plan: RunFacts | None) -> dict:
         if params.get("total_step") is None and plan is not None:
             return params | {"total_step": plan.total_steps}
         return params

@@ -54,7 +54,7 @@ def field_defaults(peft_type: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class Plan:
+class RunFacts:
     """What a method's hooks may need to know of the run before the model is built."""
 
     total_steps: int
@@ -106,7 +106,7 @@ class Method:
     def config_name(self) -> str:
         return config_class(self.peft_type).__name__ if self.peft_type else "no PEFT config"
 
-    def config(self, plan: Plan | None = None, **params):
+    def config(self, plan: RunFacts | None = None, **params):
         """The PEFT config this run trains with (PEFT's __post_init__ checks run here); None trains every weight."""
         if self.peft_type is None:
             return None
@@ -152,7 +152,7 @@ class Method:
 
     # ---- hooks: what a tuner needs of the loop ---------------------------------------------------------------------
 
-    def prepare(self, params: dict[str, Any], plan: Plan | None) -> dict[str, Any]:
+    def prepare(self, params: dict[str, Any], plan: RunFacts | None) -> dict[str, Any]:
         """The config fields once the run's plan is known (AdaLoRA's total_step is the run's step count); a
         ValueError here is a problem with the run's params, reported at validate time."""
         return params

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from methods.base import Method, Plan
+from methods.base import Method, RunFacts
 
 TEXT = "init_kv_cache_prefix"
 EXTRAS = {TEXT: Optional[str]}
@@ -20,7 +20,7 @@ EXTRAS = {TEXT: Optional[str]}
 
 @dataclass(frozen=True)
 class KVPrefix(Method):
-    def prepare(self, params: dict[str, Any], plan: Plan | None) -> dict[str, Any]:
+    def prepare(self, params: dict[str, Any], plan: RunFacts | None) -> dict[str, Any]:
         if params.get(TEXT) and params.get("prefix_projection"):
             raise ValueError(f"{TEXT} sets the prefix's keys and values themselves, which prefix_projection=True "
                              "computes with an MLP instead (PEFT refuses the pair too); drop one of them")

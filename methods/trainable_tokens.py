@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from methods.base import Method, Plan
+from methods.base import Method, RunFacts
 
 
 @dataclass(frozen=True)
 class TrainableTokens(Method):
-    def prepare(self, params: dict, plan: Plan | None) -> dict:
+    def prepare(self, params: dict, plan: RunFacts | None) -> dict:
         if not params.get("token_indices") and plan is not None and plan.special_token_ids:
             return params | {"token_indices": list(plan.special_token_ids)}
         return params

@@ -3,7 +3,7 @@
 # Run: scripts/ci_gate.sh [--markdown FILE]   (extra arguments go to `bench compare`; PYTHON picks the interpreter)
 # After an intended change to results, in tox's environment (the memory figures depend on it; see docs/guides/ci.md):
 # .tox/gate/bin/python -m bench run suites/smoke.yaml --force --output results/smoke, then
-# .tox/gate/bin/python -m bench save-baseline results/smoke baselines/smoke.json, and commit the new baseline.
+# .tox/gate/bin/python -m bench save-reference results/smoke baselines/smoke.json, and commit the new file.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"

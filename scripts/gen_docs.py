@@ -232,7 +232,8 @@ def metrics_page() -> str:
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     helps = {c.dest: c.help for c in action._choices_actions}
-    return {name: (p, helps.get(name) or "") for name, p in action.choices.items()}
+    first = {id(p): name for name, p in reversed(action.choices.items())}  # an alias shares its command's parser
+    return {name: (p, helps.get(name) or "") for name, p in action.choices.items() if first[id(p)] == name}
 
 
 def _arguments(p: argparse.ArgumentParser) -> list[argparse.Action]:

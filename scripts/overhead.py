@@ -65,7 +65,7 @@ def harness_block(model, batches, tr, warmup: int) -> tuple[Clock, float]:
     n = len(batches)
     stamps = [now()]
     # on_step is the hook the worker uses to write progress; here it only reads the clocks.
-    result = train(model, iter([(0.0, b) for b in batches]), tr, Budget(max_steps=n), n, CPU,
+    result = train(model, iter([(0.0, b) for b in batches]), tr, Budget(max_steps=n), n, Place(CPU, torch.float32),
                    on_step=lambda _: stamps.append(now()))
     return per_step(stamps, warmup), result.curve[0]["loss"]
 

@@ -23,20 +23,21 @@ MIB = 2**20
 
 def compare(suite_path: Path, results: Path) -> list[dict]:
     """Per run with a measured training peak: measured, predicted and the parts, in bytes."""
+    from bench.config import BASELINE
     from bench.memplan import predict, resident_floor, setting_of
     from bench.plan import architecture
     from bench.suite import load_suite
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     rows = []
     for cfg in load_suite(suite_path).resolved_runs():
         record = results / f"{cfg.run}.json"
-        if cfg.method == "baseline" or not record.is_file():
+        if cfg.method == BASELINE or not record.is_file():
             continue
         measured = json.loads(record.read_text())["metrics"].get("peak_memory_bytes")
         if measured is None:
             continue
-        plan = Plan(total_steps=cfg.budget.max_steps or 1000, special_token_ids=(0,))
+        plan = RunFacts(total_steps=cfg.budget.max_steps or 1000, special_token_ids=(0,))
         p = predict(architecture(cfg), METHODS[cfg.method], cfg.params, setting_of(cfg, "cpu"), plan)
         rows.append({"run": cfg.run, "measured": measured, "predicted": p.allocated, "floor": resident_floor(),
                      "model": p.allocated - p.allowance, "error": p.allocated / measured - 1})

@@ -62,14 +62,14 @@ def run_configs(folders: list[Path]) -> list:
 def predict_at(cfg, length: int):
     from bench.memplan import Setting, predict
     from bench.models import PRESETS
-    from methods import METHODS, Plan
+    from methods import METHODS, RunFacts
 
     spec = cfg.training.optimizer
     setting = Setting(batch_size=4, seq_len=length, dtype="bf16", device="cuda", trainable_fp32=False,
                       autocast=False, optimizer=spec and spec.name,
                       optimizer_kwargs=json.dumps(spec.kwargs if spec else {}, sort_keys=True))
     return predict(PRESETS["llama-3.2-3b"], METHODS[cfg.method], cfg.params, setting,
-                   Plan(total_steps=5000, special_token_ids=(128000, 128001)))
+                   RunFacts(total_steps=5000, special_token_ids=(128000, 128001)))
 
 
 def reserved(parts: dict[str, float]) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.baseline import load_side, parse_baseline, save_baseline
+from bench.reference import load_side, parse_reference, save_reference
 from bench.cli import main
 from bench.compare import Comparison, Row, compare, settings_from, verdict
 from bench.records import RecordError, RunRecord, load_records, write_record
@@ -92,7 +92,7 @@ def test_gate_passes_on_the_baseline_itself(committed, tmp_path, capsys):
 
 
 def test_baseline_file_round_trips(committed, tmp_path):
-    save_baseline(committed, tmp_path / "b.json")
+    save_reference(committed, tmp_path / "b.json")
     assert load_side(tmp_path / "b.json") == committed
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left nothing behind
 
@@ -113,7 +113,7 @@ def test_doubled_peak_memory_fails_the_gate(committed, tmp_path, capsys):
 
 def test_lower_score_fails_the_gate(committed, tmp_path, capsys):
     # The tiny random model scores 0 everywhere, so the baseline is the side given a score to lose.
-    save_baseline(edited(committed, "ia3", metrics={"token_f1": 0.5}), tmp_path / "baseline.json")
+    save_reference(edited(committed, "ia3", metrics={"token_f1": 0.5}), tmp_path / "baseline.json")
     code, out, _ = gate(capsys, tmp_path / "baseline.json", as_folder(committed, tmp_path / "current"))
     assert code == 1
     assert "| ia3 | token F1 | 0.500 | 0.000 | -0.500 (-100.0%) | ↑ | ±0.02 | **regression**" in out
@@ -201,7 +201,7 @@ def test_different_dataset_is_refused_unless_forced(committed, tmp_path, capsys)
     assert err.splitlines() == [
         f'not comparable: data.fingerprint differs: baseline "{fp}", current "0000000000000000" '
         f'(all {len(committed)} runs)',
-        "Make a new baseline for the changed suite, or compare anyway with --force.",
+        "Store new reference records for the changed suite (bench save-reference), or compare anyway with --force.",
     ]
     assert "not like with like" in (tmp_path / "refused.md").read_text()
     code, out, _ = gate(capsys, BASELINE, folder, "--force", "--markdown", tmp_path / "forced.md")
@@ -248,8 +248,8 @@ def test_not_a_baseline_file_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "x.json").write_text("[1, 2]")
     code, _, err = gate(capsys, tmp_path / "x.json", tmp_path)
     assert code == 2
-    assert err.startswith(f"{tmp_path / 'x.json'}: not a stored baseline")
-    with pytest.raises(RecordError, match="no such results folder or baseline file"):
+    assert err.startswith(f"{tmp_path / 'x.json'}: not a stored reference file")
+    with pytest.raises(RecordError, match="no such results folder or reference file"):
         load_side(tmp_path / "nope")
 
 
@@ -341,16 +341,17 @@ Environment differs (numbers may move for reasons outside the code):
 # ---- the stored-baseline command ----------------------------------------------------------------------------------
 
 
-def test_save_baseline_command_refuses_failed_runs(committed, tmp_path):
+@pytest.mark.parametrize("command", ["save-reference", "save-baseline"])  # the old name stays accepted
+def test_save_reference_command_refuses_failed_runs(committed, tmp_path, command):
     folder = as_folder(edited(committed, "ia3", status="failed"), tmp_path / "res")
-    cmd = [sys.executable, "-m", "bench", "save-baseline", str(folder), str(tmp_path / "b.json")]
+    cmd = [sys.executable, "-m", "bench", command, str(folder), str(tmp_path / "b.json")]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 1 and "not every run succeeded (ia3)" in p.stderr
     folder = as_folder(committed, tmp_path / "ok")
     cmd[-2] = str(folder)
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
-    assert parse_baseline((tmp_path / "b.json").read_text(), "b.json") == load_records(folder)
+    assert parse_reference((tmp_path / "b.json").read_text(), "b.json") == load_records(folder)
 
 
 def test_misspelt_metric_names_are_errors_with_a_suggestion():

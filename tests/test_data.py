@@ -43,9 +43,9 @@ def test_json_array_jsonl_and_csv_load_the_same_examples(tmp_path):
     loaded = {}
     for fmt in ("json", "jsonl", "csv"):
         spec = DatasetSpec(path=write(tmp_path / f"d.{fmt}", ROWS), eval_size=3, seed=1)
-        train, evals, report = D.load_examples(spec)
+        train, evals, notes = D.load_examples(spec)
         loaded[fmt] = (texts(train), texts(evals))
-        assert (report.train_rows, report.eval_rows, report.skipped) == (8, 3, {})
+        assert (notes.train_rows, notes.eval_rows, notes.skipped) == (8, 3, {})
     assert loaded["json"] == loaded["jsonl"] == loaded["csv"]
     # CSV cells stay text: "10" is an answer, not the number 10, and quoted commas/newlines survive.
     train, evals = loaded["csv"]
@@ -94,8 +94,8 @@ def test_the_split_is_fixed_by_the_seed(tmp_path):
     path = write(tmp_path / "d.jsonl", rows)
 
     def split(seed):
-        train, evals, report = D.load_examples(DatasetSpec(**{"path": path, "eval_size": 0.25, "seed": seed}))
-        return texts(train), texts(evals), report.fingerprint
+        train, evals, notes = D.load_examples(DatasetSpec(**{"path": path, "eval_size": 0.25, "seed": seed}))
+        return texts(train), texts(evals), notes.fingerprint
 
     a, b, c = split(7), split(7), split(8)
     assert a == b
@@ -110,7 +110,7 @@ def test_eval_path_keeps_the_train_file_whole_and_max_examples_cuts_train_only(t
     train_rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(12)]
     eval_rows = [{"prompt": f"e{i}", "response": f"s{i}"} for i in range(4)]
     spec = DatasetSpec(path=write(tmp_path / "t.jsonl", train_rows), eval_path=write(tmp_path / "e.csv", eval_rows))
-    train, evals, report = D.load_examples(spec)
+    train, evals, notes = D.load_examples(spec)
     assert sorted(texts(evals)) == sorted((r["prompt"], r["response"]) for r in eval_rows)
     assert len(train) == 12
     cut, cut_evals, cut_report = D.load_examples(spec.model_copy(update={"max_examples": 5}))
@@ -138,8 +138,8 @@ def _example(prompt, response):
 def test_tokenize_masks_the_prompt_and_ends_with_the_end_of_turn():
     tok = byte_tokenizer()
     e = _example("Name a colour.", "Blue")
-    report = DataNotes(source="t")
-    (f,) = D.tokenize([e], tok, 512, SPEC, report, "t")
+    notes = DataNotes(source="t")
+    (f,) = D.tokenize([e], tok, 512, SPEC, notes, "t")
     prompt_ids = tok(D.prompt_text(tok, e.messages[:-1]), add_special_tokens=False).input_ids
     n = len(prompt_ids)
     assert f.input_ids[:n] == prompt_ids
@@ -147,16 +147,16 @@ def test_tokenize_masks_the_prompt_and_ends_with_the_end_of_turn():
     assert f.labels[n:] == f.input_ids[n:]
     assert tok.decode(f.labels[n:]) == "Blue<|im_end|>"
     assert f.input_ids[-1] == tok.eos_token_id
-    assert report.truncated == 0
+    assert notes.truncated == 0
 
 
 def test_tokenize_truncates_long_responses_and_counts_them():
     tok = byte_tokenizer()
     e = _example("Q", "x" * 100)
-    report = DataNotes(source="t")
-    (f,) = D.tokenize([e], tok, 40, SPEC, report, "t")
+    notes = DataNotes(source="t")
+    (f,) = D.tokenize([e], tok, 40, SPEC, notes, "t")
     assert len(f.input_ids) == len(f.labels) == 40
-    assert report.truncated == 1
+    assert notes.truncated == 1
 
 
 def test_a_too_long_prompt_is_an_error_or_a_counted_skip():
@@ -165,9 +165,9 @@ def test_a_too_long_prompt_is_an_error_or_a_counted_skip():
     with pytest.raises(D.DataError, match=r"^d\.jsonl, line 2: the prompt alone is \d+ tokens, leaving no room for "
                                           r"the response in max_seq_len 50"):
         D.tokenize(examples, tok, 50, SPEC, DataNotes(source="t"), "t")
-    report = DataNotes(source="t")
-    kept = D.tokenize(examples, tok, 50, SPEC.model_copy(update={"on_bad_row": "skip"}), report, "t")
-    assert len(kept) == 1 and report.skipped == {"prompt longer than max_seq_len": 1}
+    notes = DataNotes(source="t")
+    kept = D.tokenize(examples, tok, 50, SPEC.model_copy(update={"on_bad_row": "skip"}), notes, "t")
+    assert len(kept) == 1 and notes.skipped == {"prompt longer than max_seq_len": 1}
 
 
 @pytest.fixture(scope="module")

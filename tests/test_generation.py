@@ -46,7 +46,7 @@ def test_harness_generation_is_the_models_own_greedy_answer(method_id, smoke_exa
     feats = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, DataNotes(source="test"), "train")
     batches = D.batches(feats, 4, 0, tokenizer.pad_token_id, method.packable, 1000.0)
     # Trained hard enough that virtual tokens, prefixes and adapters move the answers away from the base model's.
-    train(model, batches, training(cfg, learning_rate=3e-2), Budget(max_steps=4), 4, CPU)
+    train(model, batches, training(cfg, learning_rate=3e-2), Budget(max_steps=4), 4, CPU32)
     model.eval()
     examples = sorted(eval_ex, key=lambda e: len(e.prompt))[:: max(1, len(eval_ex) // 4)][:4]
     got = generate(model, tokenizer, examples, batch_size=4, max_new_tokens=8, device=CPU,
@@ -71,7 +71,7 @@ def test_cached_virtual_token_decoding_batches_prompts_of_one_length(method_id, 
     lr = 1e-1
     feats = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, DataNotes(source="test"), "train")
     train(model, D.batches(feats, 4, 0, tokenizer.pad_token_id, False, 1000.0),
-          training(cfg, learning_rate=lr), Budget(max_steps=4), 4, CPU)
+          training(cfg, learning_rate=lr), Budget(max_steps=4), 4, CPU32)
     model.eval()
     # Different prompts cut to one length (the byte tokenizer gives one token per character): one batch, no padding.
     n = min(len(e.prompt) for e in eval_ex)

@@ -9,10 +9,10 @@ import torch
 from bench.memplan import (ALLOCATOR_SHARE, CUDA_CONTEXT, SavedBytes, Setting, card_bytes, frozen_bytes, measure,
                            nf4_bytes, predict)
 from bench.models import PRESETS
-from methods import METHODS, Plan
+from methods import METHODS, RunFacts
 
 TINY = PRESETS["tiny-llama"]
-PLAN = Plan(total_steps=10, special_token_ids=(0,))
+PLAN = RunFacts(total_steps=10, special_token_ids=(0,))
 FP32 = Setting(batch_size=2, seq_len=16, dtype="fp32", device="cuda")
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 
@@ -187,9 +187,9 @@ def test_gpu_memory_takes_sizes_and_card_names():
 
 def test_an_unknown_hub_model_is_said_once_with_its_fix(capsys):
     from bench.config import ModelSpec
-    from bench.plan import PlanRow, say_unknown_architecture
+    from bench.plan import Sizing, say_unknown_architecture
 
-    rows = [PlanRow(f"r{i}", "lora", None, None, None, None, None, "bf16", "meta", "architecture unknown: offline")
+    rows = [Sizing(f"r{i}", "lora", None, None, None, None, None, "bf16", "meta", "architecture unknown: offline")
             for i in range(3)]
     say_unknown_architecture("s.yaml", ModelSpec(hub="someone/model"), rows)
     out = capsys.readouterr().err

@@ -19,7 +19,7 @@ from bench.load import build, count_params
 from bench.models import PRESETS, byte_tokenizer
 from bench.records import DataNotes
 from bench.train import train
-from methods import HOOKED, METHODS, SHIPPED, Plan
+from methods import HOOKED, METHODS, SHIPPED, RunFacts
 from tests.conftest import CPU32, ROOT, tiny_config, training
 
 pytestmark = pytest.mark.train  # every test here trains or generates with a tiny model (tests/conftest.py: the tiers)
@@ -28,8 +28,8 @@ CPU = torch.device("cpu")
 
 
 def _batches(cfg, examples, tokenizer, packed):
-    report = DataNotes(source="test")
-    feats = D.tokenize(examples, tokenizer, cfg.training.max_seq_len, cfg.dataset, report, "test")
+    notes = DataNotes(source="test")
+    feats = D.tokenize(examples, tokenizer, cfg.training.max_seq_len, cfg.dataset, notes, "test")
     return D.batches(feats, 4, 0, tokenizer.pad_token_id, packed, epochs=10)
 
 
@@ -50,7 +50,7 @@ def test_training_changes_every_trainable_parameter_and_no_frozen_one(method_id,
     train_ex, _ = smoke_examples
     batches = list(itertools.islice(_batches(cfg, train_ex, tokenizer, packed=method.packable), 2))
     # Two steps: LoRA's B starts at zero, so A only receives gradient from the second step on.
-    train(model, iter(batches), training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU)
+    train(model, iter(batches), training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU32)
     for name, p in model.named_parameters():
         changed = p.detach() != before[name]
         if name in trainable:
@@ -85,7 +85,7 @@ def test_exact_merge_matches_adapter_model(method_id, smoke_examples):
     model = build(cfg, None, CPU32, METHODS[method_id])
     train_ex, eval_ex = smoke_examples
     train(model, _batches(cfg, train_ex, tokenizer, True), training(cfg, learning_rate=1e-2),
-          Budget(max_steps=3), 3, CPU)
+          Budget(max_steps=3), 3, CPU32)
     before = prompt_logits(model, tokenizer, eval_ex, CPU)
     merged = model.merge_and_unload()
     after = prompt_logits(merged, tokenizer, eval_ex, CPU)
@@ -103,7 +103,7 @@ def test_batched_generation_equals_one_at_a_time(method_id, smoke_examples):
     train_ex, eval_ex = smoke_examples
     # Train a little so the adapter is not the identity (LoRA B = 0 and IA3 = 1 at initialisation).
     train(model, _batches(cfg, train_ex, tokenizer, METHODS[method_id].packable),
-          training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU)
+          training(cfg, learning_rate=1e-2), Budget(max_steps=2), 2, CPU32)
     # Prompts of different lengths, so the batch really pads.
     examples = sorted(eval_ex, key=lambda e: len(e.prompt))[:: max(1, len(eval_ex) // 4)][:4]
     assert len({len(e.prompt) for e in examples}) > 1
@@ -120,7 +120,7 @@ def test_packed_and_padded_training_give_the_same_losses(smoke_examples):
     for packed in (True, False):
         cfg = tiny_config("lora")
         model = build(cfg, None, CPU32, METHODS["lora"])
-        result = train(model, _batches(cfg, train_ex, tokenizer, packed), cfg.training, Budget(max_steps=3), 3, CPU)
+        result = train(model, _batches(cfg, train_ex, tokenizer, packed), cfg.training, Budget(max_steps=3), 3, CPU32)
         curves.append([p["loss"] for p in result.curve])
     assert curves[0] == pytest.approx(curves[1], abs=1e-5)
 
@@ -134,7 +134,7 @@ def test_every_method_file_is_registered():
 
 def test_method_defaults_build_valid_peft_configs():
     for m in SHIPPED.values():
-        cfg = m.config(Plan(total_steps=10), **m.defaults())
+        cfg = m.config(RunFacts(total_steps=10), **m.defaults())
         assert (cfg is None) == (m.id == "full")
         if cfg is not None:
             assert cfg.task_type == "CAUSAL_LM"
@@ -177,7 +177,7 @@ def test_head_only_on_tied_embeddings(ensure_weight_tying, smoke_examples, tmp_p
     tokenizer = byte_tokenizer()
     train_ex, eval_ex = smoke_examples
     train(model, _batches(cfg, train_ex, tokenizer, True), training(cfg, learning_rate=1e-2),
-          Budget(max_steps=3), 3, CPU)
+          Budget(max_steps=3), 3, CPU32)
 
     inner = model.get_base_model()
     ids, eye = torch.arange(PRESETS["tiny-llama"]["vocab_size"]), torch.eye(PRESETS["tiny-llama"]["hidden_size"])

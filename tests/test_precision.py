@@ -94,7 +94,7 @@ def test_fp16_loss_scaling_trains_and_reports_finite_losses():
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
     data = batches(320, 64, 2, 2) * 5
     result = train(model, iter(data), cfg.training.model_copy(update={"learning_rate": 1e-2}), Budget(max_steps=10),
-                   10, CPU, scaler=scaler, autocast=fp16.autocast)
+                   10, fp16, scaler=scaler)
     losses = [p["loss"] for p in result.curve]
     assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0] and scaler.get_scale() > 0
@@ -103,8 +103,9 @@ def test_fp16_loss_scaling_trains_and_reports_finite_losses():
 @pytest.mark.train
 def test_time_in_callbacks_is_not_training_time():
     cfg = config(TINY, "lora", {"r": 8})
-    model = build(cfg, None, Place(CPU, torch.float32), METHODS["lora"])
-    result = train(model, iter(batches(320, 32, 1, 4)), cfg.training, Budget(max_steps=4), 4, CPU,
+    fp32 = Place(CPU, torch.float32)
+    model = build(cfg, None, fp32, METHODS["lora"])
+    result = train(model, iter(batches(320, 32, 1, 4)), cfg.training, Budget(max_steps=4), 4, fp32,
                    on_step=lambda point: time.sleep(0.5))
     assert result.callback_seconds >= 2.0
     assert result.seconds < 1.5  # four tiny steps; the two seconds of "saving" are not in it

@@ -21,13 +21,12 @@ from bench.suite import load_suite
 from bench.train import train
 from bench.tuners import apply
 from bench.yamlio import SuiteError
-from methods import METHODS, SHIPPED, Plan
+from methods import METHODS, SHIPPED, RunFacts
 from tests.conftest import CPU32, ROOT, tiny_config, training
 
-CPU = torch.device("cpu")
 SUITE = load_suite(ROOT / "suites" / "peft-all.yaml")
 RUNS = {c.run: c for c in SUITE.resolved_runs() if c.method != "baseline"}
-PLAN = Plan(total_steps=4, special_token_ids=tuple(sorted(byte_tokenizer().all_special_ids)))
+PLAN = RunFacts(total_steps=4, special_token_ids=tuple(sorted(byte_tokenizer().all_special_ids)))
 
 
 def _batches(cfg, examples, packed):
@@ -48,7 +47,7 @@ def _steps(cfg, method, smoke_examples, n=3, lr=1e-2):
     batches = _batches(cfg, smoke_examples[0], method.packable)
     # Three steps over two batches: zero-initialised paths (LoRA's B, Shadow's update gate) pass gradient on later.
     return model, before, batches, lambda: train(model, iter(batches * 2), training(cfg, learning_rate=lr),
-                                                 Budget(max_steps=n), n, CPU, method=method)
+                                                 Budget(max_steps=n), n, CPU32, method=method)
 
 
 def test_every_peft_type_is_a_method_named_by_it():
@@ -114,7 +113,7 @@ def test_adapter_bytes_of_the_plan_equal_what_save_pretrained_writes(tmp_path):
 def test_plan_counts_lora_r32_on_llama_3_2_3b_as_peft_publishes():
     lora = METHODS["lora"]
     applied = apply(PRESETS["llama-3.2-3b"], lora, {"r": 32, "lora_alpha": 64, "target_modules": ["q_proj", "v_proj"]},
-                    Plan(total_steps=10))
+                    RunFacts(total_steps=10))
     assert applied.trainable == 9_175_040  # PEFT's method_comparison figure for lora/llama-3.2-3B-rank32
     assert applied.weights == "meta"
 
@@ -188,10 +187,10 @@ def test_adalora_ranks_change_during_training(smoke_examples):
     cfg = _peft_all("adalora")
     method = METHODS["adalora"]
     cfg = cfg.model_copy(update={"params": cfg.params | {"tinit": 1, "tfinal": 1, "deltaT": 1}})
-    model = build(cfg, None, CPU32, method, Plan(total_steps=6))
+    model = build(cfg, None, CPU32, method, RunFacts(total_steps=6))
     assert model.peft_config["default"].total_step == 6  # from the run's plan, not set in the suite
     batches = _batches(cfg, smoke_examples[0], True) * 3
-    train(model, iter(batches), training(cfg, learning_rate=1e-2), Budget(max_steps=6), 6, CPU, method=method)
+    train(model, iter(batches), training(cfg, learning_rate=1e-2), Budget(max_steps=6), 6, CPU32, method=method)
     ranks = model.peft_config["default"].rank_pattern
     assert ranks, "update_and_allocate must have masked ranks"
     kept = [sum(v) for v in ranks.values()]
@@ -206,7 +205,7 @@ def test_adalora_orthogonal_regulariser_is_in_the_loss(smoke_examples):
         cfg = cfg.model_copy(update={"params": cfg.params | {"orth_reg_weight": weight}})
         model = build(cfg, None, CPU32, METHODS["adalora"], PLAN)
         result = train(model, iter(_batches(cfg, smoke_examples[0], True)), cfg.training, Budget(max_steps=1), 1,
-                       CPU, method=METHODS["adalora"])
+                       CPU32, method=METHODS["adalora"])
         losses.append(result.curve[0]["loss"])
     assert losses[1] > losses[0]
 
@@ -220,13 +219,13 @@ def test_optimizers_train_and_lora_fa_freezes_a(name, kwargs, smoke_examples):
     model = build(cfg, None, CPU32, METHODS["lora"])
     before = {k: p.detach().clone() for k, p in model.named_parameters()}
     train(model, iter(_batches(cfg, smoke_examples[0], True)), training(cfg, learning_rate=1e-2), Budget(max_steps=2),
-          2, CPU)
+          2, CPU32)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("lora_B" in n for n in trainable)
     assert any("lora_A" in n for n in trainable) == (name != "lora-fa")
     for n, p in model.named_parameters():
         assert (p.detach() != before[n]).any() == (n in trainable), (name, n)
-    planned = apply(PRESETS["tiny-llama"], METHODS["lora"], cfg.params, Plan(total_steps=2), name, kwargs)
+    planned = apply(PRESETS["tiny-llama"], METHODS["lora"], cfg.params, RunFacts(total_steps=2), name, kwargs)
     assert planned.trainable == count_params(model)[0]
 
 
@@ -240,7 +239,7 @@ def test_lora_plus_moves_b_faster_than_a(smoke_examples):
             name="lora+", kwargs={"loraplus_lr_ratio": ratio}))})
         model = build(cfg, None, CPU32, METHODS["lora"])
         train(model, iter(_batches(cfg, smoke_examples[0], True)), training(cfg, learning_rate=1e-3),
-              Budget(max_steps=2), 2, CPU)
+              Budget(max_steps=2), 2, CPU32)
         moved[ratio] = sum(float(p.abs().sum()) for n, p in model.named_parameters() if "lora_B" in n)
     assert moved[16.0] > 4 * moved[1.0]
 

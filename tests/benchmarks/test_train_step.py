@@ -31,7 +31,7 @@ def test_train_steps(benchmark, run, smoke_runs, tokenized, cpu):
                           STEPS))
 
     def steps():
-        return train(model, iter(batches), tr, Budget(max_steps=STEPS), STEPS, cpu)
+        return train(model, iter(batches), tr, Budget(max_steps=STEPS), STEPS, Place(cpu, torch.float32))
 
     result = benchmark.pedantic(steps, rounds=10, warmup_rounds=2, iterations=1)
     assert result.steps == STEPS and all(torch.isfinite(torch.tensor(p["loss"])) for p in result.curve)
