@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.device import Place
-from bench.gpucheck import Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
+from bench.gpucheck import QUANTIZED, Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = Shapes.of(True)
@@ -118,12 +118,12 @@ def test_packed_and_padded_losses_agree_under_flex_attention():
 
 
 @pytest.mark.train
-@pytest.mark.parametrize("name", list(__import__("bench.gpucheck", fromlist=["QUANTIZED"]).QUANTIZED))
+@pytest.mark.parametrize("name", list(QUANTIZED))
 def test_each_quantisation_backends_line_passes_and_fails_with_the_base_left_unquantised(name):
     """One line per backend (bitsandbytes 8-bit, NF4, FP4, torchao int8, HQQ 4-bit): LoRA over it trains, the base
     holds its bytes per weight, the training peak is measured and the merge judged; with the base left in bf16 (the
     planted fault) the bytes-per-weight bound fails."""
-    from bench.gpucheck import CHECKS, QUANTIZED
+    from bench.gpucheck import CHECKS
 
     setting, package = QUANTIZED[name]
     pytest.importorskip(package)

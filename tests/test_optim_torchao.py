@@ -27,8 +27,8 @@ def test_torchaos_optimisers_go_by_name_are_checked_and_sized():
     assert "torchao.CPUOffloadOptimizer" not in names  # it wraps an optimiser; it is not one by a name
     assert optimizer_problems("torchao.AdamW", {"bf16_stochastic_round": True}) == []
     assert optimizer_problems("torchao.AdamW", {"stochastic": True}) == [(
-        "kwargs.stochastic", "torchao.AdamW takes betas, eps, amsgrad, bf16_stochastic_round - not 'stochastic' (did you mean "
-        "'bf16_stochastic_round'?)")]
+        "kwargs.stochastic", "torchao.AdamW takes betas, eps, amsgrad, bf16_stochastic_round - not 'stochastic' "
+        "(did you mean 'bf16_stochastic_round'?)")]
     assert optimizer_problems("torchao.Adamw", {})[0][1].startswith("unknown optimiser 'torchao.Adamw' (did you mean "
                                                                      "'torchao.AdamW'?)")
     assert describe("torchao.AdamW", SR["kwargs"]) == "torchao.optim._AdamW with bf16 stochastic rounding"
@@ -63,7 +63,8 @@ def test_bf16_stochastic_rounding_keeps_small_updates_at_pure_bf16_memory():
                            .mean())
         _, model = fit(cfg, BF16, data, 30, 2e-5)
         change[name] = weights(model) - start
-    error = {k: float((change[k] - change["masters"]).norm() / change["masters"].norm()) for k in ("pure", "stochastic")}
+    error = {k: float((change[k] - change["masters"]).norm() / change["masters"].norm())
+             for k in ("pure", "stochastic")}
     print(f"one step, share of weights unchanged: {lost}; 30 steps, relative error of the total change: {error}")
     # Unchanged with masters: the weights whose gradient is 0 (embedding rows of tokens not in the batch).
     assert lost["masters"] < 0.2 and lost["pure"] > lost["masters"] + 0.4, lost
