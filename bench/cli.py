@@ -336,7 +336,8 @@ def _gpu_parsers(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
     p.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks")
     p.add_argument("--plant", nargs="+", metavar="CHECK", choices=("fp32-masters", "qlora-memory", "merge",
-                   "eval-memory"), help="plant the fault each of these checks looks for: it must FAIL")
+                   "eval-memory", "quant-bnb-8bit", "quant-bnb-nf4", "quant-bnb-fp4", "quant-torchao-int8",
+                   "quant-hqq-4bit"), help="plant the fault each of these checks looks for: it must FAIL")
     p.set_defaults(func=_lazy("bench.gpucheck", "cmd_gpu_check"))
 
 

@@ -278,15 +278,112 @@ def _forward_without_logits(model, batch: dict, place: Place) -> None:
               attention_mask=batch["attention_mask"].to(place.device), logits_to_keep=1, use_cache=False)
 
 
+# One line per quantisation backend the GPU check runs: (setting, the package it needs).
+QUANTIZED = {
+    "quant-bnb-8bit": ({"bits": 8}, "bitsandbytes"),
+    "quant-bnb-nf4": ({"bits": 4, "quant_type": "nf4", "double_quant": True}, "bitsandbytes"),
+    "quant-bnb-fp4": ({"bits": 4, "quant_type": "fp4"}, "bitsandbytes"),
+    "quant-torchao-int8": ({"backend": "torchao", "bits": 8}, "torchao"),
+    "quant-hqq-4bit": ({"backend": "hqq", "bits": 4, "group_size": 64}, "hqq"),
+}
+# LoRA on the seven projections: HQQ's layers are not nn.Linear, so "all-linear" would find none there.
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def check_quantized(name: str) -> Callable[[Shapes, Place, bool], tuple[str, str]]:
+    """The check for one backend (QUANTIZED[name]): LoRA over the base quantised that way trains a few steps (its
+    loss falls), the base's projections hold at most bits/8 + 1/4 bytes per weight (the packed values and their
+    scales, bench.quantsize.weight_bytes), the training peak above the load is measured, and the merge is judged:
+    PEFT's merge_and_unload into the quantised layers end to end (logits, greedy next tokens) and, for bitsandbytes
+    4-bit, layer by layer against W + ΔW in float64. Planted fault: the base left unquantised."""
+    setting, package = QUANTIZED[name]
+
+    def check(shapes: Shapes, place: Place, plant: bool = False) -> tuple[str, str]:
+        import importlib.util
+
+        if importlib.util.find_spec(package) is None:
+            return "SKIP", f"{package} is not installed (pip install 'peft-bench[{package}]')"
+        return _quantized(shapes, place, setting, plant)
+
+    check.__doc__ = check_quantized.__doc__
+    return check
+
+
+def _quantized(shapes: Shapes, place: Place, setting: dict, plant: bool) -> tuple[str, str]:
+    from bench.config import Quantization
+    from bench.quantization import describe
+
+    q = Quantization(**setting)
+    cfg = config(shapes, "lora", {"r": 8, "lora_alpha": 16, "target_modules": PROJECTIONS}, layers=shapes.layers,
+                 precision="bf16", quantization=None if plant else q)
+    vocab = PRESETS[shapes.preset]["vocab_size"]
+    meter = Meter(place.device)
+    _release(place)
+    before = meter.now()
+    loads: list[int] = []
+    losses, model = fit(cfg, place, batches(vocab, 64, 2, 2), 8, 1e-3,
+                        built=lambda _: (_release(place), loads.append(meter.now() - before), meter.reset()))
+    peak = meter.peak().used - before
+    per_weight = _bytes_per_weight(model)
+    bound = q.bits / 8 + 0.25
+    merge_ok, merge = _quantized_merge(model, place, vocab, q)
+    ok = losses[-1] < losses[0] and per_weight <= bound and merge_ok
+    return ("PASS" if ok else "FAIL", f"LoRA over {describe(q)}: loss {losses[0]:.3f} -> {losses[-1]:.3f} in 8 "
+            f"steps (bound: falls); base projections {per_weight:.3f} bytes per weight (bound: <= {bound:.3f} = "
+            f"bits/8 + 1/4 for scales); after load {human_bytes(loads[0])}, training peak "
+            f"{human_bytes(peak)} above what was in use before the load (measured, not judged"
+            f"{'' if place.cuda else '; resident memory, libraries included'}); merge: {merge}")
+
+
+def _bytes_per_weight(model) -> float:
+    """Bytes per weight the base's projection layers hold as quantised (bench.quantsize.weight_bytes)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from bench.quantsize import weight_bytes
+
+    held = weights = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            base = module.get_base_layer()
+            held += weight_bytes(base)
+            weights += base.in_features * base.out_features
+    return held / max(weights, 1)
+
+
+@torch.no_grad()
+def _quantized_merge(model, place: Place, vocab: int, q) -> tuple[bool, str]:
+    """PEFT's merge into the quantised layers (de-quantise, add, re-quantise), end to end, and for bitsandbytes
+    4-bit each layer de-quantised against W + ΔW in float64 (bench.merge.quantized_layers): whether it held, and
+    what it measured."""
+    from bench.merge import quantized_layers
+
+    layers = quantized_layers(model, place.dtype) if q.backend == "bitsandbytes" and q.bits == 4 else None
+    probe = torch.randint(vocab, (4, 32), generator=torch.Generator().manual_seed(1)).to(place.device)
+    model.eval()
+    with place.autocast():
+        before = model(input_ids=probe).logits.float()
+        after = model.merge_and_unload()(input_ids=probe).logits.float()
+    diff = float((before - after).abs().max())
+    same = float((before.argmax(-1) == after.argmax(-1)).float().mean())
+    ok = math.isfinite(diff) and (layers is None or (layers.checked > 0 and layers.weights <= 1))
+    text = (f"lossy, PEFT's merge_and_unload into the base's layers: max |Δlogit| {diff:.3g}, greedy next tokens "
+            f"equal at {same:.1%} of positions")
+    if layers is not None:
+        text += (f"; {layers.checked} layers de-quantised one at a time: worst merged weight at {layers.weights:.2f} "
+                 "of its bound (bound: 1)")
+    return ok, text
+
+
 CHECKS: dict[str, Callable[[Shapes, Place, bool], tuple[str, str]]] = {
     "fp32-masters": check_fp32_masters,
     "qlora-memory": check_qlora_memory,
     "merge": check_merge,
     "packed-attention": check_packed_attention,
     "eval-memory": check_eval_memory,
+    **{name: check_quantized(name) for name in QUANTIZED},
 }
 # What `--plant CHECK` breaks, to show the check can fail (each check's docstring says how).
-PLANTABLE = ("fp32-masters", "qlora-memory", "merge", "eval-memory")
+PLANTABLE = ("fp32-masters", "qlora-memory", "merge", "eval-memory", *QUANTIZED)
 
 
 def cmd_gpu_check(args) -> int:

@@ -1,6 +1,7 @@
 """The optimiser a run trains with: any `torch.optim` class with its kwargs, one of PEFT's (`peft.optimizers`):
 LoRA+ (B learns faster than A), LoRA-FA (A frozen, B's gradient projected) and Riemannian-preconditioned LoRA, or
-one of bitsandbytes' (`bnb.optim`: 8-bit states, paged states) by a name torch.optim does not use; and the bytes of
+one of bitsandbytes' (`bnb.optim`: 8-bit states, paged states) by a name torch.optim does not use, or one of
+torchao's (`torchao.optim`) as `torchao.NAME` (`torchao.AdamW` takes `bf16_stochastic_round`); and the bytes of
 state each keeps per trainable parameter."""
 
 from __future__ import annotations
@@ -40,12 +41,40 @@ def bnb_optimizers() -> list[str]:
             if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and n not in taken]
 
 
+# torchao's optimisers go by `torchao.` and their name in torchao.optim; its full-precision AdamW, the one that rounds
+# bf16 weights stochastically (`bf16_stochastic_round`), is private there (torchao 0.18: `_AdamW`).
+TORCHAO_PREFIX = "torchao."
+TORCHAO_RENAMED = {"AdamW": "_AdamW"}
+
+
+@functools.cache
+def torchao_optimizers() -> list[str]:
+    """torchao's optimisers by the names a suite gives them (torchao.AdamW, torchao.AdamW8bit, torchao.AdamW4bit,
+    torchao.AdamWFp8, ...). Empty without torchao."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchao") is None:
+        return []
+    import torch
+    import torchao.optim
+
+    own = {v: k for k, v in TORCHAO_RENAMED.items()}
+    return [TORCHAO_PREFIX + own.get(n, n) for n, c in vars(torchao.optim).items()
+            if inspect.isclass(c) and issubclass(c, torch.optim.Optimizer) and (n in own or not n.startswith("_"))
+            and "lr" in inspect.signature(c.__init__).parameters]  # not CPUOffloadOptimizer, which wraps one
+
+
 def optimizer_class(name: str):
-    """The class a torch.optim or bitsandbytes name stands for."""
+    """The class a torch.optim, bitsandbytes or torchao.NAME name stands for."""
     import torch
 
     if name in torch_optimizers():
         return getattr(torch.optim, name)
+    if name.startswith(TORCHAO_PREFIX):
+        import torchao.optim
+
+        short = name.removeprefix(TORCHAO_PREFIX)
+        return getattr(torchao.optim, TORCHAO_RENAMED.get(short, short))
     import bitsandbytes.optim
 
     return getattr(bitsandbytes.optim, name)
@@ -62,7 +91,7 @@ def accepted_kwargs(name: str) -> list[str] | None:
                if k not in ("model", "kwargs", *FROM_TRAINING)]
         # LoRA+ and Riemannian wrap a torch optimiser (optimizer_cls, a name here) and pass it the rest.
         return own + (["betas", "eps", "amsgrad", "foreach", "fused"] if name != "lora-fa" else [])
-    if name not in torch_optimizers() and name not in bnb_optimizers():
+    if name not in torch_optimizers() and name not in bnb_optimizers() and name not in torchao_optimizers():
         return None
     cls = optimizer_class(name)
     return [k for k in inspect.signature(cls.__init__).parameters if k not in ("self", "params", *FROM_TRAINING)]
@@ -74,10 +103,10 @@ def optimizer_problems(name: str, kwargs: dict[str, Any]) -> list[tuple[str, str
 
     accepted = accepted_kwargs(name)
     if accepted is None:
-        known = list(PEFT_OPTIMIZERS) + torch_optimizers() + bnb_optimizers()
+        known = list(PEFT_OPTIMIZERS) + torch_optimizers() + bnb_optimizers() + torchao_optimizers()
         return [("name", f"unknown optimiser '{name}'{did_you_mean(name, known)}; a torch.optim class (AdamW, SGD, "
-                 f"...), one of PEFT's: {', '.join(PEFT_OPTIMIZERS)}, or of bitsandbytes' (AdamW8bit, PagedAdamW8bit, "
-                 "...)")]
+                 f"...), one of PEFT's: {', '.join(PEFT_OPTIMIZERS)}, of bitsandbytes' (AdamW8bit, PagedAdamW8bit, "
+                 "...) or of torchao's (torchao.AdamW, torchao.AdamW8bit, ...; pip install 'peft-bench[torchao]')")]
     problems = []
     for key in kwargs:
         if key in FROM_TRAINING:
@@ -87,7 +116,7 @@ def optimizer_problems(name: str, kwargs: dict[str, Any]) -> list[tuple[str, str
         elif key not in accepted:
             problems.append((f"kwargs.{key}", f"{name} takes {', '.join(accepted) or 'no other kwargs'} - not "
                              f"'{key}'{did_you_mean(key, accepted)}"))
-    if not problems and name in bnb_optimizers() and (why := steps(name, json.dumps(kwargs, sort_keys=True))):
+    if not problems and name not in torch_optimizers() and (why := steps(name, json.dumps(kwargs, sort_keys=True))):
         problems.append(("name", why))
     base = kwargs.get("optimizer_cls")
     if base is not None and base not in torch_optimizers():
@@ -102,13 +131,18 @@ def describe(name: str | None, kwargs: dict[str, Any]) -> str:
         return "torch.optim.AdamW"
     if name in PEFT_OPTIMIZERS:
         return f"peft.optimizers.{PEFT_OPTIMIZERS[name]} ({name}) over torch.optim.{kwargs.get('optimizer_cls', 'AdamW')}"
+    if name.startswith(TORCHAO_PREFIX):
+        cls = optimizer_class(name)
+        rounding = " with bf16 stochastic rounding" if kwargs.get("bf16_stochastic_round") else ""
+        return f"torchao.optim.{cls.__name__}{rounding}"
     return f"{'bitsandbytes' if name in bnb_optimizers() else 'torch'}.optim.{name}"
 
 
 @functools.cache
 def steps(name: str, kwargs: str) -> str | None:
-    """Why a bitsandbytes optimiser does not step here (on the CPU, where validate runs: AdEMAMix32bit fails, LARS
-    and SGD need momentum); None when one step on a 64k-element weight updates it."""
+    """Why a bitsandbytes or torchao optimiser does not step here (on the CPU, where validate runs: AdEMAMix32bit
+    fails, LARS and SGD need momentum); None when one step on a 64k-element weight updates it. torchao's compile
+    their step (torch.compile): the first takes seconds."""
     import torch
 
     p = torch.nn.Parameter(torch.randn(1 << 16))
@@ -117,7 +151,8 @@ def steps(name: str, kwargs: str) -> str | None:
         p.grad = torch.randn_like(p)
         optimizer.step()
     except Exception as e:  # whatever bitsandbytes raises is the reason
-        return f"bitsandbytes' {name} does not step on this machine's {p.device.type}: {type(e).__name__}: {e}"
+        owner = "torchao's" if name.startswith(TORCHAO_PREFIX) else "bitsandbytes'"
+        return f"{owner} {name} does not step on this machine's {p.device.type}: {type(e).__name__}: {e}"
     return None
 
 
@@ -139,7 +174,9 @@ def state_bytes_per_param(name: str | None, kwargs: str = "{}", dtype: str = "fl
     state = optimizer.state[p]
     # Per-tensor scalars (the step count, LAMB's norm) and bitsandbytes' 256-entry code books (qmap) are not
     # per-parameter state; its block-wise scales (absmax, one per 256 elements) are.
-    return sum(v.numel() * v.element_size() for k, v in state.items()
+    from bench.quantsize import tensor_bytes  # torchao's 8- and 4-bit states are tensor subclasses
+
+    return sum(tensor_bytes(v) for k, v in state.items()
                if torch.is_tensor(v) and v.numel() > 1 and not k.startswith("qmap")) / p.numel()
 
 

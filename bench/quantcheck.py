@@ -43,9 +43,56 @@ def quantization_problems(suite, doc: dict) -> list[tuple[int | None, str]]:
         elif importlib.util.find_spec(PACKAGES[q.backend]) is None:
             problems.append((line_of(doc, where), f"{place}: the {q.backend} backend needs the {PACKAGES[q.backend]} "
                              f"package, which is not installed (pip install 'peft-bench[{q.backend}]')"))
-        elif (why := applies(doc, method, method.defaults() | run.params, q)) is not None:
+        elif (why := peft_refuses(method, q) or applies(doc, method, method.defaults() | run.params, q)) is not None:
             problems.append((line_of(doc, where), f"{place}: {method.id} over {describe(q)}: {why}"))
     return problems
+
+
+def peft_refuses(method: Method, q: Quantization) -> str | None:
+    """PEFT's own refusal of LoRA over torchao int4 weights, whatever the model: PEFT 0.21's TorchaoLoraLinear raises
+    on an Int4Tensor weight. Asked of PEFT for real on one layer holding an Int4Tensor made directly (quantising to
+    int4 needs torchao's mslk kernels, which a CPU may lack; PEFT's check needs only the tensor's type)."""
+    if not (q.backend == "torchao" and q.bits == 4 and method.peft_type == "LORA"):
+        return None
+    return _lora_over_int4()
+
+
+@functools.cache
+def _lora_over_int4() -> str | None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from torchao.quantization import Int4Tensor
+
+    out, width, group = 64, 128, 128
+    weight = Int4Tensor(torch.zeros(out, width // 2, dtype=torch.uint8), torch.ones(width // group, out),
+                        torch.zeros(width // group, out), [1, group], torch.Size([out, width]))
+    layer = torch.nn.Linear(width, out, bias=False)
+    layer.weight = torch.nn.Parameter(weight, requires_grad=False)
+    try:
+        get_peft_model(torch.nn.Sequential(layer), LoraConfig(target_modules=["0"], r=8))
+    except Exception as e:  # PEFT's reason, in its words
+        return f"PEFT refuses it: {type(e).__name__}: {e}"
+    return None
+
+
+# Pre-quantised checkpoints transformers loads through gptqmodel (and optimum for GPTQ), by their quant_method.
+PREQUANTIZED = {"gptq": "gptqmodel and optimum", "awq": "gptqmodel"}
+
+
+def prequantized_problem(config_json) -> str | None:
+    """Why a local model folder's pre-quantised GPTQ or AWQ checkpoint (config.json's quantization_config) cannot
+    load here: transformers loads both through gptqmodel, which is not installed; None otherwise."""
+    try:
+        method = (json.loads(config_json.read_text()).get("quantization_config") or {}).get("quant_method")
+    except (OSError, ValueError, AttributeError):
+        return None  # an unreadable config: loading it says why
+    if method not in PREQUANTIZED or all(importlib.util.find_spec(p) for p in PREQUANTIZED[method].split(" and ")):
+        return None
+    return (f"a {method.upper()} checkpoint (quantization_config.quant_method: {method} in {config_json}): "
+            f"transformers loads it through {PREQUANTIZED[method]}, not installed here (pip install "
+            f"{PREQUANTIZED[method].replace(' and ', ' ')} in an environment of their own: gptqmodel 7.7 needs torch "
+            ">= 2.14.1 and 7.6 pins numpy 2.2.6, beside this project's torch 2.13 and numpy 2.4 pins), or de-quantise "
+            "the checkpoint to a float one first")
 
 
 def _place(where: tuple) -> str:

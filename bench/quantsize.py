@@ -6,20 +6,23 @@ from __future__ import annotations
 from bench.config import Quantization
 
 
+def tensor_bytes(t) -> int:
+    """Bytes a tensor holds; a torchao tensor subclass (quantised weights, 8-bit optimiser states) counted by the
+    tensors it is made of, not by the dtype it stands for. 0 for anything else."""
+    import torch
+
+    if not torch.is_tensor(t):
+        return 0
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        return sum(tensor_bytes(getattr(t, name)) for name in t.__tensor_flatten__()[0])
+    return t.numel() * t.element_size()
+
 
 def weight_bytes(module) -> int:
     """Bytes a linear layer's weight takes as quantised: the packed values and every per-block or per-row constant
     (bitsandbytes' absmax, nested ones with double quantisation, SCB; torchao's scales; HQQ's scales and zeros);
     code books shared by every layer (bitsandbytes' 16-entry NF4 code) are left out."""
-    import torch
-
-    def size(t) -> int:
-        if not torch.is_tensor(t):
-            return 0
-        if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):  # torchao's tensor subclasses
-            return sum(size(getattr(t, name)) for name in t.__tensor_flatten__()[0])
-        return t.numel() * t.element_size()
-
+    size = tensor_bytes
     if module.__class__.__name__ == "HQQLinear":
         return size(module.W_q) + sum(size(v) for k, v in module.meta.items() if k in ("scale", "zero", "scale_q",
                                                                                         "zero_q"))

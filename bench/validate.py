@@ -440,7 +440,11 @@ def _model_path_problem(model: dict, suite_dir: Path) -> str | None:
     p = local_path(model["path"], suite_dir)
     if not p.is_dir():
         return f"no such folder {str(p)!r}"
-    return None if (p / "config.json").is_file() else f"{str(p)!r} is not a model folder (no config.json)"
+    if not (p / "config.json").is_file():
+        return f"{str(p)!r} is not a model folder (no config.json)"
+    from bench.quantcheck import prequantized_problem
+
+    return prequantized_problem(p / "config.json")
 
 
 def _preset_problem(model: dict, suite_dir: Path) -> str | None:

@@ -6,6 +6,7 @@ Run: python scripts/gen_docs.py                       refresh the generated tabl
                                                       itself, through scripts/mkdocs_hooks.py)
      python scripts/gen_docs.py --capture RESULTS NAME   store a results folder's records, trimmed, as
                                                       docs/results/NAME.json (what a table is rendered from)
+     python scripts/gen_docs.py --capture-plan JSONL NAME   add `bench plan --json`'s predictions to it
 
 Nothing here is written by hand twice: the suite reference walks the pydantic models, the method reference asks
 `methods.METHODS` and PEFT's config dataclasses, the metric reference reads `bench.metrics`, the CLI reference walks
@@ -454,8 +455,55 @@ def peft_table(name: str = "peft-metamathqa") -> str:
     return "\n".join([*lines, "", early, "", provenance(data["about"])])
 
 
+def capture_plan(lines: Path, name: str, command: str) -> Path:
+    """Add `bench plan --json`'s predictions (one JSON object a line) to docs/results/NAME.json, under "plan": the
+    GPU training peak and its parts per run, beside the records they predict."""
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text())
+    runs = [json.loads(line) for line in lines.read_text().splitlines() if line.strip()]
+    data["plan"] = {"command": command, "runs": {r["run"]: {k: r[k] for k in ("memory", "base_bytes", "precision")}
+                                                 for r in runs if r.get("memory")}}
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def _setting(r) -> str:
+    """What a quantisation-suite run changes against plain LoRA: the base's quantisation, the optimiser, bf16."""
+    env = r.environment
+    parts = [env["quantization"]["name"]] if env.get("quantization") else []
+    if env.get("optimizer", "torch.optim.AdamW") != "torch.optim.AdamW":
+        parts.append(env["optimizer"])
+    if r.config.training.precision == "bf16":
+        parts.append("pure bf16" if r.config.training.master_weights is False else "bf16 autocast, fp32 masters")
+    return ", ".join(parts) or "fp32"
+
+
+def quantization_table(name: str = "quantization") -> str:
+    """The quantisation suite: per run what it changes, quality, the CPU's measured memory and time, the merge,
+    and `bench plan`'s GPU training peak for the same run (its weights and optimiser state beside it)."""
+    from bench.metrics import format_value, human_bytes
+    from bench.rows import merge_cell, ordered
+
+    about, records = _records(name)
+    plan = load_results(name).get("plan", {"runs": {}})
+    head = ["run", "setting", "exact match", "token F1", "eval loss", "after load (CPU)", "training peak (CPU)",
+            "train s (CPU)", "merge", "GPU plan: training peak (weights, optimiser state)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in ordered(records):
+        if not r.trained:
+            continue
+        m, p = r.metrics, (plan["runs"].get(r.run) or {}).get("memory")
+        gpu = "-" if not p else (f"{human_bytes(p['need'])} ({human_bytes(p['base'] + p['trainable'])}, "
+                                 f"{human_bytes(p['optimizer'])})")
+        cells = [r.run, _setting(r), *(format_value(k, m.get(k)) for k in ("exact_match", "token_f1", "eval_loss",
+                 "load_memory_bytes", "peak_memory_bytes", "train_seconds")), merge_cell(r), gpu]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    note = f"GPU plan: `{plan['command']}`." if plan.get("command") else ""
+    return "\n".join([*lines, "", provenance(about) + (f" {note}" if note else "")])
+
+
 TABLES = {"quickstart": quickstart_table, "run-output": run_output, "overhead": overhead_table,
-          "peft-metamathqa": peft_table}
+          "peft-metamathqa": peft_table, "quantization": quantization_table}
 # The pages that hold generated tables (README.md quotes the docs' quickstart table, rendered from the same file).
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 
@@ -483,9 +531,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--command", default="", help="with --capture: the command that made the records")
     parser.add_argument("--note", default="", help="with --capture: what else a reader must know (load, machine)")
     parser.add_argument("--capture-peft", nargs=2, metavar=("DIR", "COMMIT"), help="store PEFT's result files")
+    parser.add_argument("--capture-plan", nargs=2, metavar=("JSONL", "NAME"),
+                        help="add `bench plan --json`'s output to docs/results/NAME.json (--command: how it was made)")
     args = parser.parse_args(argv)
     if args.capture:
         print(capture_records(Path(args.capture[0]), args.capture[1], args.command, args.note))
+    if args.capture_plan:
+        print(capture_plan(Path(args.capture_plan[0]), args.capture_plan[1], args.command))
     if args.capture_peft:
         print(capture_peft(Path(args.capture_peft[0]), args.capture_peft[1]))
     if args.reference:

@@ -173,3 +173,24 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "missing.md" in done.stderr and "#nowhere" in done.stderr
+
+
+def test_the_quantisation_guide_renders_the_suites_records_and_plan():
+    """docs/guides/quantization.md's table: a row per trained run of docs/results/quantization.json, with its score,
+    the setting its environment records, and bench plan's GPU peak for the same run where it was captured."""
+    from bench.metrics import human_bytes
+
+    page = (ROOT / "docs" / "guides" / "quantization.md").read_text()
+    block = _block(page, "quantization")
+    about, records = gen_docs._records("quantization")
+    plan = gen_docs.load_results("quantization").get("plan", {"runs": {}})["runs"]
+    trained = [r for r in records if r.trained]
+    assert len(trained) == 10
+    for r in trained:
+        row = next(line for line in block.splitlines() if line.startswith(f"| {r.run} |"))
+        assert f"| {r.metrics['exact_match']:.3f} |" in row and f"| {gen_docs._setting(r)} |" in row, row
+        if r.run in plan:  # bench plan's predictions, where they were captured; "-" otherwise
+            assert human_bytes(plan[r.run]["memory"]["need"]) in row, row
+        else:
+            assert row.endswith("| - |"), row
+    assert about["commit"] in block

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.device import Place
-from bench.gpucheck import Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
+from bench.gpucheck import QUANTIZED, Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = Shapes.of(True)
@@ -132,3 +132,39 @@ def test_the_trimmed_perf_keeps_no_full_model(tmp_path):
     assert record["merge"] is None
     assert not list(tmp_path.rglob("*.safetensors"))
     assert "| full | 1 | no | success |" in (tmp_path / "perf.md").read_text()
+
+
+@pytest.mark.train
+@pytest.mark.parametrize("name", list(QUANTIZED))
+def test_each_quantisation_backends_line_passes_and_fails_with_the_base_left_unquantised(name):
+    """One line per backend (bitsandbytes 8-bit, NF4, FP4, torchao int8, HQQ 4-bit): LoRA over it trains, the base
+    holds its bytes per weight, the training peak is measured and the merge judged; with the base left in bf16 (the
+    planted fault) the bytes-per-weight bound fails."""
+    from bench.gpucheck import CHECKS
+
+    setting, package = QUANTIZED[name]
+    pytest.importorskip(package)
+    status, detail = CHECKS[name](SHAPES, PLACE)
+    assert status == "PASS", detail
+    per_weight, bound = (float(x) for x in re.search(r"base projections ([\d.]+) bytes per weight \(bound: <= "
+                                                     r"([\d.]+)", detail).groups())
+    assert per_weight <= setting["bits"] / 8 + 0.07 and bound == setting["bits"] / 8 + 0.25, detail
+    first, last = (float(x) for x in re.search(r"loss ([\d.]+) -> ([\d.]+) in 8 steps", detail).groups())
+    assert last < first, detail
+    assert re.search(r"training peak [\d.]+ [KMG]?B above", detail) and "merge: lossy" in detail, detail
+    if setting.get("bits") == 4 and package == "bitsandbytes":
+        assert "14 layers de-quantised one at a time" in detail, detail
+    planted, planted_detail = CHECKS[name](SHAPES, PLACE, plant=True)
+    assert planted == "FAIL", planted_detail
+    assert "base projections 2.000 bytes per weight" in planted_detail  # bf16, unquantised
+
+
+def test_gpu_check_plants_each_quantisation_backends_fault_by_name():
+    """`--plant` takes every check that can be planted, the quantisation lines included (the CLI lists them without
+    importing torch)."""
+    from bench.cli import build_parser
+    from bench.gpucheck import CHECKS, PLANTABLE, QUANTIZED
+
+    assert set(QUANTIZED) <= set(PLANTABLE) <= set(CHECKS)
+    args = build_parser().parse_args(["gpu-check", "--dry-run", "--plant", *PLANTABLE])
+    assert args.plant == list(PLANTABLE)

@@ -209,3 +209,31 @@ def test_bytes_per_weight_of_each_quantised_base_are_measured():
     assert base_bytes_per_param(Quantization(backend="torchao", bits=8)) == pytest.approx(1 + 4 / 1024, abs=2 / 1024)
     hqq = base_bytes_per_param(Quantization(backend="hqq", bits=4, group_size=64))
     assert hqq == 0.5 + 2 * 4 / 64  # a scale and a zero per 64, in the fp32 compute dtype
+
+
+def test_lora_over_torchao_int4_is_refused_with_pefts_own_reason_and_gptq_awq_folders_say_what_to_install(tmp_path):
+    """PEFT 0.21's TorchaoLoraLinear raises on int4 weights (asked of PEFT on a real Int4Tensor: quantising to int4
+    needs torchao's mslk kernels on a CPU); a GPTQ or AWQ checkpoint loads through gptqmodel, not installed here."""
+    pytest.importorskip("torchao")
+    import importlib.util
+
+    path = write(tmp_path, "  - method: lora\n    training:\n      quantization: {backend: torchao, bits: 4}\n"
+                           "  - method: dora\n    training:\n      quantization: {backend: torchao, bits: 4}\n")
+    found = problems(path)
+    assert found == [f"line {n}, runs[{i}].training.quantization: {m} over torchao int4 weight-only: PEFT refuses it: "
+                     "TypeError: TorchaoLoraLinear only supports int8 weights for now." for i, (n, m) in
+                     enumerate(((41, "lora"), (44, "dora")))]
+    if importlib.util.find_spec("gptqmodel") is not None:
+        pytest.skip("gptqmodel is installed: a GPTQ folder would load")
+    for method in ("gptq", "awq"):
+        model = tmp_path / method
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "llama", "quantization_config": {
+            "quant_method": method, "bits": 4}}))
+        text = path.read_text().replace("  preset: tiny-llama\n", f"  path: {model}\n")
+        assert text != path.read_text()
+        (tmp_path / f"{method}.yaml").write_text(text.split("runs:")[0] + "runs:\n  - method: lora\n")
+        found = [p for p in problems(tmp_path / f"{method}.yaml") if "model.path" in p]  # (and: no tokenizer)
+        assert len(found) == 1 and found[0].startswith(f"line 12, model.path: a {method.upper()} checkpoint "
+                                                       f"(quantization_config.quant_method: {method} in "), found
+        assert "through gptqmodel" in found[0] and "pip install gptqmodel" in found[0], found
