@@ -28,7 +28,7 @@ def cmd_list(args) -> int:
     for m in METHODS.values():
         params = ", ".join([f"{k}={v!r}" for k, v in m.defaults().items()]
                            + [f"{k}={v!r} (fixed)" for k, v in m.fixed.items()])
-        schema = f"{m.config_name}: {len(m.parameters()) - len(m.extras)} fields" if m.peft_type else m.config_name
+        schema = f"{m.config_name}: {len(m.field_names())} fields" if m.peft_type else m.config_name
         schema += "".join(f" + {name}" for name in m.extras)
         what = m.summary if m.refusal is None else f"{m.summary} Cannot run here: it {m.refusal}."
         table.add_row(m.id, m.merge, "4-bit NF4" if m.load_in_4bit else "as loaded",

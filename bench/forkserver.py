@@ -22,9 +22,11 @@ import sys
 import threading
 from contextlib import contextmanager
 
-# What the server imports once: the worker and everything it imports at module level. Not datasets: only a Hub
-# dataset needs it, and every forked run's resident memory figures would carry its pages.
-PRELOAD = ["bench.worker"]
+# What the server imports once: PEFT (with transformers, torch and bitsandbytes, which it imports; the method registry
+# reads PEFT's answers from a file, so the worker's own imports no longer pull it in), and the worker with everything
+# it imports at module level. Not datasets: only a Hub dataset needs it, and every forked run's resident memory
+# figures would carry its pages.
+PRELOAD = ["peft", "bench.worker"]
 # Set in the child from the run's environment, so they may differ from the server's.
 APPLIED = ("CUDA_VISIBLE_DEVICES", "BENCH_DEVICE", "OMP_NUM_THREADS")
 # The server's own environment on top of the runner's: idle OpenMP threads must not spin (as for every worker), and

@@ -1,7 +1,8 @@
 """Statistics over seeds: mean, sample standard deviation, Student's t intervals, Welch's test, Pareto fronts.
 
 Pure functions over plain numbers; Student's t from SciPy (fractional degrees of freedom, as Welch's test produces
-them), checked against printed t-tables in tests/test_stats.py.
+them), checked against printed t-tables in tests/test_stats.py. SciPy is imported where a test or an interval is
+computed (about 1 s): a report of single-seed runs needs none.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
-
-import scipy.stats
 
 LEVEL = 0.95  # confidence level of every interval and test in the reports
 
@@ -35,6 +34,8 @@ def sample_sd(xs: Sequence[float]) -> float | None:
 
 def t_two_sided_p(t: float, df: float) -> float:
     """P(|T| >= |t|) for Student's t with df degrees of freedom (df may be fractional; inf is the normal)."""
+    import scipy.stats
+
     if math.isinf(df):
         return float(2.0 * scipy.stats.norm.sf(abs(t)))
     return float(2.0 * scipy.stats.t.sf(abs(t), df))
@@ -44,6 +45,8 @@ def t_critical(df: float, level: float = LEVEL) -> float:
     """The t with P(|T| >= t) = 1 - level: the multiplier of the standard error in a two-sided interval."""
     if df <= 0:
         raise ValueError(f"degrees of freedom must be positive, got {df}")
+    import scipy.stats
+
     q = 0.5 + level / 2.0
     return float(scipy.stats.norm.ppf(q) if math.isinf(df) else scipy.stats.t.ppf(q, df))
 
@@ -97,6 +100,8 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Diffe
         return Difference(delta, None, None, None, None)
     if sample_sd(a) == 0.0 and sample_sd(b) == 0.0:
         return Difference(delta, 0.0, None, 0.0 if delta else 1.0, delta != 0.0)
+    import scipy.stats
+
     test = scipy.stats.ttest_ind(a, b, equal_var=False)
     interval = test.confidence_interval(level)
     half = float(interval.high - interval.low) / 2.0

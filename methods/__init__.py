@@ -3,16 +3,15 @@
 A file here exists only where a method adds something to PEFT: `SHIPPED` are the benchmark's curated methods (their
 names, defaults and learning-rate grids), `HOOKED` are PEFT tuners that need the training loop. Every other tuner
 PEFT ships is generated from its PeftType with PEFT's own defaults, so a tuner added in a later PEFT release needs
-no code here.
+no code here. Importing this registry imports no PEFT: what it needs of PEFT is read from methods/catalog.py.
 """
 
 from __future__ import annotations
 
-from peft import PEFT_TYPE_TO_CONFIG_MAPPING
-
 from methods import adalora, adamss, cartridge, dora, full, head_only, ia3, loha, lora, oft, p_tuning, prefix_tuning
 from methods import prompt_tuning, qlora, trainable_tokens, vera
-from methods.base import Method, RunFacts, config_class
+from methods import catalog
+from methods.base import Method, RunFacts
 
 SHIPPED: dict[str, Method] = {
     m.METHOD.id: m.METHOD
@@ -35,12 +34,11 @@ NEEDS_WEIGHTS = ("FROD", "SHIRA")
 
 
 def _generated(peft_type: str) -> Method:
-    return Method(id=peft_type.lower(), summary=f"PEFT's {config_class(peft_type).__name__} with PEFT's defaults.",
+    return Method(id=peft_type.lower(), summary=f"PEFT's {catalog.tuner(peft_type).config} with PEFT's defaults.",
                   peft_type=peft_type, refusal=REFUSALS.get(peft_type), needs_weights=peft_type in NEEDS_WEIGHTS)
 
 
-_TYPES = sorted(str(t.value) if hasattr(t, "value") else str(t) for t in PEFT_TYPE_TO_CONFIG_MAPPING)
 METHODS: dict[str, Method] = SHIPPED | HOOKED | {
-    t.lower(): _generated(t) for t in _TYPES if t.lower() not in SHIPPED and t.lower() not in HOOKED}
+    t.lower(): _generated(t) for t in catalog.peft_types() if t.lower() not in SHIPPED and t.lower() not in HOOKED}
 
 __all__ = ["HOOKED", "METHODS", "Method", "RunFacts", "SHIPPED"]

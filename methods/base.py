@@ -12,6 +12,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from methods import catalog
+
 Merge = Literal["exact", "lossy", "none"]
 
 # Fields of every PEFT config that are PEFT's bookkeeping, not a choice a run makes.
@@ -102,9 +104,13 @@ class Method:
             return {}
         return {k: v for k, v in field_types(self.peft_type).items() if k not in self.fixed} | self.extras
 
+    def field_names(self) -> tuple[str, ...]:
+        """The PEFT config fields a suite may set (`parameters()` less the extras), read without importing PEFT."""
+        return tuple(f for f in catalog.tuner(self.peft_type).fields if f not in self.fixed) if self.peft_type else ()
+
     @property
     def config_name(self) -> str:
-        return config_class(self.peft_type).__name__ if self.peft_type else "no PEFT config"
+        return catalog.tuner(self.peft_type).config if self.peft_type else "no PEFT config"
 
     def config(self, plan: RunFacts | None = None, **params):
         """The PEFT config this run trains with (PEFT's __post_init__ checks run here); None trains every weight."""
@@ -121,14 +127,12 @@ class Method:
     @property
     def prompt_learning(self) -> bool:
         """Virtual tokens: rows cannot hold several packed examples, and decoding is the harness's own."""
-        from peft.config import PromptLearningConfig
-
-        return self.peft_type is not None and issubclass(config_class(self.peft_type), PromptLearningConfig)
+        return self.peft_type is not None and catalog.tuner(self.peft_type).prompt_learning
 
     @property
     def merge(self) -> Merge:
         """Whether merge_and_unload folds the adapter into the base (its tuner layers implement merge), and how."""
-        if self.peft_type is None or self.prompt_learning or not tuner_layers_merge(self.peft_type):
+        if self.peft_type is None or self.prompt_learning or not catalog.tuner(self.peft_type).merges:
             return "none"
         return "lossy" if self.load_in_4bit else "exact"
 
