@@ -143,36 +143,36 @@ def predict(arch: dict[str, Any], method, params: dict[str, Any], setting: Setti
     return _assemble(setting, parts, acts, logits, peak, rows, int(at("flops", layers, 1)), how)
 
 
-# PEFT config fields that count the decoder layers a method adapts (AdaptionPrompt's adapter_layers: the top N). A
-# build at depth 1 or 2 cannot hold more: they are set to the build's depth, and once to 1 at depth 2, which
-# separates an adapted layer's share from a plain one's.
+# PEFT config fields that count the decoder layers a method adapts from the top (AdaptionPrompt's adapter_layers). A
+# build cannot hold more than its depth, and the layers below the lowest adapted one save nothing for backward
+# (nothing under them trains), while the lowest adapted layer saves less than the others (its input needs no
+# gradient): such a method is built at depth 2 and 3 with 2 and 3 layers adapted, and at depth 3 with 2, and its
+# figures taken as affine in depth and in adapted layers from two on.
 LAYER_COUNTS = ("adapter_layers",)
 
 
 def _extended(arch: dict[str, Any], method, params: dict[str, Any], setting: Setting, plan):
-    """`at(field, depth, r)`: a figure of the builds at depth 1 and 2 and 1 and 2 rows, extended to `depth` layers
+    """`at(field, depth, r)`: a figure of the builds at reduced depth and 1 and 2 rows, extended to `depth` layers
     and `r` rows (affine in both); and how the builds were counted ("fake" or "real")."""
     field = next((f for f in LAYER_COUNTS if isinstance(params.get(f), int) and params[f] > 0), None)
+    adapted = min(params[field], arch["num_hidden_layers"]) if field else None
+    points = ((2, 2), (3, 2), (3, 3)) if field and adapted > 1 else ((1, 1), (2, 1)) if field else ((1, 1), (2, 2))
 
-    def build(depth: int, r: int, adapted: int | None = None) -> Counted:
-        p = params if field is None else {**params, field: adapted or depth}
-        return measure(arch, method, p, setting, plan, depth, r)
+    def build(depth: int, layers: int, r: int) -> Counted:
+        return measure(arch, method, {**params, field: layers} if field else params, setting, plan, depth, r)
 
-    grid = {(d, r): build(d, r) for d in (1, 2) for r in (1, 2)}
-    top = {r: build(2, r, 1) for r in (1, 2)} if field else {}
-    adapted = params[field] if field else None
+    grid = {(d, a, r): build(d, a, r) for d, a in points for r in (1, 2)}
 
     def at(name: str, depth: float, r: float) -> float:
-        def rows(v: dict[int, float]) -> float:
-            return v[1] + (v[2] - v[1]) * (r - 1)
+        f = {(d, a): (lambda v: v[1] + (v[2] - v[1]) * (r - 1))({r_: getattr(grid[d, a, r_], name) for r_ in (1, 2)})
+             for d, a in points}
+        if len(points) == 2:  # every layer alike (or the one adapted layer on top)
+            (d0, a0), (d1, a1) = points
+            return f[d0, a0] + (depth - d0) * (f[d1, a1] - f[d0, a0])
+        a = min(adapted, depth)
+        return f[2, 2] + (depth - 2) * (f[3, 2] - f[2, 2]) + (a - 2) * (f[3, 3] - f[3, 2])
 
-        one, two = (rows({r_: getattr(grid[d, r_], name) for r_ in (1, 2)}) for d in (1, 2))
-        if field is None:
-            return one + (depth - 1) * (two - one)
-        plain = rows({r_: getattr(top[r_], name) for r_ in (1, 2)}) - one  # a layer without the method's share
-        return one + (depth - 1) * plain + (min(adapted, depth) - 1) * (two - one - plain)
-
-    return at, grid[1, 1].how
+    return at, grid[points[0] + (1,)].how
 
 
 def _batch(r: float, setting: Setting, how: str) -> float:

@@ -239,3 +239,52 @@ def test_a_tuner_that_reads_weights_is_counted_at_two_depths_as_it_is_whole(monk
     assert (scaled.trainable, scaled.total, scaled.adapter_bytes) == (whole.trainable, whole.total, whole.adapter_bytes)
     assert scaled.weights == "random, depth 1 and 2 extended"
     tuners._apply.cache_clear()
+
+
+def test_adapter_layers_beyond_the_builds_depth_are_sized_as_a_direct_count():
+    """AdaptionPrompt adapts the top adapter_layers layers: more than a depth-1 or 2 build holds. The prediction
+    from builds of 1 and 2 layers equals a direct count at the model's depth, with 3 of its 5 layers adapted."""
+    arch = dict(TINY, num_hidden_layers=5)
+    params = {"adapter_layers": 3, "adapter_len": 4}
+    setting = Setting(batch_size=2, seq_len=16, dtype="fp32")
+    pred = predict(arch, METHODS["adaption_prompt"], params, setting, PLAN)
+    direct = measure(arch, METHODS["adaption_prompt"], params, setting, PLAN, depth=5, rows=2)
+    assert pred.activations == pytest.approx(direct.saved, rel=1e-4)
+    assert (pred.trainable, pred.optimizer, pred.base) == (direct.trainable, direct.optimizer, direct.frozen)
+    one_adapted = measure(arch, METHODS["adaption_prompt"], {**params, "adapter_layers": 1}, setting, PLAN, 5, 2)
+    assert direct.trainable == 3 * one_adapted.trainable  # the count is not the same at any other number of layers
+
+
+def test_a_shared_copy_shares_frozen_bytes_and_nothing_else():
+    from bench.memplan import shared_copy
+
+    model = tiny_model(dict(TINY, tie_word_embeddings=True))
+    model.requires_grad_(False)
+    model.model.norm.weight.requires_grad_(True)
+    copy = shared_copy(model)
+    frozen = model.model.layers[0].self_attn.q_proj.weight
+    twin = copy.model.layers[0].self_attn.q_proj.weight
+    assert twin is not frozen and twin.data_ptr() == frozen.data_ptr()
+    assert copy.model.norm.weight.data_ptr() != model.model.norm.weight.data_ptr()
+    copy.model.layers[0].self_attn.q_proj.weight = torch.nn.Parameter(torch.zeros(1))
+    assert model.model.layers[0].self_attn.q_proj.weight is frozen and frozen.shape == (64, 64)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, and tied in the copy
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight is not model.lm_head.weight
+
+
+def test_a_tuner_counted_for_real_extends_to_depth_as_a_direct_count():
+    """SHiRA's sparse delta needs values: counted for real at REAL_TOKENS on random weights shared between builds;
+    extended from depth 1 and 2 it equals the real count at depth 4 (and the count is not redone per length)."""
+    from bench import memplan
+
+    arch = dict(TINY, num_hidden_layers=4)
+    params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    setting = Setting(batch_size=1, seq_len=memplan.REAL_TOKENS[0], dtype="fp32")
+    pred = predict(arch, METHODS["shira"], params, setting, PLAN)
+    direct = measure(arch, METHODS["shira"], params, setting, PLAN, depth=4, rows=1)
+    assert direct.how == "real" and pred.measured.startswith("real tensors")
+    assert pred.activations == pytest.approx(direct.saved, rel=1e-3)
+    assert (pred.trainable, pred.optimizer, pred.base) == (direct.trainable, direct.optimizer, direct.frozen)
+    before = memplan._real_count.cache_info().misses
+    longer = predict(arch, METHODS["shira"], params, Setting(batch_size=2, seq_len=96, dtype="fp32"), PLAN)
+    assert memplan._real_count.cache_info().misses == before and longer.activations > pred.activations
