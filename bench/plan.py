@@ -58,8 +58,11 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(m.hub, revision=m.revision).to_dict()
-    raise ValueError("a GGUF model's architecture is known only once it is converted; plan it from its preset or "
-                     "config")
+    try:  # a GGUF converted by an earlier run
+        return json.loads((Path(_tokenizer_folder(m)) / "config.json").read_text())
+    except LookupError:
+        raise ValueError("a GGUF model's architecture is known only once it is converted (bench run converts it "
+                         "once); plan it from its preset or config") from None
 
 
 def plan_row(cfg: RunConfig, card: tuple[float, str] | None = None) -> PlanRow:
@@ -156,7 +159,7 @@ def _longest_batch(key: str) -> tuple[int, int] | str:
     if any(hubs) and not any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
         return "a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its cached copy is read"
     try:  # as bench.load.read_inputs and load read them, less the evaluation set
-        tokenizer = load_tokenizer(model, model.path or model.hub)
+        tokenizer = load_tokenizer(model, _tokenizer_folder(model))
         train, _, notes = D.load_examples(spec, max_eval=max_eval)
         notes.formatting = D.use_formatting(tokenizer, spec, notes.source)
         train, _ = D.split_validation(train, spec, notes)
@@ -172,6 +175,18 @@ def _longest_batch(key: str) -> tuple[int, int] | str:
         return math.ceil(tokens / batch_size), tokens
     longest = max(max(lengths[i] for i in b) for b in batches)
     return longest, longest * batch_size
+
+
+def _tokenizer_folder(model) -> str | None:
+    """Where the run's tokenizer is read from; a GGUF's comes with its conversion, read only where that is cached."""
+    if model.gguf is None:
+        return model.path or model.hub
+    from bench.models import cache_dir, gguf_file, sha256_file
+
+    folder = cache_dir() / "gguf" / sha256_file(gguf_file(model.gguf, model.package))[:16]
+    if not (folder / "config.json").is_file():
+        raise LookupError("the GGUF is not converted yet (its tokenizer comes with the conversion bench run makes)")
+    return str(folder)
 
 
 @functools.lru_cache(maxsize=16)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -147,6 +148,8 @@ def main() -> int:
     parser.add_argument("--summarise", action="store_true", help="report from --progress's runs only, interpolated "
                         "at the fitted length (no direct pass)")
     parser.add_argument("--only", help="only the experiments whose name contains this")
+    parser.add_argument("--reverse", action="store_true", help="size the experiments in reverse order (a second "
+                        "process on another --progress file meets the first half-way)")
     args = parser.parse_args()
     found = published(args.peft)
     names = [n for n in found if args.only is None or args.only in n]
@@ -155,7 +158,7 @@ def main() -> int:
     if not args.summarise:
         by_run = {cfg.run: cfg for cfg in run_configs([found[n][0] for n in names])}  # and the untrained baseline
         configs = {n: by_run[n.replace("/", "--")] for n in names}
-    two, failed = sized(names, configs, truth, args.progress)
+    two, failed = sized(names[::-1] if args.reverse else names, configs, truth, args.progress)
     length = args.length or fit_length(two, truth)
     rows = []
     for name, pair in two.items():
@@ -178,8 +181,28 @@ def main() -> int:
             r["loo_length"], r["loo_error"] = loo[r["experiment"]]
     summary = report(rows, failed, length, args.length is None)
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "rows": rows, "failed": failed}, indent=1) + "\n")
+        doc = {"about": about(args.json.name), "summary": summary, "rows": rows, "failed": failed}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
+
+
+def about(name: str) -> dict[str, str]:
+    """Where, when, at which commit and with what the check ran (docs/results' provenance block)."""
+    import datetime
+    import platform
+    import subprocess
+    from importlib.metadata import version
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    return {"file": name, "command": "python scripts/plan_vs_peft.py PEFT_CHECKOUT --progress FILE --json FILE",
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, no GPU",
+            "commit": commit.strip() + (" (dirty)" if dirty else ""),
+            "date": datetime.date.today().isoformat(),
+            "versions": ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft")),
+            "note": "Predicted by bench plan's memory predictor (bench/memplan.py) on the CPU; the published figures "
+                    "are PEFT's (docs/results/peft-metamathqa.json), measured on an L40S."}
 
 
 def stats(errors: list[float]) -> dict[str, float]:

@@ -288,3 +288,34 @@ def test_a_tuner_counted_for_real_extends_to_depth_as_a_direct_count():
     before = memplan._real_count.cache_info().misses
     longer = predict(arch, METHODS["shira"], params, Setting(batch_size=2, seq_len=96, dtype="fp32"), PLAN)
     assert memplan._real_count.cache_info().misses == before and longer.activations > pred.activations
+
+
+def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
+    """With the data at hand, the batch is the longest the run's own batches make (read here through the worker's
+    load and collate); without it, max_seq_len, saying why."""
+    import math
+
+    from bench import data as D
+    from bench.load import load
+    from bench.plan import planned_setting
+    from bench.suite import load_suite
+
+    runs = {cfg.method: cfg for cfg in load_suite("suites/smoke.yaml").resolved_runs()}
+    for method, packed in (("lora", True), ("prompt_tuning", False)):
+        cfg = runs[method]
+        tr = cfg.training
+        loaded = load(cfg)
+        made = [D.collate([loaded.train[i] for i in b], 0, packed)["input_ids"]
+                for b in D.batch_order(loaded.train, tr.batch_size, tr.seed)]
+        expected = math.ceil(max(m.numel() for m in made) / tr.batch_size) if packed else max(m.shape[1] for m in made)
+        setting, length_from = planned_setting(cfg)
+        assert (setting.seq_len, setting.batch_size) == (expected, tr.batch_size)
+        assert 0 < setting.seq_len < tr.max_seq_len and length_from.startswith("data: the longest batch")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    hub = runs["lora"].model_copy(update={"dataset": runs["lora"].dataset.model_copy(update={"path": None,
+                                                                                           "hub": "someone/data"})})
+    setting, length_from = planned_setting(hub)
+    assert setting.seq_len == hub.training.max_seq_len
+    assert length_from == ("max_seq_len (a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its "
+                           "cached copy is read)")
