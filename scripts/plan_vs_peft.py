@@ -148,11 +148,14 @@ def main() -> int:
     parser.add_argument("--summarise", action="store_true", help="report from --progress's runs only, interpolated "
                         "at the fitted length (no direct pass)")
     parser.add_argument("--only", help="only the experiments whose name contains this")
+    parser.add_argument("--skip", default="", help="comma-separated: leave out the experiments whose name contains "
+                        "one of these (e.g. the slow tuners that need real weights, for another process)")
     parser.add_argument("--reverse", action="store_true", help="size the experiments in reverse order (a second "
                         "process on another --progress file meets the first half-way)")
     args = parser.parse_args()
     found = published(args.peft)
-    names = [n for n in found if args.only is None or args.only in n]
+    skip = [part for part in args.skip.split(",") if part]
+    names = [n for n in found if (args.only is None or args.only in n) and not any(part in n for part in skip)]
     truth = {n: found[n][1] for n in found}
     configs = {}
     if not args.summarise:
@@ -179,7 +182,7 @@ def main() -> int:
     for r in rows:
         if loo:
             r["loo_length"], r["loo_error"] = loo[r["experiment"]]
-    summary = report(rows, failed, length, args.length is None)
+    summary = report(rows, failed, length, args.length is None) | {"runs": len(found)}
     if args.json:
         doc = {"about": about(args.json.name), "summary": summary, "rows": rows, "failed": failed}
         args.json.write_text(json.dumps(doc, indent=1) + "\n")
