@@ -123,16 +123,8 @@ class Prediction:
 def predict(arch: dict[str, Any], method, params: dict[str, Any], setting: Setting, plan) -> Prediction:
     """The training-phase peak of `method` with `params` on the architecture `arch` under `setting`."""
     layers = arch["num_hidden_layers"]
-    grid = {(d, r): measure(arch, method, params, setting, plan, d, r) for d in (1, 2) for r in (1, 2)}
-    how = grid[1, 1].how
+    at, how = _extended(arch, method, params, setting, plan)
     rows = setting.batch_size if how == "fake" else setting.batch_size * setting.seq_len / REAL_TOKENS[0]
-
-    def at(field: str, depth: float, r: float) -> float:
-        v = {k: getattr(c, field) for k, c in grid.items()}
-        per_layer = {r_: v[2, r_] - v[1, r_] for r_ in (1, 2)}
-        base = {r_: v[1, r_] - per_layer[r_] for r_ in (1, 2)}
-        return base[1] + (base[2] - base[1]) * (r - 1) + depth * (per_layer[1] + (per_layer[2] - per_layer[1]) * (r - 1))
-
     width = {"bf16": 2, "fp16": 2, "fp32": 4}[setting.dtype]
     hidden_row = setting.seq_len * arch["hidden_size"] * width
     vocab = arch["vocab_size"]
@@ -149,6 +141,38 @@ def predict(arch: dict[str, Any], method, params: dict[str, Any], setting: Setti
     parts = [int(at(f, layers, 1)) for f in ("frozen", "trainable", "gradients", "optimizer")]
     parts.append(max(0, int(at("gradients", 0, 1))))  # the gradients outside the layers: the head's, first in backward
     return _assemble(setting, parts, acts, logits, peak, rows, int(at("flops", layers, 1)), how)
+
+
+# PEFT config fields that count the decoder layers a method adapts from the top (AdaptionPrompt's adapter_layers). A
+# build cannot hold more than its depth, and the layers below the lowest adapted one save nothing for backward
+# (nothing under them trains), while the lowest adapted layer saves less than the others (its input needs no
+# gradient): such a method is built at depth 2 and 3 with 2 and 3 layers adapted, and at depth 3 with 2, and its
+# figures taken as affine in depth and in adapted layers from two on.
+LAYER_COUNTS = ("adapter_layers",)
+
+
+def _extended(arch: dict[str, Any], method, params: dict[str, Any], setting: Setting, plan):
+    """`at(field, depth, r)`: a figure of the builds at reduced depth and 1 and 2 rows, extended to `depth` layers
+    and `r` rows (affine in both); and how the builds were counted ("fake" or "real")."""
+    field = next((f for f in LAYER_COUNTS if isinstance(params.get(f), int) and params[f] > 0), None)
+    adapted = min(params[field], arch["num_hidden_layers"]) if field else None
+    points = ((2, 2), (3, 2), (3, 3)) if field and adapted > 1 else ((1, 1), (2, 1)) if field else ((1, 1), (2, 2))
+
+    def build(depth: int, layers: int, r: int) -> Counted:
+        return measure(arch, method, {**params, field: layers} if field else params, setting, plan, depth, r)
+
+    grid = {(d, a, r): build(d, a, r) for d, a in points for r in (1, 2)}
+
+    def at(name: str, depth: float, r: float) -> float:
+        f = {(d, a): (lambda v: v[1] + (v[2] - v[1]) * (r - 1))({r_: getattr(grid[d, a, r_], name) for r_ in (1, 2)})
+             for d, a in points}
+        if len(points) == 2:  # every layer alike (or the one adapted layer on top)
+            (d0, a0), (d1, a1) = points
+            return f[d0, a0] + (depth - d0) * (f[d1, a1] - f[d0, a0])
+        a = min(adapted, depth)
+        return f[2, 2] + (depth - 2) * (f[3, 2] - f[2, 2]) + (a - 2) * (f[3, 3] - f[3, 2])
+
+    return at, grid[points[0] + (1,)].how
 
 
 def _batch(r: float, setting: Setting, how: str) -> float:
@@ -193,37 +217,73 @@ def _measure(key: str) -> Counted:
     arch, method_id, params, setting, total_steps, special, depth, rows = json.loads(key)
     method, setting = METHODS[method_id], Setting(**setting)
     plan = RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
-    try:
-        return _count(_small_model(arch, depth, method, params, setting, plan), setting, rows, "fake")
-    except Exception as e:  # noqa: BLE001 - an op that needs values; it runs for real below
-        if _real_bytes(arch, depth, setting) > RANDOM_BUILD_BYTES:
-            raise RuntimeError(f"{method_id}'s ops need values ({type(e).__name__}: {str(e)[:120]}) and a real build "
-                               f"at depth {depth} is too large here") from None
+    build = json.dumps([arch, method_id, params, asdict(setting) | {"seq_len": 0, "batch_size": 0}, total_steps,
+                        special, depth], sort_keys=True, default=str)
+    if build not in _NEEDS_VALUES:
+        try:
+            return _count(_small_model(arch, depth, method, params, setting, plan), setting, rows, "fake")
+        except Exception as e:  # noqa: BLE001 - an op that needs values; it runs for real below
+            _NEEDS_VALUES[build] = f"{type(e).__name__}: {str(e)[:120]}"
+    if _real_bytes(json.dumps(arch, sort_keys=True), depth, setting.dtype) > RANDOM_BUILD_BYTES:
+        raise RuntimeError(f"{method_id}'s ops need values ({_NEEDS_VALUES[build]}) and a real build at depth "
+                           f"{depth} is too large here")
+    return _real_count(build, rows)
+
+
+# Builds whose ops need values (fake tensors failed), with why: later lengths and batch sizes go straight to the real
+# count, which depends on neither (it runs at REAL_TOKENS).
+_NEEDS_VALUES: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _real_count(build: str, rows: int) -> Counted:
+    from methods import METHODS, RunFacts
+
+    arch, method_id, params, setting, total_steps, special, depth = json.loads(build)
+    method, setting = METHODS[method_id], Setting(**setting)
+    plan = RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
     model = _small_model(arch, depth, method, params, setting, plan, real=True)
     return _count(model, setting, 1, "real", tokens=REAL_TOKENS[rows - 1])
 
 
-def _real_bytes(arch: dict[str, Any], depth: int, setting: Setting) -> int:
-    """Bytes of a real build of `arch` at `depth` layers, weights in the run's dtype (adapters aside)."""
+@functools.lru_cache(maxsize=16)
+def _real_bytes(arch: str, depth: int, dtype: str) -> int:
+    """Bytes of a real build of `arch` (JSON) at `depth` layers, weights in `dtype` (adapters aside)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from bench.tuners import at_depth, model_config
 
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config(at_depth(arch, depth)))
-    return sum(p.numel() for p in model.parameters()) * {"fp32": 4}.get(setting.dtype, 2)
+        model = AutoModelForCausalLM.from_config(model_config(at_depth(json.loads(arch), depth)))
+    return sum(p.numel() for p in model.parameters()) * {"fp32": 4}.get(dtype, 2)
 
 
 def _small_model(arch, depth: int, method, params, setting: Setting, plan, real: bool = False):
     """The model at `depth` layers with the method applied as the run applies it: on the meta device, or with random
-    weights on the CPU where PEFT reads them as it builds (or `real`). A copy of a cached build: the count consumes
-    it, and a real build with PEFT's decompositions takes seconds."""
-    import copy
+    weights on the CPU where PEFT reads them as it builds (or `real`). A copy of a cached build (the count consumes
+    it; a real build with PEFT's decompositions takes seconds) that shares the cached build's frozen weights."""
+    from bench.tuners import _mica
 
+    real = real or method.needs_weights or _mica(params)  # built on the CPU either way: one build serves both
     key = json.dumps([arch, depth, method.id, params, setting.dtype, setting.trainable_fp32, plan.total_steps,
                       list(plan.special_token_ids), real], sort_keys=True, default=str)
-    return copy.deepcopy(_built(key))
+    return shared_copy(_built(key))
+
+
+def shared_copy(model):
+    """A deep copy of `model` whose frozen parameters are new Parameter objects over the same storage (tied ones
+    stay tied): what a method replaces or re-assigns in the copy leaves the original alone; the bytes are not copied
+    (a random 3B model's embeddings are 0.8 GB)."""
+    import copy
+
+    import torch
+
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        if not p.requires_grad and id(p) not in memo:
+            memo[id(p)] = torch.nn.Parameter(p.detach(), requires_grad=False)
+    return copy.deepcopy(model, memo)
 
 
 @functools.lru_cache(maxsize=4)
@@ -241,7 +301,7 @@ def _built(key: str):
             if "meta" not in str(e).lower():
                 raise
             # This tuner reads the weights as it builds (BOFT, UniLoRA): random ones, as below.
-    if _real_bytes(arch, depth, setting) > RANDOM_BUILD_BYTES:
+    if _real_bytes(json.dumps(arch, sort_keys=True), depth, dtype) > RANDOM_BUILD_BYTES:
         raise RuntimeError(f"{method.id} needs real weights and {depth} layer(s) of this model take more than "
                            f"{RANDOM_BUILD_BYTES / GIB:.0f} GiB here")
     return _construct(arch, depth, method, params, plan, setting, "cpu")
@@ -253,12 +313,33 @@ def _construct(arch, depth: int, method, params, plan, setting: Setting, device:
     from bench.tuners import at_depth, built
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[setting.dtype]
-    model, _ = built(at_depth(arch, depth), method, params, plan, device, dtype=dtype, attn_implementation="sdpa")
+    base = None
+    if device == "cpu":  # the random base is built once per shape and shared: its weights' values matter to no count
+        base = shared_copy(_random_base(json.dumps(arch, sort_keys=True), depth, setting.dtype))
+    model, _ = built(at_depth(arch, depth), method, params, plan, device, base=base, dtype=dtype,
+                     attn_implementation="sdpa")
     if setting.trainable_fp32:
         from bench.load import trainable_in_fp32
 
         trainable_in_fp32(model)
     return model
+
+
+@functools.lru_cache(maxsize=2)
+def _random_base(arch: str, depth: int, dtype: str):
+    """`arch` (JSON) at `depth` layers on the CPU with transformers' random initialisation (seed 0), frozen."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.tuners import at_depth, model_config
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(
+            model_config(at_depth(json.loads(arch), depth)), attn_implementation="sdpa",
+            dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    return model.requires_grad_(False)
 
 
 def _fakeify(model, mode) -> None:

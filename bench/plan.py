@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,11 @@ def architecture(cfg: RunConfig) -> dict[str, Any]:
         from transformers import AutoConfig
 
         return AutoConfig.from_pretrained(m.hub, revision=m.revision).to_dict()
-    raise ValueError("a GGUF model's architecture is known only once it is converted; plan it from its preset or "
-                     "config")
+    try:  # a GGUF converted by an earlier run
+        return json.loads((Path(_tokenizer_folder(m)) / "config.json").read_text())
+    except LookupError:
+        raise ValueError("a GGUF model's architecture is known only once it is converted (bench run converts it "
+                         "once); plan it from its preset or config") from None
 
 
 def size_run(cfg: RunConfig, card: tuple[float, str] | None = None) -> Sizing:
@@ -104,17 +108,87 @@ def predict_memory(row: Sizing, cfg: RunConfig, arch: dict[str, Any], card: tupl
     from methods import METHODS, RunFacts
 
     plan = RunFacts(total_steps=cfg.budget.max_steps or 1000, special_token_ids=special)
+    setting, length_from = planned_setting(cfg)
     try:
-        pred = predict(arch, METHODS[cfg.method], cfg.params, setting_of(cfg), plan)
+        pred = predict(arch, METHODS[cfg.method], cfg.params, setting, plan)
     except Exception as e:  # noqa: BLE001 - what PEFT or torch raise on this build: said in the row
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         row.note = "; ".join(filter(None, [row.note, f"memory not predicted: {first[:160]}"]))
         return
-    row.memory = pred.as_dict()
+    row.memory = pred.as_dict() | {"length_from": length_from}
     if card is not None:
         row.fits, row.largest_batch = pred.fits(card[0]), pred.largest_batch(card[0])
         if cfg.budget.max_steps:
             row.time = time_estimate(pred, arch, card[1], cfg.budget.max_steps * cfg.training.grad_accum)
+
+
+def planned_setting(cfg: RunConfig, device: str = "cuda"):
+    """How the run trains as far as memory goes (bench.memplan.setting_of), its batch the longest the run's training
+    data makes where the data and the tokenizer can be read here, else batch_size rows of max_seq_len; and which of
+    the two it is ("data: ..." or "max_seq_len")."""
+    from dataclasses import replace
+
+    from bench.memplan import setting_of
+    from methods import METHODS
+
+    setting = setting_of(cfg, device)
+    tr = cfg.training
+    packed = tr.packing and METHODS[cfg.method].packable
+    key = json.dumps([cfg.model.model_dump_json(), cfg.dataset.model_dump_json(), cfg.eval.max_examples,
+                      tr.max_seq_len, tr.batch_size, tr.seed, packed])
+    longest = _longest_batch(key)
+    if isinstance(longest, str):
+        return setting, f"max_seq_len ({longest})"
+    length, tokens = longest
+    what = "packed: its tokens spread over batch_size rows" if packed else "padded to its longest row"
+    return replace(setting, seq_len=length), f"data: the longest batch, {tokens} tokens ({what})"
+
+
+@functools.lru_cache(maxsize=16)
+def _longest_batch(key: str) -> tuple[int, int] | str:
+    """The row length of the run's longest micro-batch (by tokens, in the run's batch order) and its tokens; or why
+    the data cannot be read here. Padded rows are as long as the batch's longest example; a packed batch is one row
+    of its examples end to end, which holds what batch_size rows of its tokens / batch_size would."""
+    import math
+
+    from bench import data as D
+    from bench.config import DatasetSpec, ModelSpec
+    from bench.models import load_tokenizer
+
+    model_json, dataset_json, max_eval, max_seq_len, batch_size, seed, packed = json.loads(key)
+    model, spec = ModelSpec.model_validate_json(model_json), DatasetSpec.model_validate_json(dataset_json)
+    hubs = [spec.hub, *(s.hub for s in (spec.eval_data, spec.validation_data) if s is not None)]
+    if any(hubs) and not any(os.environ.get(v) == "1" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return "a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its cached copy is read"
+    try:  # as bench.load.read_inputs and load read them, less the evaluation set
+        tokenizer = load_tokenizer(model, _tokenizer_folder(model))
+        train, _, notes = D.load_examples(spec, max_eval=max_eval)
+        notes.formatting = D.use_formatting(tokenizer, spec, notes.source)
+        train, _ = D.split_validation(train, spec, notes)
+        features = D.tokenize(train, tokenizer, max_seq_len, spec, notes, notes.source)
+    except Exception as e:  # noqa: BLE001 - the Hub offline, a GGUF, a bad row: max_seq_len stands, with why
+        return f"the data cannot be read here: {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]}"
+    if not features:
+        return "no training example"
+    lengths = [len(f.input_ids) for f in features]
+    batches = D.batch_order(features, batch_size, seed)
+    if packed:
+        tokens = max(sum(lengths[i] for i in b) for b in batches)
+        return math.ceil(tokens / batch_size), tokens
+    longest = max(max(lengths[i] for i in b) for b in batches)
+    return longest, longest * batch_size
+
+
+def _tokenizer_folder(model) -> str | None:
+    """Where the run's tokenizer is read from; a GGUF's comes with its conversion, read only where that is cached."""
+    if model.gguf is None:
+        return model.path or model.hub
+    from bench.models import cache_dir, gguf_file, sha256_file
+
+    folder = cache_dir() / "gguf" / sha256_file(gguf_file(model.gguf, model.package))[:16]
+    if not (folder / "config.json").is_file():
+        raise LookupError("the GGUF is not converted yet (its tokenizer comes with the conversion bench run makes)")
+    return str(folder)
 
 
 @functools.lru_cache(maxsize=16)
@@ -238,7 +312,8 @@ def _peak(memory: dict[str, Any] | None) -> str:
     if memory is None:
         return "-"
     gib = (lambda k: f"{memory[k] / 2**30:.1f}")
-    return (f"{memory['need'] / 2**30:.1f} GiB (weights {gib('base')}+{gib('trainable')}, grads {gib('gradients')}, "
+    length = "data" if memory.get("length_from", "").startswith("data") else "max_seq_len"
+    return (f"{memory['need'] / 2**30:.1f} GiB at {memory['batch_size']}x{memory['seq_len']} tokens ({length}) (weights {gib('base')}+{gib('trainable')}, grads {gib('gradients')}, "
             f"optim {gib('optimizer')}, activ. {gib('activations')}, loss {gib('logits')}, alloc.+ctx "
             f"{gib('allowance')})")
 

@@ -95,18 +95,19 @@ def _check_small(config: dict[str, Any], method: Method, limit: int) -> None:
                            "to build with random ones here")
 
 
-def built(config: dict[str, Any], method: Method, params, plan: RunFacts, device: str, **from_config):
+def built(config: dict[str, Any], method: Method, params, plan: RunFacts, device: str, base=None, **from_config):
     """The architecture `config` on `device` (meta: shapes only) with random weights (seed 0), frozen, and the method
     applied as a run applies it (every weight trains where the method has no PEFT config); transformers' and PEFT's
-    warnings kept quiet. `from_config`: more arguments for from_config (dtype, attn_implementation). Returns the
-    model and its PEFT config."""
+    warnings kept quiet. `from_config`: more arguments for from_config (dtype, attn_implementation). `base`: that
+    model, already built (a copy the method may change), instead of a new one. Returns the model and its PEFT
+    config."""
     import torch
     from transformers import AutoModelForCausalLM
 
     with torch.device(device), warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(model_config(config), **from_config)
+        model = base if base is not None else AutoModelForCausalLM.from_config(model_config(config), **from_config)
         model.requires_grad_(False)
         peft_config = method.config(plan, **params)
         if peft_config is None:

@@ -502,8 +502,43 @@ def quantization_table(name: str = "quantization") -> str:
     return "\n".join([*lines, "", provenance(about) + (f" {note}" if note else "")])
 
 
+def _errors(s: dict[str, float]) -> str:
+    return (f"median \\|error\\| {100 * s['median_abs']:.1f}%, {100 * s['within_20']:.0f}% within +-20% "
+            f"({100 * s['within_10']:.0f}% within +-10%), max {100 * s['max_abs']:.1f}%")
+
+
+def plan_vs_peft_table(name: str = "plan-vs-peft") -> str:
+    """scripts/plan_vs_peft.py's check: the summary, the worst five with their reasons, every run."""
+    data = load_results(name)
+    s = data["summary"]
+    loo = s.get("leave_one_out")
+    left = s["runs"] - s["sized"] - len(data["failed"])
+    lines = [f"{left} of the {s['runs']} runs were not reached (see the note below the table).", ""] if left else []
+    lines += ["| length of the longest batch | runs sized | median, spread | Spearman |", "|---|---|---|---|",
+             f"| {s['length']} tokens, fitted on these runs (in-sample) | {s['sized']} of {s['runs']} | "
+             f"{_errors(s['in_sample'])} | {s['spearman']:.3f} |"]
+    if loo:
+        lines.append(f"| fitted on the other runs, per run (leave-one-out: {min(loo['lengths'])}-"
+                     f"{max(loo['lengths'])}) | {s['sized']} | {_errors(loo)} | - |")
+    lines += [f"| 768 (max_seq_len: no fit, no data) | {s['sized']} | {_errors(s['at_768'])} | "
+              f"{s['spearman_at_768']:.3f} |",
+              f"| a constant at the published median (no prediction) | {s['sized']} | "
+              f"{_errors(s['constant_at_median'])} | - |", "", "Worst five (at the fitted length):", ""]
+    reasons = data.get("reasons", {})
+    lines += [f"- {n}: {100 * e:+.1f}%. {reasons.get(n, 'Not analysed.')}" for n, e in s["worst"]]
+    lines += ["", "| experiment | published | predicted | error | leave-one-out | at 768 | counted |",
+              "|---|---|---|---|---|---|---|"]
+    for r in sorted(data["rows"], key=lambda r: r["error"]):
+        lines.append(f"| {r['experiment']} | {r['published'] / 2**30:.2f} GiB | {r['predicted'] / 2**30:.2f} GiB | "
+                     f"{100 * r['error']:+.1f}% | {100 * r.get('loo_error', float('nan')):+.1f}% | "
+                     f"{100 * r['error_at_768']:+.1f}% | {r['how']} |")
+    lines += [f"| {n} | not sized: {_cell(why)} | | | | | |" for n, why in data["failed"].items()]
+    return "\n".join([*lines, "", provenance(data["about"])])
+
+
 TABLES = {"quickstart": quickstart_table, "run-output": run_output, "overhead": overhead_table,
-          "peft-metamathqa": peft_table, "quantization": quantization_table}
+          "peft-metamathqa": peft_table, "quantization": quantization_table,
+          "plan-vs-peft": plan_vs_peft_table}
 # The pages that hold generated tables (README.md quotes the docs' quickstart table, rendered from the same file).
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
 

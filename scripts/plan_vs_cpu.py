@@ -24,8 +24,8 @@ MIB = 2**20
 def compare(suite_path: Path, results: Path) -> list[dict]:
     """Per run with a measured training peak: measured, predicted and the parts, in bytes."""
     from bench.config import BASELINE
-    from bench.memplan import predict, resident_floor, setting_of
-    from bench.plan import architecture
+    from bench.memplan import predict, resident_floor
+    from bench.plan import architecture, planned_setting
     from bench.suite import load_suite
     from methods import METHODS, RunFacts
 
@@ -38,8 +38,10 @@ def compare(suite_path: Path, results: Path) -> list[dict]:
         if measured is None:
             continue
         plan = RunFacts(total_steps=cfg.budget.max_steps or 1000, special_token_ids=(0,))
-        p = predict(architecture(cfg), METHODS[cfg.method], cfg.params, setting_of(cfg, "cpu"), plan)
+        setting, length_from = planned_setting(cfg, "cpu")
+        p = predict(architecture(cfg), METHODS[cfg.method], cfg.params, setting, plan)
         rows.append({"run": cfg.run, "measured": measured, "predicted": p.allocated, "floor": resident_floor(),
+                     "length": f"{setting.batch_size}x{setting.seq_len} {length_from.split(':')[0].split(' ')[0]}",
                      "model": p.allocated - p.allowance, "error": p.allocated / measured - 1})
     return rows
 
@@ -51,10 +53,10 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.15)
     args = parser.parse_args()
     rows = compare(args.suite, args.results)
-    print(f"{'run':16} {'measured':>9} {'predicted':>9} {'floor':>7} {'model':>7} {'error':>7}")
+    print(f"{'run':16} {'measured':>9} {'predicted':>9} {'floor':>7} {'model':>7} {'error':>7}  batch")
     for r in rows:
         print(f"{r['run'][:16]:16} {r['measured'] / MIB:8.0f}M {r['predicted'] / MIB:8.0f}M {r['floor'] / MIB:6.0f}M "
-              f"{r['model'] / MIB:6.1f}M {100 * r['error']:+6.1f}%")
+              f"{r['model'] / MIB:6.1f}M {100 * r['error']:+6.1f}%  {r['length']}")
     outside = [r["run"] for r in rows if abs(r["error"]) > args.tolerance]
     print(f"{len(rows)} runs, {len(outside)} outside +-{100 * args.tolerance:.0f}%{': ' if outside else ''}"
           f"{', '.join(outside)}")

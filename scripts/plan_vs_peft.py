@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 GIB = 2**30
+LENGTHS = (384, 768)  # every part is predicted at both; in between, each is affine in the length
 PARTS = ("base", "trainable", "gradients", "optimizer", "activations", "logits", "head_gradients")
 
 
@@ -47,7 +50,7 @@ def run_configs(folders: list[Path]) -> list:
     from ruamel.yaml import YAML
 
     from bench.peftimport import suite_of
-    from bench.suite import Suite, _with_adapter_methods
+    from bench.suite import Suite, with_adapter_files
     from bench.yamlio import load_yaml, to_plain
 
     tmp = Path(tempfile.mkdtemp(prefix="plan-vs-peft-"))
@@ -56,7 +59,8 @@ def run_configs(folders: list[Path]) -> list:
     suite["training"] |= {"batch_size": 4, "max_seq_len": 768, "precision": "bf16"}
     with out.open("w") as f:
         YAML().dump(suite, f)
-    return _with_adapter_methods(Suite(**to_plain(load_yaml(out)), source=str(out))).resolved_runs()
+    suite, _ = with_adapter_files(Suite(**to_plain(load_yaml(out)), source=str(out)))
+    return suite.resolved_runs()
 
 
 def predict_at(cfg, length: int):
@@ -81,118 +85,174 @@ def reserved(parts: dict[str, float]) -> float:
     return allocated * (1 + ALLOCATOR_SHARE)
 
 
-def fit_length(preds: dict[str, tuple], truth: dict[str, int], lengths: tuple[int, int]) -> int:
-    """The one length, on a 16-token grid, whose interpolated predictions have the smallest median |error|."""
-    lo, hi = lengths
+def interpolated(pair: tuple, length: int) -> float:
+    """The reserved peak at `length` from the parts predicted at LENGTHS (each part affine in the length)."""
+    a, b = pair
+    w = (length - LENGTHS[0]) / (LENGTHS[1] - LENGTHS[0])
+    return reserved({k: (1 - w) * getattr(a, k) + w * getattr(b, k) for k in PARTS})
 
+
+def fit_length(preds: dict[str, tuple], truth: dict[str, int]) -> int:
+    """The one length, on a 16-token grid, whose interpolated predictions have the smallest median |error|."""
     def median_error(length: int) -> float:
-        w = (length - lo) / (hi - lo)
-        errors = [abs(reserved({k: (1 - w) * getattr(a, k) + w * getattr(b, k) for k in PARTS}) / truth[n] - 1)
-                  for n, (a, b) in preds.items()]
-        return statistics.median(errors)
+        return statistics.median(abs(interpolated(pair, length) / truth[n] - 1) for n, pair in preds.items())
 
     return min(range(128, 769, 16), key=median_error)
+
+
+def leave_one_out(preds: dict[str, tuple], truth: dict[str, int]) -> dict[str, tuple[int, float]]:
+    """Per run, the length fitted on every other run and the run's error at it: an out-of-sample check of the fit."""
+    out = {}
+    for name, pair in preds.items():
+        length = fit_length({n: p for n, p in preds.items() if n != name}, truth)
+        out[name] = (length, interpolated(pair, length) / truth[name] - 1)
+    return out
+
+
+def sized(names: list[str], configs: dict, truth: dict[str, int], progress: Path | None):
+    """Each run's parts at both LENGTHS (read back from `progress` where an earlier pass sized it), and why a run
+    could not be sized."""
+    from types import SimpleNamespace
+
+    two, failed = {}, {}
+    done = [json.loads(line) for line in progress.read_text().splitlines()] if progress and progress.exists() else []
+    for d in (d for d in done if d["experiment"] in names):
+        if "failed" in d:
+            failed[d["experiment"]] = d["failed"]
+        else:
+            two[d["experiment"]] = tuple(SimpleNamespace(**d[str(n)]) for n in LENGTHS)
+    for name in [n for n in names if n not in two and n not in failed] if configs else []:
+        started = time.monotonic()
+        try:
+            two[name] = tuple(predict_at(configs[name], n) for n in LENGTHS)
+        except Exception as e:  # noqa: BLE001 - reported per run below
+            failed[name] = f"{type(e).__name__}: {str(e)[:200]}"
+        print(f"[{len(two) + len(failed)}/{len(names)}] {name} {time.monotonic() - started:.0f} s", file=sys.stderr,
+              flush=True)
+        if progress:
+            line = {"experiment": name, "method": configs[name].method, "published": truth[name]}
+            line |= {"failed": failed[name]} if name in failed else {
+                str(n): {k: getattr(p, k) for k in PARTS} for n, p in zip(LENGTHS, two[name])}
+            with progress.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+    return two, failed
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("peft", type=Path)
     parser.add_argument("--length", type=int, help="the longest batch's length (default: fitted)")
-    parser.add_argument("--json", type=Path, help="write every row here")
+    parser.add_argument("--json", type=Path, help="write every row and the summary here")
     parser.add_argument("--progress", type=Path, help="append each run's parts at both lengths here as it is sized "
-                        "(JSON lines); with --summarise, report from such a file (interpolated, no final pass)")
-    parser.add_argument("--summarise", action="store_true")
+                        "(JSON lines); runs already in it are not sized again")
+    parser.add_argument("--summarise", action="store_true", help="report from --progress's runs only, interpolated "
+                        "at the fitted length (no direct pass)")
+    parser.add_argument("--only", help="only the experiments whose name contains this")
+    parser.add_argument("--skip", default="", help="comma-separated: leave out the experiments whose name contains "
+                        "one of these (e.g. the slow tuners that need real weights, for another process)")
+    parser.add_argument("--reverse", action="store_true", help="size the experiments in reverse order (a second "
+                        "process on another --progress file meets the first half-way)")
     args = parser.parse_args()
-    if args.summarise:
-        return summarise(args.progress)
-    from bench.memplan import Setting  # noqa: F401 - fail early where the harness is not importable
-
     found = published(args.peft)
-    names = list(found)
-    by_run = {cfg.run: cfg for cfg in run_configs([found[n][0] for n in names])}  # and the untrained baseline
-    configs = {n: by_run[n.replace("/", "--")] for n in names}
-    truth = {n: found[n][1] for n in names}
-    failed: dict[str, str] = {}
-    length = args.length
-    if length is None:
-        two = {}
-        for i, name in enumerate(names):
-            print(f"[{i + 1}/{len(names)}] {name}", file=sys.stderr, flush=True)
+    skip = [part for part in args.skip.split(",") if part]
+    names = [n for n in found if (args.only is None or args.only in n) and not any(part in n for part in skip)]
+    truth = {n: found[n][1] for n in found}
+    configs = {}
+    if not args.summarise:
+        by_run = {cfg.run: cfg for cfg in run_configs([found[n][0] for n in names])}  # and the untrained baseline
+        configs = {n: by_run[n.replace("/", "--")] for n in names}
+    two, failed = sized(names[::-1] if args.reverse else names, configs, truth, args.progress)
+    length = args.length or fit_length(two, truth)
+    rows = []
+    for name, pair in two.items():
+        method = configs[name].method if configs else name.split("/")[0]
+        predicted = interpolated(pair, length)
+        how = "interpolated"
+        if not args.summarise:
             try:
-                two[name] = (predict_at(configs[name], 384), predict_at(configs[name], 768))
-            except Exception as e:  # noqa: BLE001 - reported per run below
-                failed[name] = f"{type(e).__name__}: {str(e)[:200]}"
-            if args.progress:
-                line = {"experiment": name, "method": configs[name].method, "published": truth[name]}
-                line |= {"failed": failed[name]} if name in failed else {
-                    str(n): {k: getattr(p, k) for k in PARTS} for n, p in zip((384, 768), two[name])}
-                with args.progress.open("a") as f:
-                    f.write(json.dumps(line) + "\n")
-        length = fit_length(two, truth, (384, 768))
-    rows = []
-    for name in names:
-        if name in failed:
-            continue
-        try:
-            p = predict_at(configs[name], length)
-        except Exception as e:  # noqa: BLE001
-            failed[name] = f"{type(e).__name__}: {str(e)[:200]}"
-            continue
-        rows.append({"experiment": name, "method": configs[name].method, "published": truth[name],
-                     "predicted": p.reserved, "error": p.reserved / truth[name] - 1, "how": p.measured.split(" ")[0]}
-                    | {k: getattr(p, k) for k in PARTS})
-    report(rows, failed, length, args.length is None)
+                p = predict_at(configs[name], length)
+                predicted, how = p.reserved, p.measured.split(" ")[0]
+            except Exception as e:  # noqa: BLE001 - sized at both lengths: the interpolation stands, said
+                how = f"interpolated ({type(e).__name__} at {length})"
+        rows.append({"experiment": name, "method": method, "published": truth[name], "predicted": predicted,
+                     "error": predicted / truth[name] - 1, "how": how,
+                     "error_at_768": interpolated(pair, 768) / truth[name] - 1}
+                    | {k: getattr(pair[1], k) for k in PARTS})
+    loo = leave_one_out(two, truth) if args.length is None and len(two) > 2 else {}
+    for r in rows:
+        if loo:
+            r["loo_length"], r["loo_error"] = loo[r["experiment"]]
+    summary = report(rows, failed, length, args.length is None) | {"runs": len(found)}
     if args.json:
-        args.json.write_text(json.dumps({"length": length, "rows": rows, "failed": failed}, indent=1))
+        doc = {"about": about(args.json.name), "summary": summary, "rows": rows, "failed": failed}
+        args.json.write_text(json.dumps(doc, indent=1) + "\n")
     return 0
 
 
-def summarise(progress: Path) -> int:
-    """The report from --progress's lines: the length fitted as in main, each prediction interpolated at it."""
-    from types import SimpleNamespace
+def about(name: str) -> dict[str, str]:
+    """Where, when, at which commit and with what the check ran (docs/results' provenance block)."""
+    import datetime
+    import platform
+    import subprocess
+    from importlib.metadata import version
 
-    lines = [json.loads(line) for line in progress.read_text().splitlines()]
-    done = {d["experiment"]: d for d in lines if "failed" not in d}
-    two = {n: (SimpleNamespace(**d["384"]), SimpleNamespace(**d["768"])) for n, d in done.items()}
-    truth = {n: d["published"] for n, d in done.items()}
-    length = fit_length(two, truth, (384, 768))
-    w = (length - 384) / (768 - 384)
-    rows = []
-    for n, d in done.items():
-        parts = {k: (1 - w) * d["384"][k] + w * d["768"][k] for k in PARTS}
-        predicted = reserved(parts)
-        rows.append({"experiment": n, "method": d["method"], "published": d["published"], "predicted": predicted,
-                     "error": predicted / d["published"] - 1} | parts)
-    report(rows, {d["experiment"]: d["failed"] for d in lines if "failed" in d}, length, True)
-    return 0
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    return {"file": name, "command": "python scripts/plan_vs_peft.py PEFT_CHECKOUT --progress FILE --json FILE",
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, no GPU",
+            "commit": commit.strip() + (" (dirty)" if dirty else ""),
+            "date": datetime.date.today().isoformat(),
+            "versions": ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft")),
+            "note": "Predicted by bench plan's memory predictor (bench/memplan.py) on the CPU; the published figures "
+                    "are PEFT's (docs/results/peft-metamathqa.json), measured on an L40S."}
 
 
-def report(rows: list[dict], failed: dict[str, str], length: int, fitted: bool) -> None:
+def stats(errors: list[float]) -> dict[str, float]:
+    e = [abs(x) for x in errors]
+    return {"median_abs": statistics.median(e), "mean_abs": statistics.mean(e), "max_abs": max(e),
+            "within_10": sum(x <= 0.10 for x in e) / len(e), "within_20": sum(x <= 0.20 for x in e) / len(e)}
+
+
+def _line(label: str, s: dict[str, float]) -> str:
+    return (f"{label}: median |error| {100 * s['median_abs']:.1f}%, mean {100 * s['mean_abs']:.1f}%, max "
+            f"{100 * s['max_abs']:.1f}%; within +-10% {100 * s['within_10']:.0f}%, within +-20% "
+            f"{100 * s['within_20']:.0f}%")
+
+
+def report(rows: list[dict], failed: dict[str, str], length: int, fitted: bool) -> dict:
     from scipy.stats import spearmanr
 
     rows.sort(key=lambda r: r["error"])
-    print(f"{'experiment':58} {'published':>9} {'predicted':>9} {'error':>7}  activ.  logits  optim.")
+    print(f"{'experiment':58} {'published':>9} {'predicted':>9} {'error':>7} {'loo':>7} {'@768':>7}")
     for r in rows:
         print(f"{r['experiment'][:58]:58} {r['published'] / GIB:8.2f}G {r['predicted'] / GIB:8.2f}G "
-              f"{100 * r['error']:+6.1f}%  {r['activations'] / GIB:5.2f}  {r['logits'] / GIB:5.2f}  "
-              f"{r['optimizer'] / GIB:5.2f}")
+              f"{100 * r['error']:+6.1f}% {100 * r.get('loo_error', float('nan')):+6.1f}% "
+              f"{100 * r['error_at_768']:+6.1f}%")
     for name, why in failed.items():
         print(f"{name[:58]:58} not sized: {why}")
-    errors = [abs(r["error"]) for r in rows]
     truths = [r["published"] for r in rows]
     constant = statistics.median(truths)
-    rho = spearmanr([r["predicted"] for r in rows], truths).statistic
-    within = sum(e <= 0.20 for e in errors) / len(errors)
+    summary = {"runs": len(rows) + len(failed), "sized": len(rows), "length": length, "fitted": fitted,
+               "in_sample": stats([r["error"] for r in rows]),
+               "spearman": spearmanr([r["predicted"] for r in rows], truths).statistic,
+               "at_768": stats([r["error_at_768"] for r in rows]),
+               "spearman_at_768": spearmanr([t * (1 + r["error_at_768"]) for r, t in zip(rows, truths)],
+                                            truths).statistic,
+               "constant_at_median": stats([constant / t - 1 for t in truths]) | {"bytes": constant},
+               "worst": [[r["experiment"], r["error"]] for r in sorted(rows, key=lambda r: -abs(r["error"]))[:5]]}
+    if "loo_error" in rows[0]:
+        summary["leave_one_out"] = stats([r["loo_error"] for r in rows]) | {
+            "lengths": sorted({r["loo_length"] for r in rows})}
     print(f"\n{len(rows)} runs sized, {len(failed)} not; longest batch {length} tokens "
           f"({'fitted: the one length with the smallest median error' if fitted else 'given'})")
-    print(f"median |error| {100 * statistics.median(errors):.1f}%, mean {100 * statistics.mean(errors):.1f}%, "
-          f"max {100 * max(errors):.1f}%; within +-10%: {sum(e <= 0.10 for e in errors)}, within +-20%: "
-          f"{100 * within:.0f}%; Spearman {rho:.3f}")
-    const = [abs(constant / t - 1) for t in truths]
-    print(f"a constant at the published median ({constant / GIB:.2f} GiB): median |error| "
-          f"{100 * statistics.median(const):.1f}%, within +-20%: {100 * sum(e <= 0.2 for e in const) / len(const):.0f}%")
-    worst = sorted(rows, key=lambda r: -abs(r["error"]))[:5]
-    print("worst five: " + "; ".join(f"{r['experiment']} {100 * r['error']:+.1f}%" for r in worst))
+    print(_line("at that length (in-sample)", summary["in_sample"]) + f"; Spearman {summary['spearman']:.3f}")
+    if "leave_one_out" in summary:
+        print(_line(f"leave-one-out (lengths {summary['leave_one_out']['lengths']})", summary["leave_one_out"]))
+    print(_line("at max_seq_len 768 (no fit)", summary["at_768"]) + f"; Spearman {summary['spearman_at_768']:.3f}")
+    print(_line(f"a constant at the published median ({constant / GIB:.2f} GiB)", summary["constant_at_median"]))
+    print("worst five: " + "; ".join(f"{n} {100 * e:+.1f}%" for n, e in summary["worst"]))
+    return summary
 
 
 if __name__ == "__main__":

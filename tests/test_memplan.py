@@ -239,3 +239,83 @@ def test_a_tuner_that_reads_weights_is_counted_at_two_depths_as_it_is_whole(monk
     assert (scaled.trainable, scaled.total, scaled.adapter_bytes) == (whole.trainable, whole.total, whole.adapter_bytes)
     assert scaled.weights == "random, depth 1 and 2 extended"
     tuners._apply.cache_clear()
+
+
+def test_adapter_layers_beyond_the_builds_depth_are_sized_as_a_direct_count():
+    """AdaptionPrompt adapts the top adapter_layers layers: more than a depth-1 or 2 build holds. The prediction
+    from builds of 1 and 2 layers equals a direct count at the model's depth, with 3 of its 5 layers adapted."""
+    arch = dict(TINY, num_hidden_layers=5)
+    params = {"adapter_layers": 3, "adapter_len": 4}
+    setting = Setting(batch_size=2, seq_len=16, dtype="fp32")
+    pred = predict(arch, METHODS["adaption_prompt"], params, setting, PLAN)
+    direct = measure(arch, METHODS["adaption_prompt"], params, setting, PLAN, depth=5, rows=2)
+    assert pred.activations == pytest.approx(direct.saved, rel=1e-4)
+    assert (pred.trainable, pred.optimizer, pred.base) == (direct.trainable, direct.optimizer, direct.frozen)
+    one_adapted = measure(arch, METHODS["adaption_prompt"], {**params, "adapter_layers": 1}, setting, PLAN, 5, 2)
+    assert direct.trainable == 3 * one_adapted.trainable  # the count is not the same at any other number of layers
+
+
+def test_a_shared_copy_shares_frozen_bytes_and_nothing_else():
+    from bench.memplan import shared_copy
+
+    model = tiny_model(dict(TINY, tie_word_embeddings=True))
+    model.requires_grad_(False)
+    model.model.norm.weight.requires_grad_(True)
+    copy = shared_copy(model)
+    frozen = model.model.layers[0].self_attn.q_proj.weight
+    twin = copy.model.layers[0].self_attn.q_proj.weight
+    assert twin is not frozen and twin.data_ptr() == frozen.data_ptr()
+    assert copy.model.norm.weight.data_ptr() != model.model.norm.weight.data_ptr()
+    copy.model.layers[0].self_attn.q_proj.weight = torch.nn.Parameter(torch.zeros(1))
+    assert model.model.layers[0].self_attn.q_proj.weight is frozen and frozen.shape == (64, 64)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # tied, and tied in the copy
+    assert copy.lm_head.weight is copy.model.embed_tokens.weight is not model.lm_head.weight
+
+
+def test_a_tuner_counted_for_real_extends_to_depth_as_a_direct_count():
+    """SHiRA's sparse delta needs values: counted for real at REAL_TOKENS on random weights shared between builds;
+    extended from depth 1 and 2 it equals the real count at depth 4 (and the count is not redone per length)."""
+    from bench import memplan
+
+    arch = dict(TINY, num_hidden_layers=4)
+    params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
+    setting = Setting(batch_size=1, seq_len=memplan.REAL_TOKENS[0], dtype="fp32")
+    pred = predict(arch, METHODS["shira"], params, setting, PLAN)
+    direct = measure(arch, METHODS["shira"], params, setting, PLAN, depth=4, rows=1)
+    assert direct.how == "real" and pred.measured.startswith("real tensors")
+    assert pred.activations == pytest.approx(direct.saved, rel=1e-3)
+    assert (pred.trainable, pred.optimizer, pred.base) == (direct.trainable, direct.optimizer, direct.frozen)
+    before = memplan._real_count.cache_info().misses
+    longer = predict(arch, METHODS["shira"], params, Setting(batch_size=2, seq_len=96, dtype="fp32"), PLAN)
+    assert memplan._real_count.cache_info().misses == before and longer.activations > pred.activations
+
+
+def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
+    """With the data at hand, the batch is the longest the run's own batches make (read here through the worker's
+    load and collate); without it, max_seq_len, saying why."""
+    import math
+
+    from bench import data as D
+    from bench.load import load
+    from bench.plan import planned_setting
+    from bench.suite import load_suite
+
+    runs = {cfg.method: cfg for cfg in load_suite("suites/smoke.yaml").resolved_runs()}
+    for method, packed in (("lora", True), ("prompt_tuning", False)):
+        cfg = runs[method]
+        tr = cfg.training
+        loaded = load(cfg)
+        made = [D.collate([loaded.train[i] for i in b], 0, packed)["input_ids"]
+                for b in D.batch_order(loaded.train, tr.batch_size, tr.seed)]
+        expected = math.ceil(max(m.numel() for m in made) / tr.batch_size) if packed else max(m.shape[1] for m in made)
+        setting, length_from = planned_setting(cfg)
+        assert (setting.seq_len, setting.batch_size) == (expected, tr.batch_size)
+        assert 0 < setting.seq_len < tr.max_seq_len and length_from.startswith("data: the longest batch")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    hub = runs["lora"].model_copy(update={"dataset": runs["lora"].dataset.model_copy(update={"path": None,
+                                                                                           "hub": "someone/data"})})
+    setting, length_from = planned_setting(hub)
+    assert setting.seq_len == hub.training.max_seq_len
+    assert length_from == ("max_seq_len (a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its "
+                           "cached copy is read)")
