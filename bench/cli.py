@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.console import EXIT_OK, EXIT_USAGE, console, err
+from bench.core.console import EXIT_OK, EXIT_USAGE, console, err
 
 
 def cmd_list(args) -> int:
@@ -44,7 +44,7 @@ def cmd_fields(method_id: str) -> int:
     from methods import METHODS
 
     if method_id not in METHODS:
-        from bench.util import did_you_mean
+        from bench.core.util import did_you_mean
 
         err.print(f"unknown method '{method_id}'{did_you_mean(method_id, METHODS)}", markup=False)
         return EXIT_USAGE
@@ -58,8 +58,8 @@ def cmd_fields(method_id: str) -> int:
 
 
 def _load(path: str, trust_remote_code: bool = False):
-    from bench.suite import load_suite
-    from bench.yamlio import SuiteError
+    from bench.spec.suite import load_suite
+    from bench.core.yamlio import SuiteError
 
     try:
         return load_suite(path, trust_remote_code=trust_remote_code)
@@ -76,7 +76,7 @@ def _trust_flag(p) -> None:
 
 def _say_code(suite, trusted: bool) -> None:
     """What `validate` and `run` say of code that runs: evaluate's own metrics, and what the flag allows."""
-    from bench.safety import notes
+    from bench.run.safety import notes
 
     lm = suite.eval.lm_eval
     include = suite.resolve(lm.include_path) if lm is not None and lm.include_path is not None else None
@@ -100,7 +100,7 @@ def cmd_validate(args) -> int:
         )
         _say_code(suite, args.trust_remote_code)
         if args.gpu_memory:
-            from bench.plan import fit_warnings
+            from bench.choose.plan import fit_warnings
 
             code = max(code, fit_warnings(path, runs, args.gpu_memory))
     if code == EXIT_OK:
@@ -113,15 +113,15 @@ def cmd_validate(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from bench.schema import json_schema
+    from bench.spec.schema import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return EXIT_OK
 
 
 def cmd_run(args) -> int:
-    from bench.runner import DevicesError, parse_devices
-    from bench.session import Options, run_suite
+    from bench.launch.runner import DevicesError, parse_devices
+    from bench.commands.session import Options, run_suite
 
     suite = _load(args.suite, args.trust_remote_code)
     if suite is None:
@@ -134,7 +134,7 @@ def cmd_run(args) -> int:
         err.print(str(e), markup=False)
         return EXIT_USAGE
     if args.track:
-        from bench.tracking import missing_extra
+        from bench.launch.tracking import missing_extra
 
         missing = [f"--track {name}: {why}" for name in args.track if (why := missing_extra(name))]
         if missing:
@@ -145,7 +145,7 @@ def cmd_run(args) -> int:
         err.print(problem, markup=False)
         return EXIT_USAGE
     if args.seeds is not None:
-        from bench.moreseeds import seeds_for
+        from bench.launch.moreseeds import seeds_for
 
         try:
             suite = suite.model_copy(update={"seeds": seeds_for(suite.seeds, suite.training.seed, args.seeds)})
@@ -175,10 +175,10 @@ def ray_problem(args) -> str | None:
 
 
 def ray_options(args):
-    """bench.cluster.RayOptions from the flags; None without --ray (bench.cluster then stays unimported)."""
+    """bench.launch.cluster.RayOptions from the flags; None without --ray (bench.launch.cluster then stays unimported)."""
     if args.ray is None:
         return None
-    from bench.cluster import RayOptions
+    from bench.launch.cluster import RayOptions
 
     defaults = RayOptions()
     return RayOptions(address=args.ray or None,
@@ -188,8 +188,8 @@ def ray_options(args):
 
 
 def cmd_report(args) -> int:
-    from bench.records import RecordError, load_records
-    from bench.session import summarise
+    from bench.core.records import RecordError, load_records
+    from bench.commands.session import summarise
 
     try:
         records = load_records(Path(args.results))
@@ -208,9 +208,9 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from bench.compare import compare, settings_from
-    from bench.records import RecordError
-    from bench.reference import load_side
+    from bench.choose.compare import compare, settings_from
+    from bench.core.records import RecordError
+    from bench.choose.reference import load_side
     from bench.report.gate import render_markdown, render_refusal
 
     try:
@@ -237,8 +237,8 @@ def cmd_compare(args) -> int:
 
 
 def cmd_save_reference(args) -> int:
-    from bench.records import RecordError
-    from bench.reference import load_side, save_reference
+    from bench.core.records import RecordError
+    from bench.choose.reference import load_side, save_reference
 
     try:
         records = load_side(args.results)
@@ -268,7 +268,7 @@ def _lazy(module: str, name: str):
 
 
 def _run_parsers(sub) -> None:
-    from bench.config import TRACKERS
+    from bench.core.config import TRACKERS
 
     p = sub.add_parser("list", help="methods (every PEFT tuner), their merge kind, parameters and defaults")
     p.add_argument("--fields", metavar="METHOD", help="every param of one method, with its type and default")
@@ -280,7 +280,7 @@ def _run_parsers(sub) -> None:
     p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="a card's memory (24GB, 80GiB) or a card (L4, L40S, "
                    "A100, H100, H200): whether each run fits, the largest batch that does, and a time estimate")
     _trust_flag(p)
-    p.set_defaults(func=_lazy("bench.plan", "cmd_plan"))
+    p.set_defaults(func=_lazy("bench.choose.plan", "cmd_plan"))
     p = sub.add_parser("import-peft", help="runs of a suite from folders laid out as PEFT's method_comparison "
                        "experiments (adapter_config.json, optional training_params.json)")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="experiment folders (each with adapter_config.json)")
@@ -292,7 +292,7 @@ def _run_parsers(sub) -> None:
                    "published runs take 5000)")
     p.add_argument("--base", metavar="SUITE.yaml", help="take every setting but the runs from this suite instead of "
                    "--model, --data and --max-steps (suites/metamath.yaml: PEFT's data, model and 5000 steps)")
-    p.set_defaults(func=_lazy("bench.peftimport", "cmd_import_peft"))
+    p.set_defaults(func=_lazy("bench.commands.peftimport", "cmd_import_peft"))
     p = sub.add_parser("validate", help="check suite files without loading any model")
     p.add_argument("suites", nargs="+", help="suite YAML files")
     p.add_argument("--gpu-memory", metavar="SIZE|CARD", help="also warn of each run whose predicted GPU training peak "
@@ -330,7 +330,7 @@ def _gpu_parsers(sub) -> None:
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (every sequence exactly this long)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="run only these runs or methods")
     p.add_argument("--output", default="results/perf", help="folder for the suite, data, records and perf.md")
-    p.set_defaults(func=_lazy("bench.perf", "cmd_perf"))
+    p.set_defaults(func=_lazy("bench.commands.perf", "cmd_perf"))
     p = sub.add_parser("gpu-check", help="what a CPU cannot show: fp32 master weights, QLoRA vs LoRA memory, the "
                        "merged weights, packed attention, chunked eval memory (one line per check; --dry-run: CPU)")
     p.add_argument("--dry-run", action="store_true", help="the same checks on the CPU with tiny shapes")
@@ -338,7 +338,7 @@ def _gpu_parsers(sub) -> None:
     p.add_argument("--plant", nargs="+", metavar="CHECK", choices=("fp32-masters", "qlora-memory", "merge",
                    "eval-memory", "quant-bnb-8bit", "quant-bnb-nf4", "quant-bnb-fp4", "quant-torchao-int8",
                    "quant-hqq-4bit"), help="plant the fault each of these checks looks for: it must FAIL")
-    p.set_defaults(func=_lazy("bench.gpucheck", "cmd_gpu_check"))
+    p.set_defaults(func=_lazy("bench.commands.gpucheck", "cmd_gpu_check"))
 
 
 def _count(minimum: int):
@@ -393,7 +393,7 @@ def _result_parsers(sub) -> None:
                    "the best score, take the cheapest in memory (default), time, size or params; score: the best score")
     p.add_argument("--servable", metavar="STACK", help="only methods whose adapter this serving stack loads as it "
                    "is: vllm, llama.cpp or tgi")
-    p.set_defaults(func=_lazy("bench.recommend", "cmd_recommend"))
+    p.set_defaults(func=_lazy("bench.choose.recommend", "cmd_recommend"))
     p = sub.add_parser("export", help="the seed workflow: merge a run's adapter into a fresh base, save, reload, "
                        "generate, optionally push to the Hub")
     p.add_argument("run", help="a run folder, e.g. results/quickstart/lora")
@@ -401,7 +401,7 @@ def _result_parsers(sub) -> None:
     p.add_argument("--prompt", action="append", help="prompt to answer with the reloaded model (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate per prompt at most")
     p.add_argument("--push-to-hub", metavar="REPO", help="upload the folder with a generated model card")
-    p.set_defaults(func=_lazy("bench.export", "cmd_export"))
+    p.set_defaults(func=_lazy("bench.run.export", "cmd_export"))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -151,7 +151,7 @@ class Method:
     def kv_cache_generate(self) -> bool:
         # transformers' KV-cache generate() gives the trained model's own greedy answers. Not so for prompt learning
         # with transformers 5.24 / peft 0.21.2: from the second new token on, generate() disagrees with a full forward
-        # pass; those methods decode with the harness's own cached loop (bench.evaluation.greedy_virtual).
+        # pass; those methods decode with the harness's own cached loop (bench.run.evaluation.greedy_virtual).
         return not self.prompt_learning
 
     # ---- hooks: what a tuner needs of the loop ---------------------------------------------------------------------

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from bench.device import Place
-from bench.gpucheck import Shapes, batches, config
-from bench.load import build
+from bench.run.device import Place
+from bench.commands.gpucheck import Shapes, batches, config
+from bench.run.load import build
 from methods import METHODS
 
 BF16 = Place(torch.device("cpu"), torch.bfloat16)

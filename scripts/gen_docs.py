@@ -9,7 +9,7 @@ Run: python scripts/gen_docs.py                       refresh the generated tabl
      python scripts/gen_docs.py --capture-plan JSONL NAME   add `bench plan --json`'s predictions to it
 
 Nothing here is written by hand twice: the suite reference walks the pydantic models, the method reference asks
-`methods.METHODS` and PEFT's config dataclasses, the metric reference reads `bench.metrics`, the CLI reference walks
+`methods.METHODS` and PEFT's config dataclasses, the metric reference reads `bench.core.metrics`, the CLI reference walks
 `bench.cli.build_parser()`. `missing_descriptions()` lists every field, method, metric, command or argument that has
 no description; tests/test_docs.py fails on any.
 """
@@ -114,10 +114,10 @@ def model_fields(model: type[BaseModel]) -> list[tuple[str, Any]]:
 
 
 def suite_page() -> str:
-    from bench.suite import Suite
+    from bench.spec.suite import Suite
 
     out = ["# Suite fields", "",
-           "Generated from the pydantic models in `bench/config.py`, `bench/suite.py` and `bench/regression.py` "
+           "Generated from the pydantic models in `bench/core/config.py`, `bench/spec/suite.py` and `bench/core/regression.py` "
            "(`python scripts/gen_docs.py --reference DIR` writes this page). A suite is one YAML file; unknown keys "
            "are an error. A run's `training:` takes any field of `training` and overrides the suite's, key by key. "
            "How to write one: [Writing a suite](../guides/suites.md).", ""]
@@ -213,10 +213,10 @@ def methods_page() -> str:
 
 
 def metrics_page() -> str:
-    from bench.metrics import DESCRIPTIONS, METRICS, VIA_GENERATE
+    from bench.core.metrics import DESCRIPTIONS, METRICS, VIA_GENERATE
 
     out = ["# Record metrics", "",
-           "Generated from `bench/metrics.py`: every number a record's `metrics` may hold, with its unit, which way "
+           "Generated from `bench/core/metrics.py`: every number a record's `metrics` may hold, with its unit, which way "
            "is better (what `compare`, `recommend` and the reports' best-marking use) and its kind (scores are "
            "chosen by, costs are traded against them). How each is measured: "
            "[How runs are measured](../guides/measurement.md).", "",
@@ -277,8 +277,8 @@ def undocumented_fields(root: type[BaseModel]) -> list[str]:
 def missing_descriptions() -> list[str]:
     """Every suite field, method, metric, CLI command and argument without a description."""
     from bench.cli import build_parser
-    from bench.metrics import DESCRIPTIONS, METRICS
-    from bench.suite import Suite
+    from bench.core.metrics import DESCRIPTIONS, METRICS
+    from bench.spec.suite import Suite
     from methods import METHODS
 
     out = [f"suite field {name}" for name in undocumented_fields(Suite)]
@@ -308,7 +308,7 @@ def provenance(about: dict[str, Any]) -> str:
 def capture_records(folder: Path, name: str, command: str, note: str) -> Path:
     """Store a results folder's records as docs/results/NAME.json, without predictions and loss curves (the
     tables do not show them), and with where and how they were made."""
-    from bench.records import load_records
+    from bench.core.records import load_records
 
     records = load_records(folder)
     env = records[0].environment
@@ -330,7 +330,7 @@ def capture_records(folder: Path, name: str, command: str, note: str) -> Path:
 
 
 def _records(name: str):
-    from bench.records import parse_record
+    from bench.core.records import parse_record
 
     data = load_results(name)
     return data["about"], [parse_record(r, f"docs/results/{name}.json") for r in data["records"]]
@@ -344,9 +344,9 @@ QUICKSTART_COLUMNS = [("trainable_pct", "trainable %"), ("peak_memory_bytes", "t
 def quickstart_table(name: str = "quickstart") -> str:
     """The quickstart's summary: costs by phase, exact match with its 95% interval over the eval examples, the
     score through generate(), token F1 and the merge check."""
-    from bench import headline
-    from bench.metrics import format_value
-    from bench.rows import merge_cell, ordered, row_cell, summary_rows
+    from bench.core import headline
+    from bench.core.metrics import format_value
+    from bench.analysis.rows import merge_cell, ordered, row_cell, summary_rows
 
     about, records = _records(name)
     head = ["run", *(label for _, label in QUICKSTART_COLUMNS), "exact match (95% interval)", "via generate()",
@@ -367,13 +367,13 @@ def quickstart_table(name: str = "quickstart") -> str:
 
 def run_output(name: str = "quickstart") -> str:
     """What `bench run` prints at the end of the quickstart, rendered by the terminal table's own code
-    (bench.terminal) from the stored records."""
+    (bench.report.terminal) from the stored records."""
     import io
 
     from rich.console import Console
 
-    from bench.sweeps import selected
-    from bench.terminal import rich_table
+    from bench.analysis.sweeps import selected
+    from bench.report.terminal import rich_table
 
     about, records = _records(name)
     suite, version = records[0].suite, records[0].config.suite_version
@@ -433,7 +433,7 @@ def capture_peft(peft_results: Path, commit: str) -> Path:
 
 
 def peft_table(name: str = "peft-metamathqa") -> str:
-    from bench.metrics import human_bytes
+    from bench.core.metrics import human_bytes
 
     data = load_results(name)
     head = ["experiment", "trainable params", "memory max", "train time", "adapter file", "test accuracy",
@@ -481,8 +481,8 @@ def _setting(r) -> str:
 def quantization_table(name: str = "quantization") -> str:
     """The quantisation suite: per run what it changes, quality, the CPU's measured memory and time, the merge,
     and `bench plan`'s GPU training peak for the same run (its weights and optimiser state beside it)."""
-    from bench.metrics import format_value, human_bytes
-    from bench.rows import merge_cell, ordered
+    from bench.core.metrics import format_value, human_bytes
+    from bench.analysis.rows import merge_cell, ordered
 
     about, records = _records(name)
     plan = load_results(name).get("plan", {"runs": {}})

@@ -58,7 +58,7 @@ else
   echo "SKIP install: no wheels in $bundle: the installed packages are used (build a bundle with scripts/gpu_bundle.sh)"
 fi
 export PYTHONPATH=$path
-if ! "$py" -c 'import bench.config, bench.gpucheck, transformers, peft, bitsandbytes, pydantic, ruamel.yaml' \
+if ! "$py" -c 'import bench.core.config, bench.commands.gpucheck, transformers, peft, bitsandbytes, pydantic, ruamel.yaml' \
     > "$logs/import.log" 2>&1; then
   echo "FAIL imports: the harness cannot import here:"; tail -3 "$logs/import.log"
   exit 1

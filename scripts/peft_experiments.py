@@ -32,8 +32,8 @@ def valid_runs(suite: Path) -> tuple[list[dict], dict[int, str]]:
     """The suite's runs and, by index, why validate refuses each of those it refuses."""
     from ruamel.yaml import YAML
 
-    from bench.suite import load_suite
-    from bench.yamlio import SuiteError
+    from bench.spec.suite import load_suite
+    from bench.core.yamlio import SuiteError
 
     runs = YAML(typ="safe").load(suite.read_text())["runs"]
     try:

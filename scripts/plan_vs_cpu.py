@@ -4,7 +4,7 @@ Run: python scripts/plan_vs_cpu.py SUITE RESULTS_DIR [--tolerance 0.15]
 e.g. after `python -m bench run suites/smoke.yaml --output /tmp/smoke`:
      python scripts/plan_vs_cpu.py suites/smoke.yaml /tmp/smoke
 For each run of SUITE with a record in RESULTS_DIR, the CPU prediction (fp32, no allocator allowance, plus the
-resident floor of a fresh worker process, measured here: bench.memplan.resident_floor) is set beside the record's
+resident floor of a fresh worker process, measured here: bench.choose.memplan.resident_floor) is set beside the record's
 metrics.peak_memory_bytes (the training phase's resident high-water mark). Exit 1 if a run is off by more than the
 tolerance.
 """
@@ -23,10 +23,10 @@ MIB = 2**20
 
 def compare(suite_path: Path, results: Path) -> list[dict]:
     """Per run with a measured training peak: measured, predicted and the parts, in bytes."""
-    from bench.config import BASELINE
-    from bench.memplan import predict, resident_floor
-    from bench.plan import architecture, planned_setting
-    from bench.suite import load_suite
+    from bench.core.config import BASELINE
+    from bench.choose.memplan import predict, resident_floor
+    from bench.choose.plan import architecture, planned_setting
+    from bench.spec.suite import load_suite
     from methods import METHODS, RunFacts
 
     rows = []

@@ -2,7 +2,7 @@
 
 Run: python scripts/plan_vs_peft.py PEFT_CHECKOUT [--length N] [--json OUT]
 Every stored result of PEFT's method_comparison (method_comparison/MetaMathQA/results/*.json) names its experiment;
-each experiment is imported with bench.peftimport and its memory predicted with PEFT's settings: Llama-3.2-3B's shape,
+each experiment is imported with bench.commands.peftimport and its memory predicted with PEFT's settings: Llama-3.2-3B's shape,
 bf16 weights as loaded (no autocast, adapters upcast to fp32 by PEFT, full fine-tuning in bf16), batch 4, no gradient
 checkpointing, the run's optimiser. The published figure (train_info.accelerator_memory_max) is torch's reserved peak
 over the run less what was reserved at start, so it is compared with the predicted reserved peak (the CUDA context
@@ -49,9 +49,9 @@ def run_configs(folders: list[Path]) -> list:
     builds the PEFT model, minutes for 63 on a busy CPU): predict_at builds it anyway and says per run what fails."""
     from ruamel.yaml import YAML
 
-    from bench.peftimport import suite_of
-    from bench.suite import Suite, with_adapter_files
-    from bench.yamlio import load_yaml, to_plain
+    from bench.commands.peftimport import suite_of
+    from bench.spec.suite import Suite, with_adapter_files
+    from bench.core.yamlio import load_yaml, to_plain
 
     tmp = Path(tempfile.mkdtemp(prefix="plan-vs-peft-"))
     out = tmp / "suite.yaml"
@@ -64,8 +64,8 @@ def run_configs(folders: list[Path]) -> list:
 
 
 def predict_at(cfg, length: int):
-    from bench.memplan import Setting, predict
-    from bench.models import PRESETS
+    from bench.choose.memplan import Setting, predict
+    from bench.run.models import PRESETS
     from methods import METHODS, RunFacts
 
     spec = cfg.training.optimizer
@@ -77,8 +77,8 @@ def predict_at(cfg, length: int):
 
 
 def reserved(parts: dict[str, float]) -> float:
-    """The reserved peak from its parts, as bench.memplan assembles it."""
-    from bench.memplan import ALLOCATOR_SHARE
+    """The reserved peak from its parts, as bench.choose.memplan assembles it."""
+    from bench.choose.memplan import ALLOCATOR_SHARE
 
     front = parts["activations"] + parts["logits"] + parts["head_gradients"]
     allocated = parts["base"] + parts["trainable"] + parts["optimizer"] + max(front, parts["gradients"])
@@ -204,7 +204,7 @@ def about(name: str) -> dict[str, str]:
             "commit": commit.strip() + (" (dirty)" if dirty else ""),
             "date": datetime.date.today().isoformat(),
             "versions": ", ".join(f"{p} {version(p)}" for p in ("torch", "transformers", "peft")),
-            "note": "Predicted by bench plan's memory predictor (bench/memplan.py) on the CPU; the published figures "
+            "note": "Predicted by bench plan's memory predictor (bench/choose/memplan.py) on the CPU; the published figures "
                     "are PEFT's (docs/results/peft-metamathqa.json), measured on an L40S."}
 
 

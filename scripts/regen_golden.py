@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.records import load_records
+from bench.core.records import load_records
 from bench.report.markdown import render_markdown
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,10 +1,10 @@
 """A run's fixed cost: seconds from the start of its process to its first training step, forked from the fork server
-(bench/forkserver.py) against spawned as a fresh `python -m bench.worker`, in alternating pairs.
+(bench/launch/forkserver.py) against spawned as a fresh `python -m bench.run.worker`, in alternating pairs.
 
 Run: python scripts/startup.py [--pairs 5]
 
 A benchmark, not a test. Each attempt is the smoke suite's LoRA run (tiny random Llama, one optimiser step) through
-`bench.runner.attempt`, as `bench run` starts it; the first training step is the moment its progress file gets its
+`bench.launch.runner.attempt`, as `bench run` starts it; the first training step is the moment its progress file gets its
 first line (polled every 10 ms). The server's own start (its imports, once per `bench run`, beside the runner's data
 check) is timed apart. Pairs alternate fork/spawn, so drift in what else the machine does falls on both alike.
 """
@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from bench import forkserver, runner  # noqa: E402
-from bench.config import Budget  # noqa: E402
-from bench.layout import PROGRESS  # noqa: E402
-from bench.suite import load_suite  # noqa: E402
+from bench.launch import forkserver, runner  # noqa: E402
+from bench.core.config import Budget  # noqa: E402
+from bench.core.layout import PROGRESS  # noqa: E402
+from bench.spec.suite import load_suite  # noqa: E402
 
 
 def first_step(cfg, run_dir: Path, env: dict[str, str]) -> tuple[float, str]:

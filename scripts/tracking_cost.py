@@ -14,9 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.config import TRACKERS, Tracking
-from bench.records import load_records
-from bench.tracking import Session
+from bench.core.config import TRACKERS, Tracking
+from bench.core.records import load_records
+from bench.launch.tracking import Session
 
 
 def main() -> int:

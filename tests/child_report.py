@@ -12,7 +12,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     import torch
 
-    libraries = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "bench.worker")
+    libraries = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "bench.run.worker")
     preloaded = {m: m in sys.modules for m in libraries}
     title = Path(f"/proc/{os.getpid()}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
     Path(argv[0]).write_text(json.dumps({

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.device import Place
+from bench.run.device import Place
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -56,7 +56,7 @@ def pytest_terminal_summary(terminalreporter):
 def tiny_config(method: str, params: dict | None = None, **changes):
     """A resolved run config like the suite produces, for the tiny preset and the smoke data; `changes` set
     training fields."""
-    from bench.suite import load_suite
+    from bench.spec.suite import load_suite
 
     suite = load_suite(ROOT / "suites" / "smoke.yaml")
     cfg = next(c for c in suite.resolved_runs() if c.method in (method, "baseline") and c.run == method)
@@ -70,7 +70,7 @@ def training(cfg, **changes):
 
 def make_config(run: str = "r", method: str = "lora", **fields):
     """A minimal resolved config for records made by hand (reports, compare, recommend read them)."""
-    from bench.config import Budget, DatasetSpec, Eval, ModelSpec, ResolvedTraining, RunConfig
+    from bench.core.config import Budget, DatasetSpec, Eval, ModelSpec, ResolvedTraining, RunConfig
 
     base = dict(suite="hand", suite_version=1, run=run, method=method, model=ModelSpec(preset="tiny-llama"),
                 dataset=DatasetSpec(path="data.jsonl"), budget=Budget(max_steps=1), training=ResolvedTraining(),
@@ -112,7 +112,7 @@ def assert_same_record(r, b, run: str) -> None:
 
 @pytest.fixture(scope="session")
 def smoke_examples():
-    from bench.data import load_examples
+    from bench.datasets.examples import load_examples
 
     cfg = tiny_config("lora")
     train, evals, _ = load_examples(cfg.dataset, max_eval=8)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench import worker
+from bench.run import worker
 
 _train_stage = worker.train_stage
 

@@ -3,8 +3,8 @@ in the tests that use them (tests/test_recommend.py, tests/test_seeds.py)."""
 
 from __future__ import annotations
 
-from bench.config import ResolvedTraining
-from bench.records import RunRecord
+from bench.core.config import ResolvedTraining
+from bench.core.records import RunRecord
 from tests.conftest import make_config
 
 GB, MB, KB = 1024 ** 3, 1024 ** 2, 1024

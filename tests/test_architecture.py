@@ -99,24 +99,24 @@ def test_the_import_graph_of_bench_has_no_cycle():
 
 def test_the_cycle_finder_finds_a_planted_cycle():
     planted = {k: set(v) for k, v in GRAPH.items()}
-    planted["bench.util"].add("bench.cli")  # a leaf importing the top closes a loop through everything on the way
+    planted["bench.core.util"].add("bench.cli")  # a leaf importing the top closes a loop through everything on the way
     found = cycles(planted)
-    assert found and "bench.util" in found[0] and "bench.cli" in found[0]
+    assert found and "bench.core.util" in found[0] and "bench.cli" in found[0]
 
 
-@pytest.mark.parametrize("leaf", ["bench.util", "bench.layout", "bench.stats", "bench.metrics", "bench.yamlio",
-                                  "bench.flops", "bench.console"])
+@pytest.mark.parametrize("leaf", ["bench.core.util", "bench.core.layout", "bench.analysis.stats", "bench.core.metrics", "bench.core.yamlio",
+                                  "bench.run.flops", "bench.core.console"])
 def test_leaf_modules_know_nothing_above_them(leaf):
-    assert GRAPH[leaf] <= {"bench", "bench.metrics"}, GRAPH[leaf]
+    assert GRAPH[leaf] <= {"bench", "bench.core.metrics"}, GRAPH[leaf]
 
 
 def test_the_schema_and_the_runner_stay_below_what_they_configure_and_start():
-    assert "bench.compare" not in GRAPH["bench.suite"] and "bench.compare" not in GRAPH["bench.config"]
-    for module in ("bench.runner", "bench.config", "bench.records", "bench.regression"):
-        assert not GRAPH[module] & {"bench.worker", "bench.suite", "bench.schema", "bench.validate",
-                                    "bench.distributed", "bench.train", "bench.load"}, module
+    assert "bench.choose.compare" not in GRAPH["bench.spec.suite"] and "bench.choose.compare" not in GRAPH["bench.core.config"]
+    for module in ("bench.launch.runner", "bench.core.config", "bench.core.records", "bench.core.regression"):
+        assert not GRAPH[module] & {"bench.run.worker", "bench.spec.suite", "bench.spec.schema", "bench.spec.validate",
+                                    "bench.run.distributed", "bench.run.train", "bench.run.load"}, module
     # The schema and resolution know nothing of validation, which reads them.
-    assert not GRAPH["bench.schema"] & {"bench.validate", "bench.suite"}
+    assert not GRAPH["bench.spec.schema"] & {"bench.spec.validate", "bench.spec.suite"}
 
 
 def loaded_by(code: list[str]) -> str:
@@ -128,12 +128,12 @@ def loaded_by(code: list[str]) -> str:
 
 
 def test_importing_the_runner_loads_no_model_library():
-    imported = loaded_by(["-c", "import bench.runner"]).splitlines()
-    assert "bench.runner" in imported
+    imported = loaded_by(["-c", "import bench.launch.runner"]).splitlines()
+    assert "bench.launch.runner" in imported
     assert not {"torch", "transformers", "peft"} & set(imported)
 
 
-@pytest.mark.parametrize("module", ["bench.suite", "bench.schema", "bench.config", "bench.validate"])
+@pytest.mark.parametrize("module", ["bench.spec.suite", "bench.spec.schema", "bench.core.config", "bench.spec.validate"])
 def test_the_schema_loads_no_model_library(module):
     # The name lists it checks against (presets, optimisers, scorers, trackers) live in light modules; the checks
     # that need PEFT import it when they run.
@@ -160,7 +160,7 @@ def test_no_function_in_bench_is_longer_than_a_screenful():
 
 
 def paths_built_from_run_names(path: Path) -> list[str]:
-    """`folder / x.run` or `folder / f"{x.run}..."`: a path joined from a run name outside bench.layout.run_path."""
+    """`folder / x.run` or `folder / f"{x.run}..."`: a path joined from a run name outside bench.core.layout.run_path."""
     def names_run(node: ast.AST) -> bool:
         return any(isinstance(n, ast.Attribute) and n.attr == "run" or isinstance(n, ast.Name) and n.id == "run"
                    for n in ast.walk(node))
@@ -172,12 +172,12 @@ def paths_built_from_run_names(path: Path) -> list[str]:
 
 def test_every_path_from_a_run_name_goes_through_run_path():
     # A run name comes from a suite file; run_path refuses one that would land outside the output folder.
-    assert [f for m, p in MODULES.items() if m != "bench.layout" for f in paths_built_from_run_names(p)] == []
+    assert [f for m, p in MODULES.items() if m != "bench.core.layout" for f in paths_built_from_run_names(p)] == []
     assert len(paths_built_from_run_names(BENCH / "layout.py")) == 1  # run_path's own join: the finder finds one
 
 
 def test_run_path_refuses_names_that_leave_the_folder(tmp_path):
-    from bench.layout import UnsafeRunName, name_problem, run_path
+    from bench.core.layout import UnsafeRunName, name_problem, run_path
 
     assert run_path(tmp_path, "lora@lr=0.0001", ".json") == tmp_path / "lora@lr=0.0001.json"
     for name in ("../escaped", "a/b", "..", ".", "", "a\\b", "x\0"):

@@ -18,12 +18,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
-from bench.config import DatasetSpec
-from bench.data import load_examples, tokenize
-from bench.models import byte_tokenizer
-from bench.records import RunRecord, write_record
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.core.config import DatasetSpec
+from bench.datasets.batches import tokenize
+from bench.datasets.examples import load_examples
+from bench.run.models import byte_tokenizer
+from bench.core.records import RunRecord, write_record
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT, make_config
 
 BASE = """\
@@ -112,7 +113,7 @@ CASES = [
     Case("extract-regex-backtracks", "line 15, eval.extract: it backtracks catastrophically: on 'aaaaaaaa'... (513 "
          "characters) it did not finish within 0.1 s; avoid nested or overlapping repeats such as (a|aa)+ or (a+)+",
          suite=edit("  max_examples: 2\n", "  max_examples: 2\n  extract: '(a+)+$'\n")),
-    # --- code the suite would run (bench.safety): only with --trust-remote-code on the command line
+    # --- code the suite would run (bench.run.safety): only with --trust-remote-code on the command line
     Case("hub-metric-from-a-user", "line 15, eval.metrics[1]: 'hub:someone/x' makes evaluate.load import and run the "
          "Python script of the Hugging Face Hub Space someone/x (tag v0.4.6, else main); a suite cannot allow that "
          "itself: run with --trust-remote-code if you trust whoever wrote it",

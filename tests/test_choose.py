@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.records import Prediction, ScoreInterval, write_record
-from bench.recommend import Constraints, SEEDS_HINT, explain, recommend, render_text
-from bench.scoring import interval
+from bench.core.records import Prediction, ScoreInterval, write_record
+from bench.choose.recommend import Constraints, SEEDS_HINT, explain, recommend, render_text
+from bench.core.scoring import interval
 from tests.handmade import GB, KB, MB, record, seeded_records
 
 
@@ -151,8 +151,8 @@ def test_the_command_says_training_noise_is_not_measured(tmp_path, capsys):
 
 
 def test_compare_uses_the_paired_test_between_two_runs_on_the_same_examples():
-    from bench.compare import compare
-    from bench.regression import Regression
+    from bench.choose.compare import compare
+    from bench.core.regression import Regression
     from bench.report.gate import _verdict
 
     before = scored("lora", "lora", [1] * 27 + [0] * 3, GB, 10, MB, 10, 1)

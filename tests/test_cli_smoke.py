@@ -9,8 +9,8 @@ import sys
 
 import torch
 
-from bench.config import ModelSpec
-from bench.records import load_records
+from bench.core.config import ModelSpec
+from bench.core.records import load_records
 from methods import SHIPPED
 from tests.conftest import ROOT
 
@@ -99,8 +99,8 @@ print(json.dumps(out))
 def test_exported_merged_model_reloads_in_a_fresh_process_with_the_same_answers(smoke_results, tmp_path):
     from peft import PeftModel
 
-    from bench import models as M
-    from bench.export import locate, merge_to_folder
+    from bench.run import models as M
+    from bench.run.export import locate, merge_to_folder
 
     out, _ = smoke_results
     record, run_dir = locate(str(out / "lora"))

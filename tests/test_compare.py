@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.reference import load_side, parse_reference, save_reference
+from bench.choose.reference import load_side, parse_reference, save_reference
 from bench.cli import main
-from bench.compare import Comparison, Row, compare, settings_from, verdict
-from bench.records import RecordError, RunRecord, load_records, write_record
-from bench.regression import Regression, Tolerance
+from bench.choose.compare import Comparison, Row, compare, settings_from, verdict
+from bench.core.records import RecordError, RunRecord, load_records, write_record
+from bench.core.regression import Regression, Tolerance
 from bench.report.gate import render_markdown
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import with_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +160,7 @@ def test_counts_regress_in_either_direction():
 
 
 def test_time_is_reported_but_not_gated_unless_a_suite_asks(committed):
-    # The gated time is the steady one (bench.headline.TIME): warm-up left out.
+    # The gated time is the steady one (bench.core.headline.TIME): warm-up left out.
     slow = edited(committed, "lora", metrics={"steady_train_seconds": 10 * next(
         r for r in committed if r.run == "lora").metrics["steady_train_seconds"]})
     on_gpu = [r.model_copy(update={"environment": {**r.environment, "device_type": "cuda"}}) for r in slow]

@@ -1,4 +1,4 @@
-"""Config hashes: what a run computes, from the fields marked on the schema (bench.config KEPT / NOT_HASHED); every
+"""Config hashes: what a run computes, from the fields marked on the schema (bench.core.config KEPT / NOT_HASHED); every
 stored record keeps its hash, and a field added later with a default changes none."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from typing import Annotated
 import pytest
 from pydantic import create_model
 
-from bench.config import KEPT, RunConfig, Training, Versioned, config_hash
-from bench.records import read_record
-from bench.suite import load_suite
+from bench.core.config import KEPT, RunConfig, Training, Versioned, config_hash
+from bench.core.records import read_record
+from bench.spec.suite import load_suite
 from tests.conftest import ROOT
 
 BASELINES = json.loads((ROOT / "baselines" / "smoke.json").read_text())["records"]

@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from bench import data as D
-from bench.config import DatasetSpec, ModelSpec
-from bench.models import build_config, byte_tokenizer
-from bench.records import DataNotes
+from bench.datasets import batches as B
+from bench.datasets import examples as D
+from bench.core.config import DatasetSpec, ModelSpec
+from bench.run.models import build_config, byte_tokenizer
+from bench.core.records import DataNotes
 
 SPEC = DatasetSpec(path="t.jsonl")  # what tokenize reads of a dataset spec: the bad-row policy
 
@@ -139,11 +140,11 @@ def test_tokenize_masks_the_prompt_and_ends_with_the_end_of_turn():
     tok = byte_tokenizer()
     e = _example("Name a colour.", "Blue")
     notes = DataNotes(source="t")
-    (f,) = D.tokenize([e], tok, 512, SPEC, notes, "t")
-    prompt_ids = tok(D.prompt_text(tok, e.messages[:-1]), add_special_tokens=False).input_ids
+    (f,) = B.tokenize([e], tok, 512, SPEC, notes, "t")
+    prompt_ids = tok(B.prompt_text(tok, e.messages[:-1]), add_special_tokens=False).input_ids
     n = len(prompt_ids)
     assert f.input_ids[:n] == prompt_ids
-    assert f.labels[:n] == [D.IGNORE] * n
+    assert f.labels[:n] == [B.IGNORE] * n
     assert f.labels[n:] == f.input_ids[n:]
     assert tok.decode(f.labels[n:]) == "Blue<|im_end|>"
     assert f.input_ids[-1] == tok.eos_token_id
@@ -154,7 +155,7 @@ def test_tokenize_truncates_long_responses_and_counts_them():
     tok = byte_tokenizer()
     e = _example("Q", "x" * 100)
     notes = DataNotes(source="t")
-    (f,) = D.tokenize([e], tok, 40, SPEC, notes, "t")
+    (f,) = B.tokenize([e], tok, 40, SPEC, notes, "t")
     assert len(f.input_ids) == len(f.labels) == 40
     assert notes.truncated == 1
 
@@ -164,9 +165,9 @@ def test_a_too_long_prompt_is_an_error_or_a_counted_skip():
     examples = [_example("short", "ok"), D.Example(_example("y" * 80, "ok").messages, 2, "d.jsonl, line 2")]
     with pytest.raises(D.DataError, match=r"^d\.jsonl, line 2: the prompt alone is \d+ tokens, leaving no room for "
                                           r"the response in max_seq_len 50"):
-        D.tokenize(examples, tok, 50, SPEC, DataNotes(source="t"), "t")
+        B.tokenize(examples, tok, 50, SPEC, DataNotes(source="t"), "t")
     notes = DataNotes(source="t")
-    kept = D.tokenize(examples, tok, 50, SPEC.model_copy(update={"on_bad_row": "skip"}), notes, "t")
+    kept = B.tokenize(examples, tok, 50, SPEC.model_copy(update={"on_bad_row": "skip"}), notes, "t")
     assert len(kept) == 1 and notes.skipped == {"prompt longer than max_seq_len": 1}
 
 
@@ -186,17 +187,17 @@ def test_packed_loss_equals_the_token_weighted_mean_of_single_example_losses(tin
     tok = byte_tokenizer()
     examples = [_example("Say hi.", "hi"), _example("Count to five, please.", "1 2 3 4 5"),
                 _example("What colour is the sky on a clear day?", "Blue, mostly.")]
-    feats = D.tokenize(examples, tok, 256, SPEC, DataNotes(source="t"), "t")
+    feats = B.tokenize(examples, tok, 256, SPEC, DataNotes(source="t"), "t")
     pad = tok.pad_token_id
-    singles = [_loss(tiny_model, D.collate([f], pad, packed=False)) for f in feats]
+    singles = [_loss(tiny_model, B.collate([f], pad, packed=False)) for f in feats]
     # Hugging Face shifts labels by one: an example with n labelled tokens has n predictions in its loss.
-    counts = [sum(label != D.IGNORE for label in f.labels[1:]) for f in feats]
+    counts = [sum(label != B.IGNORE for label in f.labels[1:]) for f in feats]
     weighted = sum(loss * n for loss, n in zip(singles, counts)) / sum(counts)
-    packed = D.collate(feats, pad, packed=True)
+    packed = B.collate(feats, pad, packed=True)
     assert packed["input_ids"].shape == (1, sum(len(f.input_ids) for f in feats))
     assert "attention_mask" not in packed
     assert _loss(tiny_model, packed) == pytest.approx(weighted, abs=1e-5)
-    assert _loss(tiny_model, D.collate(feats, pad, packed=False)) == pytest.approx(weighted, abs=1e-5)
+    assert _loss(tiny_model, B.collate(feats, pad, packed=False)) == pytest.approx(weighted, abs=1e-5)
     # The check has teeth: one continuous sequence (examples attending to each other) gives another loss.
     leaky = {k: v for k, v in packed.items() if k != "position_ids"}
     assert abs(_loss(tiny_model, leaky) - weighted) > 1e-3

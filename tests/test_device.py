@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.device import Place, pick_dtype
+from bench.run.device import Place, pick_dtype
 
 
 def test_auto_precision_is_fp32_on_a_cpu_and_explicit_precisions_are_kept():

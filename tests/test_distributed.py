@@ -11,10 +11,10 @@ import time
 import psutil
 import pytest
 
-from bench import data as D
-from bench.records import load_records
-from bench.runner import DevicesError, Slot, parse_devices, slot_problems
-from bench.suite import load_suite
+from bench.datasets import batches as D
+from bench.core.records import load_records
+from bench.launch.runner import DevicesError, Slot, parse_devices, slot_problems
+from bench.spec.suite import load_suite
 from tests.conftest import ROOT, assert_same_record
 
 SUITE = """
@@ -100,7 +100,7 @@ def test_lora_on_two_cpu_processes_matches_one_process(tmp_path):
 @pytest.mark.worker
 def test_two_machines_join_the_way_accelerate_does_it(tmp_path):
     """Two 'machines' on localhost, one process each: the main one runs the suite, the other joins with the scaling
-    guide's command (`accelerate launch ... --machine_rank 1 -m bench.worker RUN_DIR/config.json SCRATCH`)."""
+    guide's command (`accelerate launch ... --machine_rank 1 -m bench.run.worker RUN_DIR/config.json SCRATCH`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -118,7 +118,7 @@ def test_two_machines_join_the_way_accelerate_does_it(tmp_path):
         time.sleep(0.2)
     other = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                             str(tmp_path / "two-machines.yaml"), "--machine_rank", "1", "--num_processes", "2",
-                            "-m", "bench.worker", str(config), str(tmp_path / "scratch")],
+                            "-m", "bench.run.worker", str(config), str(tmp_path / "scratch")],
                            capture_output=True, text=True, timeout=600, cwd=ROOT)
     stdout, _ = main.communicate(timeout=600)
     assert other.returncode == 0 and main.returncode == 0, stdout + other.stdout + other.stderr
@@ -171,7 +171,7 @@ def _workers_of(folder) -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "bench.worker" in cmd and str(folder) in cmd:
+        if "bench.run.worker" in cmd and str(folder) in cmd:
             found.append(p)
     return found
 
@@ -230,7 +230,7 @@ def test_a_gpu_slot_too_small_for_a_distributed_run_is_named(tmp_path):
 
 
 def test_distributed_config_resolves_hashes_its_file_and_a_missing_file_is_reported(tmp_path):
-    from bench.yamlio import SuiteError
+    from bench.core.yamlio import SuiteError
 
     runs = "  - {method: lora, training: {distributed: {num_processes: 2, config: a.yaml}}}\n"
     suite, _ = write_suite(tmp_path, runs)

@@ -40,7 +40,7 @@ def test_the_description_check_finds_a_field_without_one_at_any_depth():
 
 
 def test_the_suite_reference_lists_every_field_with_its_type_and_default():
-    from bench.suite import Suite
+    from bench.spec.suite import Suite
 
     page = gen_docs.suite_page()
     for path, model in gen_docs.model_tree(Suite):
@@ -70,7 +70,7 @@ def test_the_method_reference_has_every_method_its_peft_fields_and_the_harness_d
 
 def test_the_metric_and_cli_references_have_every_metric_and_command():
     from bench.cli import build_parser
-    from bench.metrics import METRICS
+    from bench.core.metrics import METRICS
 
     metrics = gen_docs.metrics_page()
     for name, m in METRICS.items():
@@ -178,7 +178,7 @@ def test_a_broken_link_fails_the_strict_build(tmp_path):
 def test_the_quantisation_guide_renders_the_suites_records_and_plan():
     """docs/guides/quantization.md's table: a row per trained run of docs/results/quantization.json, with its score,
     the setting its environment records, and bench plan's GPU peak for the same run where it was captured."""
-    from bench.metrics import human_bytes
+    from bench.core.metrics import human_bytes
 
     page = (ROOT / "docs" / "guides" / "quantization.md").read_text()
     block = _block(page, "quantization")

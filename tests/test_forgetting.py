@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import evaluation as E
-from bench import models as M
-from bench.config import ModelSpec
-from bench.records import load_records
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.run import evaluation as E
+from bench.run import models as M
+from bench.core.config import ModelSpec
+from bench.core.records import load_records
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 

@@ -1,4 +1,4 @@
-"""The fork server (bench/forkserver.py): runs forked from one pre-imported process still cost only themselves when
+"""The fork server (bench/launch/forkserver.py): runs forked from one pre-imported process still cost only themselves when
 killed, crashed or timed out; the server holds no CUDA context; and its records equal those of spawned runs."""
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import time
 import psutil
 import pytest
 
-from bench.records import load_records
+from bench.core.records import load_records
 from tests.conftest import ROOT
 
 # The runner in a process of its own, its fork server preloading tests/faults.py beside the worker.
 RUN_ALL = """
 import sys
 from pathlib import Path
-from bench import forkserver, runner
-from bench.suite import load_suite
+from bench.launch import forkserver, runner
+from bench.spec.suite import load_suite
 forkserver.PRELOAD.append("tests.faults")
 configs = load_suite(sys.argv[1]).resolved_runs()
 runner.run_all(configs, Path(sys.argv[2]), [None])
@@ -45,10 +45,10 @@ runs:
 
 
 def worker_of(folder) -> psutil.Process | None:
-    """The run's process, found as a user finds it: by its title, `python -m bench.worker CONFIG RUN_DIR`."""
+    """The run's process, found as a user finds it: by its title, `python -m bench.run.worker CONFIG RUN_DIR`."""
     for p in psutil.process_iter(["cmdline"]):
         line = " ".join(p.info["cmdline"] or [])
-        if "bench.worker" in line and str(folder) in line:
+        if "bench.run.worker" in line and str(folder) in line:
             return p
     return None
 
@@ -86,7 +86,7 @@ def test_a_killed_a_crashed_and_a_timed_out_run_cost_only_themselves_under_the_f
 
 CHILD = """
 import json, sys
-from bench import forkserver
+from bench.launch import forkserver
 forkserver.SERVER.start()
 forkserver.SERVER.fork(["tests.child_report", sys.argv[1]], dict(__import__("os").environ), sys.argv[2]).wait()
 """
@@ -101,7 +101,7 @@ def test_the_fork_server_preloads_the_worker_and_holds_no_cuda_context(tmp_path)
     seen = json.loads(report.read_text())
     # datasets is left out: only a Hub dataset needs it, and every run's resident figures would carry its pages.
     assert seen["preloaded"] == {"torch": True, "transformers": True, "peft": True, "bitsandbytes": True,
-                                 "bench.worker": True, "datasets": False}
+                                 "bench.run.worker": True, "datasets": False}
     # Nothing in the server initialised CUDA: the child could use a GPU (torch would refuse one in a bad fork).
     assert seen["cuda_initialized"] is False and seen["bad_fork"] is False
     assert seen["session_leader"] is True and seen["title"].endswith(f"-m tests.child_report {report}")

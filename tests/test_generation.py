@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import data as D
-from bench.config import Budget
-from bench.evaluation import end_token_ids, generate
-from bench.load import build
-from bench.models import byte_tokenizer
-from bench.records import DataNotes
-from bench.train import train
+from bench.datasets import batches as D
+from bench.core.config import Budget
+from bench.run.evaluation import end_token_ids, generate
+from bench.run.load import build
+from bench.run.models import byte_tokenizer
+from bench.core.records import DataNotes
+from bench.run.train import train
 from methods import METHODS, SHIPPED
 from tests.conftest import CPU32, tiny_config, training
 

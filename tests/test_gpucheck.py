@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.device import Place
-from bench.gpucheck import QUANTIZED, Shapes, check_eval_memory, check_fp32_masters, check_merge, check_qlora_memory
+from bench.run.device import Place
+from bench.commands.gpucheck import (
+    QUANTIZED,
+    Shapes,
+    check_eval_memory,
+    check_fp32_masters,
+    check_merge,
+    check_qlora_memory,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = Shapes.of(True)
@@ -87,8 +94,8 @@ def test_gpu_check_sh_refuses_an_unknown_argument():
 def test_packed_cuda_runs_get_flex_attention_without_flash_attn():
     import importlib.util
 
-    from bench.gpucheck import config
-    from bench.load import attention
+    from bench.commands.gpucheck import config
+    from bench.run.load import attention
     from methods import METHODS
 
     cuda = Place(torch.device("cuda"), torch.bfloat16)  # no CUDA call: the choice reads the config only
@@ -103,9 +110,9 @@ def test_packed_cuda_runs_get_flex_attention_without_flash_attn():
 def test_packed_and_padded_losses_agree_under_flex_attention():
     """The kernel packed CUDA runs get, here on the CPU (transformers compiles it): packed rows, kept apart by the
     document mask from their restarting position ids, give the padded rows' loss."""
-    from bench.config import ModelSpec
-    from bench.data import Features, collate
-    from bench.models import load_model
+    from bench.core.config import ModelSpec
+    from bench.datasets.batches import Features, collate
+    from bench.run.models import load_model
 
     model = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.float32, load_in_4bit=False, seed=0,
                        attention="flex_attention").eval()
@@ -140,7 +147,7 @@ def test_each_quantisation_backends_line_passes_and_fails_with_the_base_left_unq
     """One line per backend (bitsandbytes 8-bit, NF4, FP4, torchao int8, HQQ 4-bit): LoRA over it trains, the base
     holds its bytes per weight, the training peak is measured and the merge judged; with the base left in bf16 (the
     planted fault) the bytes-per-weight bound fails."""
-    from bench.gpucheck import CHECKS
+    from bench.commands.gpucheck import CHECKS
 
     setting, package = QUANTIZED[name]
     pytest.importorskip(package)
@@ -163,7 +170,7 @@ def test_gpu_check_plants_each_quantisation_backends_fault_by_name():
     """`--plant` takes every check that can be planted, the quantisation lines included (the CLI lists them without
     importing torch)."""
     from bench.cli import build_parser
-    from bench.gpucheck import CHECKS, PLANTABLE, QUANTIZED
+    from bench.commands.gpucheck import CHECKS, PLANTABLE, QUANTIZED
 
     assert set(QUANTIZED) <= set(PLANTABLE) <= set(CHECKS)
     args = build_parser().parse_args(["gpu-check", "--dry-run", "--plant", *PLANTABLE])

@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from bench import models as M
+from bench.run import models as M
 from bench.cli import main
-from bench.config import ModelSpec
+from bench.core.config import ModelSpec
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)

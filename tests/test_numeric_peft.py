@@ -11,7 +11,7 @@ from typing import Optional
 
 import pytest
 
-from bench.scoring import per_example
+from bench.core.scoring import per_example
 
 # (prediction, reference, numeric_match, numeric_match_peft): expected values worked out from PEFT's
 # MetaMathQA/utils.py (parse_answer, convert_to_decimal, get_accuracy) by reading it.

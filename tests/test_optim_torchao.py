@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.config import Optimizer
-from bench.device import Place
-from bench.gpucheck import Shapes, batches, config, fit
-from bench.load import build
+from bench.core.config import Optimizer
+from bench.run.device import Place
+from bench.commands.gpucheck import Shapes, batches, config, fit
+from bench.run.load import build
 from methods import METHODS
 
 pytest.importorskip("torchao")
@@ -20,7 +20,7 @@ SR = {"name": "torchao.AdamW", "kwargs": {"bf16_stochastic_round": True}}
 
 
 def test_torchaos_optimisers_go_by_name_are_checked_and_sized():
-    from bench.optim import describe, optimizer_problems, state_bytes_per_param, torchao_optimizers
+    from bench.run.optim import describe, optimizer_problems, state_bytes_per_param, torchao_optimizers
 
     names = torchao_optimizers()
     assert {"torchao.AdamW", "torchao.AdamW8bit", "torchao.AdamW4bit", "torchao.AdamWFp8"} <= set(names)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bench.paired import mcnemar, paired, paired_bootstrap
+from bench.analysis.paired import mcnemar, paired, paired_bootstrap
 
 
 def by_hand(k: int, n: int) -> float:

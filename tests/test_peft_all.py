@@ -10,9 +10,9 @@ import sys
 import pytest
 import torch
 
-from bench.load import load
-from bench.records import load_records
-from bench.suite import load_suite
+from bench.run.load import load
+from bench.core.records import load_records
+from bench.spec.suite import load_suite
 from methods import METHODS
 from tests.conftest import ROOT
 
@@ -55,8 +55,8 @@ def test_each_saved_adapter_reloads_with_plain_peft_into_the_trained_model(peft_
     that of a 1-thread run's adapter gave eval loss 5.8211 against the run's 5.8305 (on 1 thread: equal)."""
     from peft import PeftModel
 
-    from bench import models as M
-    from bench.evaluation import eval_loss
+    from bench.run import models as M
+    from bench.run.evaluation import eval_loss
 
     out, _, records = peft_all
     configs = {c.run: c for c in load_suite(SUITE).resolved_runs() if c.trains}

@@ -11,11 +11,11 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
-from bench import models as M
-from bench.config import ModelSpec
-from bench.data import Features, collate
-from bench.flops import attention_flops, matmul_flops_per_token, train_flops
-from bench.train import example_lengths
+from bench.run import models as M
+from bench.core.config import ModelSpec
+from bench.datasets.batches import Features, collate
+from bench.run.flops import attention_flops, matmul_flops_per_token, train_flops
+from bench.run.train import example_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,8 +89,8 @@ def test_perf_dry_run_end_to_end(tmp_path):
 def test_head_only_counts_its_body_forward_only():
     """Nothing below the output head trains: the body runs forward only (2·in·out), the head forward and its
     weight gradient (4·in·out), no input gradient anywhere."""
-    from bench.gpucheck import Shapes, config
-    from bench.load import build
+    from bench.commands.gpucheck import Shapes, config
+    from bench.run.load import build
     from methods import METHODS
     from tests.conftest import CPU32
 
@@ -100,8 +100,8 @@ def test_head_only_counts_its_body_forward_only():
 
 
 def test_an_fp32_run_has_no_mfu_against_the_bf16_peak():
-    from bench.flops import peak_flops
+    from bench.run.flops import peak_flops
 
     assert peak_flops(torch.device("cuda"), torch.float32) == (
-        None, "the run computes in float32: no peak for it in bench.flops")
+        None, "the run computes in float32: no peak for it in bench.run.flops")
     assert peak_flops(torch.device("cpu"), torch.bfloat16) == (None, "no peak for a CPU")

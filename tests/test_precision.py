@@ -8,18 +8,18 @@ import time
 import pytest
 import torch
 
-from bench.config import Budget
-from bench.data import Features
-from bench.device import Place
-from bench.evaluation import BYTES_PER_LOGIT, eval_loss
-from bench.flops import peak_for
-from bench.gpucheck import Shapes, batches, config, fit
-from bench.load import build
-from bench.memory import Meter
-from bench.models import PRESETS
-from bench.suite import load_suite
-from bench.train import train
-from bench.yamlio import SuiteError
+from bench.core.config import Budget
+from bench.datasets.batches import Features
+from bench.run.device import Place
+from bench.run.evaluation import BYTES_PER_LOGIT, eval_loss
+from bench.run.flops import peak_for
+from bench.commands.gpucheck import Shapes, batches, config, fit
+from bench.run.load import build
+from bench.run.memory import Meter
+from bench.run.models import PRESETS
+from bench.spec.suite import load_suite
+from bench.run.train import train
+from bench.core.yamlio import SuiteError
 from methods import METHODS
 from tests.conftest import ROOT
 
@@ -114,9 +114,9 @@ def test_time_in_callbacks_is_not_training_time():
 
 @pytest.mark.train
 def test_eager_and_sdpa_attention_give_the_same_loss_packed_and_padded():
-    from bench.data import collate
-    from bench.models import load_model
-    from bench.config import ModelSpec
+    from bench.datasets.batches import collate
+    from bench.run.models import load_model
+    from bench.core.config import ModelSpec
 
     feats = [Features(list(range(1, n)), list(range(1, n))) for n in (40, 17, 25)]
     losses = []
@@ -132,8 +132,8 @@ def test_eager_and_sdpa_attention_give_the_same_loss_packed_and_padded():
 @pytest.mark.train
 def test_eval_loss_in_logit_budgeted_batches_equals_one_batch_and_stays_small():
     """A 32k vocabulary: one 256-token row's logits and loss buffers are 82 MB; 12 rows in one batch would be 1 GB."""
-    from bench.config import ModelSpec
-    from bench.models import load_model
+    from bench.core.config import ModelSpec
+    from bench.run.models import load_model
 
     spec = ModelSpec(config=PRESETS["tiny-llama"] | {"vocab_size": 32000})
     model = load_model(spec, None, dtype=torch.float32, load_in_4bit=False, seed=0)
@@ -158,14 +158,14 @@ def test_device_peaks_by_their_real_names():
     none, why = peak_for("NVIDIA A100-SXM4-40GB MIG 1g.5gb")
     assert none is None and "MIG slice" in why
     assert peak_for("NVIDIA GeForce RTX 4090") == (None, "no peak known for 'NVIDIA GeForce RTX 4090' "
-                                                         "(bench.flops.BF16_PEAK)")
+                                                         "(bench.run.flops.BF16_PEAK)")
 
 
 def test_pure_bf16_saves_half_the_bytes_per_trained_weight_and_rounds_small_updates_away():
     """`training.master_weights: false` (PEFT's benchmark, litgpt's bf16-true): weights that train, their gradients and
     AdamW's states in bf16. What it saves, per trainable parameter: 16 bytes (fp32 weight, gradient, two states) down
     to 8. What it costs: a 2e-5 step is below half a bf16 step on most weights, so most updates round away."""
-    from bench.optim import state_bytes_per_param
+    from bench.run.optim import state_bytes_per_param
 
     batch = batches(320, 64, 2, 1)[0][1]
     masters = config(TINY, "full", precision="bf16")

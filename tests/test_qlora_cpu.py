@@ -1,12 +1,12 @@
-"""bitsandbytes' CPU repacking of 4-bit weights must not change what the model computes (bench.models.no_cpu_repacking)."""
+"""bitsandbytes' CPU repacking of 4-bit weights must not change what the model computes (bench.run.models.no_cpu_repacking)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench import models as M
-from bench.config import ModelSpec
+from bench.run import models as M
+from bench.core.config import ModelSpec
 
 pytest.importorskip("bitsandbytes")
 from bitsandbytes.functional import has_avx512bf16  # noqa: E402

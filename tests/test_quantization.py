@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import Quantization, RunConfig, config_hash
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.core.config import Quantization, RunConfig, config_hash
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 pytest.importorskip("bitsandbytes")
@@ -121,7 +121,7 @@ def test_a_bad_setting_and_an_optimiser_that_does_not_step_are_errors_on_their_l
 
 
 def test_optimiser_state_bytes_per_trainable_parameter_are_measured():
-    from bench.optim import state_bytes_per_param
+    from bench.run.optim import state_bytes_per_param
 
     assert state_bytes_per_param("AdamW") == 8.0
     assert state_bytes_per_param("AdamW", "{}", "bfloat16") == 4.0  # torch keeps states in the weight's dtype
@@ -134,8 +134,8 @@ def test_optimiser_state_bytes_per_trainable_parameter_are_measured():
 
 
 def test_a_quantised_base_holds_fewer_bytes_than_the_float_one():
-    from bench.config import ModelSpec
-    from bench.models import load_model
+    from bench.core.config import ModelSpec
+    from bench.run.models import load_model
 
     spec = ModelSpec(preset="tiny-llama")
     sizes = {}
@@ -163,8 +163,8 @@ def tiny_runs():
 @pytest.mark.parametrize("name", RUNS)
 def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_checks_its_merge(name, tiny_runs,
                                                                                              tmp_path):
-    from bench.records import RunRecord
-    from bench.worker import run
+    from bench.core.records import RunRecord
+    from bench.run.worker import run
 
     cfg = tiny_runs[name]
     record = run(cfg, tmp_path, RunRecord.start(cfg))
@@ -198,7 +198,7 @@ def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_ch
 
 
 def test_bytes_per_weight_of_each_quantised_base_are_measured():
-    from bench.quantsize import base_bytes_per_param
+    from bench.choose.quantsize import base_bytes_per_param
 
     assert base_bytes_per_param(None) == 4.0 and base_bytes_per_param(None, "bfloat16") == 2.0
     assert base_bytes_per_param(Quantization(bits=8)) == 1 + 4 / 1024  # int8 and a float32 scale per row

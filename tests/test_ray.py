@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.records import load_records, read_record
+from bench.core.records import load_records, read_record
 from tests.conftest import ROOT, assert_same_record
 
 ray = pytest.importorskip("ray")
@@ -76,7 +76,7 @@ def worker_of(run: str) -> psutil.Process | None:
     """The worker process of a run on a node: its run folder is in a bench-ray-* temporary folder."""
     for p in psutil.process_iter(["cmdline"]):
         cmd = p.info["cmdline"] or []
-        if "bench.worker" in cmd and cmd[-1].endswith(f"/{run}") and "bench-ray-" in cmd[-1]:
+        if "bench.run.worker" in cmd and cmd[-1].endswith(f"/{run}") and "bench-ray-" in cmd[-1]:
             return p
     return None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.recommend import (
+from bench.choose.recommend import (
     Constraints,
     explain,
     parse_duration,
@@ -15,7 +15,7 @@ from bench.recommend import (
     recommend,
     render_text,
 )
-from bench.records import write_record
+from bench.core.records import write_record
 from tests.handmade import GB, KB, MB, record, seeded_records
 
 
@@ -38,7 +38,7 @@ def test_sizes_in_powers_of_1024_as_the_reports_print_them():
 
 
 def test_limits_are_echoed_as_given():
-    from bench.recommend import limit_bytes
+    from bench.choose.recommend import limit_bytes
 
     assert [limit_bytes(parse_size(t)) for t in ("2.45GB", "8GB", "512MB", "1.5KB", "100")] == [
         "2.45 GB", "8 GB", "512 MB", "1.5 KB", "100 B"]
@@ -83,7 +83,7 @@ def test_reason_says_what_is_gained_and_lost_against_the_runner_up():
     e = explain(recommend(seeded_records(), prefer="score"))
     assert e.headline == "Recommended: full (exact match 0.983 ± 0.072, 3 seeds)"
     # Welch: se = sqrt(0.00083/3 + 0.0025/3) = 0.0333 on 3.2 df, half-width 0.10 > 0.033: not supported.
-    # The handmade records hold whole-run times only: marked † (bench.headline), and said so in the details.
+    # The handmade records hold whole-run times only: marked † (bench.core.headline), and said so in the details.
     assert e.reason == (
         "full: exact match 0.983 ± 0.072 vs lora 0.950 ± 0.124, a difference the seeds do not support (Welch's "
         "t-test, 5% level). Against lora it is worse on peak memory (1.2x more: 3.2 GB vs 2.7 GB), training time "
@@ -192,8 +192,8 @@ def test_smoke_records_choice_moves_when_a_limit_excludes_it(smoke_results, caps
     to tighten depends on the run: on the random smoke model every score is 0 and the choice is the lowest eval
     loss, which can also happen to be the lowest peak memory (CI saw that), so the first measure on which some
     method lies below the choice is used."""
-    from bench.recommend import saved_bytes
-    from bench.records import load_records
+    from bench.choose.recommend import saved_bytes
+    from bench.core.records import load_records
 
     out, _ = smoke_results
     records = load_records(out)

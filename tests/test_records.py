@@ -7,8 +7,16 @@ import json
 
 import pytest
 
-from bench.config import RESOLVED, RunConfig, config_hash
-from bench.records import MIGRATIONS, SCHEMA_VERSION, RecordError, RunRecord, parse_record, read_record, write_record
+from bench.core.config import RESOLVED, RunConfig, config_hash
+from bench.core.records import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    RecordError,
+    RunRecord,
+    parse_record,
+    read_record,
+    write_record,
+)
 from tests.conftest import ROOT, make_config
 
 FIXTURES = sorted((ROOT / "tests" / "fixtures" / "records").glob("*.json"))

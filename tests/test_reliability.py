@@ -12,7 +12,7 @@ import time
 import psutil
 import pytest
 
-from bench.records import load_records
+from bench.core.records import load_records
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
@@ -53,7 +53,7 @@ def test_sigkill_mid_training_is_recorded_the_suite_goes_on_and_resume_finishes_
     while time.time() < deadline and not (progress.exists() and len(progress.read_text().splitlines()) >= 5):
         time.sleep(0.1)
     workers = [p for p in psutil.process_iter(["cmdline"])
-               if "bench.worker" in " ".join(p.info["cmdline"] or []) and str(out / "lora") in " ".join(p.info["cmdline"])]
+               if "bench.run.worker" in " ".join(p.info["cmdline"] or []) and str(out / "lora") in " ".join(p.info["cmdline"])]
     assert len(workers) == 1, "the lora run's worker process should be running now"
     workers[0].send_signal(signal.SIGKILL)
     stdout, _ = proc.communicate(timeout=600)

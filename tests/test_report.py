@@ -9,11 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.records import Prediction, load_records
-from bench.report.content import config_sections, data_notes, labels, summary_table, warnings
+from bench.core.records import Prediction, load_records
+from bench.report.content import labels, summary_table
+from bench.report.provenance import config_sections, data_notes, warnings
 from bench.report.markdown import render_markdown
 from bench.report.write import write_csv, write_reports
-from bench.stats import pareto_front
+from bench.analysis.stats import pareto_front
 from tests.conftest import with_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -182,8 +183,8 @@ def test_warnings_name_what_differs_and_where(records):
 
 
 def test_runs_are_grouped_by_machine_and_a_suite_on_two_device_types_is_warned(records):
-    from bench.records import LostAttempt, Placement
-    from bench.report.content import environment
+    from bench.core.records import LostAttempt, Placement
+    from bench.report.provenance import environment
 
     cpu = "cpu (AMD EPYC)"
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.records import load_records
+from bench.core.records import load_records
 from bench.report.html import render_html
 from bench.report.write import write_reports
 

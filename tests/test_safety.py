@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import safety
+from bench.run import safety
 from bench.cli import main
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 TASKS = ROOT / "data" / "lm_eval"
@@ -209,8 +209,8 @@ def test_a_python_tag_in_a_suite_builds_nothing(tmp_path):
 def test_a_model_or_tokenizer_folder_that_asks_for_its_own_code_is_refused(tmp_path):
     """transformers imports a folder's modelling or tokenizer code only with trust_remote_code, which the harness
     never passes."""
-    from bench import models as M
-    from bench.config import ModelSpec
+    from bench.run import models as M
+    from bench.core.config import ModelSpec
 
     marker = tmp_path / "auto_map.marker"
     folder = tmp_path / "model"
@@ -241,8 +241,8 @@ def test_pickled_weights_are_read_as_weights_only(tmp_path):
     anything but tensors."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from bench import models as M
-    from bench.config import ModelSpec
+    from bench.run import models as M
+    from bench.core.config import ModelSpec
 
     MARKER_PATH[:] = [str(tmp_path / "pickle.marker")]
     folder = tmp_path / "model"
@@ -257,8 +257,8 @@ def test_pickled_weights_are_read_as_weights_only(tmp_path):
 
 def test_a_dataset_loading_script_is_not_run(tmp_path):
     """datasets 4+ runs no loading script, asked or not (dataset.hub may name a local folder)."""
-    from bench.config import DatasetSpec
-    from bench.data import DataError, load_examples
+    from bench.core.config import DatasetSpec
+    from bench.datasets.examples import DataError, load_examples
 
     marker = tmp_path / "script.marker"
     folder = tmp_path / "planted"
@@ -273,7 +273,7 @@ def test_a_chat_template_renders_in_the_sandbox(tmp_path):
     """Tokenizer chat templates (a model folder's, a GGUF's) render in jinja2's ImmutableSandboxedEnvironment."""
     from jinja2.exceptions import SecurityError
 
-    from bench.models import byte_tokenizer
+    from bench.run.models import byte_tokenizer
 
     marker = tmp_path / "template.marker"
     tok = byte_tokenizer()
@@ -286,7 +286,7 @@ def test_a_chat_template_renders_in_the_sandbox(tmp_path):
 def test_an_adapter_config_names_no_module_that_gets_imported(tmp_path, monkeypatch):
     """PEFT imports `auto_mapping.parent_library` (AutoPeftModel) and `megatron_core` (LoRA) only from its allow-list;
     an adapter_config's auto_mapping is bookkeeping the harness drops."""
-    from bench.suite import read_adapter_config
+    from bench.spec.suite import read_adapter_config
 
     marker = tmp_path / "module.marker"
     (tmp_path / "plantedmod.py").write_text(f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
@@ -328,7 +328,7 @@ def test_import_peft_reads_experiment_folders_as_data(tmp_path, monkeypatch, cap
 
 
 def test_a_catastrophic_extract_pattern_is_refused_at_validate_and_bounded_when_scored(tmp_path):
-    from bench.scoring import PatternTimeout, extract
+    from bench.core.scoring import PatternTimeout, extract
 
     for pattern in ("(a+)+$", "(a|aa)+$"):
         suite = write_suite(tmp_path, f'  extract: "{pattern}"\n')
@@ -346,8 +346,8 @@ def test_a_catastrophic_extract_pattern_is_refused_at_validate_and_bounded_when_
 
 def test_trackers_say_where_they_send_the_runs(tmp_path):
     pytest.importorskip("mlflow")
-    from bench.config import Tracking
-    from bench.tracking import Session
+    from bench.core.config import Tracking
+    from bench.launch.tracking import Session
 
     tracking = Tracking.model_validate({"mlflow": {"tracking_uri": "http://mlflow.example:5000", "experiment": "e"},
                                         "tensorboard": {}})

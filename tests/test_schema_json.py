@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from bench.cli import main
-from bench.yamlio import load_yaml, to_plain
+from bench.core.yamlio import load_yaml, to_plain
 from tests.conftest import ROOT
 
 SUITES = sorted((ROOT / "suites").glob("*.yaml"))
@@ -17,7 +17,7 @@ SUITES = sorted((ROOT / "suites").glob("*.yaml"))
 
 @pytest.fixture(scope="module")
 def schema():
-    from bench.schema import json_schema
+    from bench.spec.schema import json_schema
 
     return json_schema()
 

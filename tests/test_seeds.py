@@ -8,15 +8,15 @@ import sys
 
 import pytest
 
-from bench.compare import compare
-from bench.records import load_records
-from bench.regression import Regression
+from bench.choose.compare import compare
+from bench.core.records import load_records
+from bench.core.regression import Regression
 from bench.report.content import doubts, summary_table
 from bench.report.gate import render_markdown as compare_markdown
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
 from bench.report.write import render_csv
-from bench.rows import multi_seed, seed_groups
+from bench.analysis.rows import multi_seed, seed_groups
 from tests.conftest import ROOT
 from tests.handmade import record, seeded_records
 from tests.test_suite import SEEDED
@@ -63,7 +63,7 @@ def test_doubts_list_the_pairs_the_seeds_do_not_support():
 def test_reports_say_what_the_interval_is_and_which_test_judges_pairs():
     records = seeded_records()
     md = render_markdown(records)
-    # These handmade records hold no steady figures: their whole-run time is shown, marked (bench.headline).
+    # These handmade records hold no steady figures: their whole-run time is shown, marked (bench.core.headline).
     assert ("| full | 3 | **1,000** | 3.2 GB | 90.0 † | - | - | **0.1000 ± 0.0000** (base 2.0000) | "
             "**0.983 ± 0.072** (base 0.000) |") in md
     assert "Every row ran over seeds" not in md  # the pretrained baseline ran once

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.serving import STACKS, Adapter, cell, verdict, verdicts
+from bench.analysis.serving import STACKS, Adapter, cell, verdict, verdicts
 
 
 @pytest.mark.parametrize("method, params, expected", [

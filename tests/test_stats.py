@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bench.stats import mean, metric_front, sample_sd, summarize, t_critical, t_two_sided_p, welch
+from bench.analysis.stats import mean, metric_front, sample_sd, summarize, t_critical, t_two_sided_p, welch
 
 # Student's t, two-sided 95% (the 0.975 quantile), as printed in every statistics textbook's table.
 T_TABLE = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 9: 2.262, 10: 2.228, 20: 2.086, 30: 2.042,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from bench.cli import main
-from bench.suite import deep_merge, load_suite
-from bench.yamlio import SuiteError
+from bench.spec.suite import deep_merge, load_suite
+from bench.core.yamlio import SuiteError
 from tests.conftest import ROOT
 
 SUITES = sorted((ROOT / "suites").glob("*.yaml"))
@@ -140,7 +140,7 @@ def test_bad_seeds_are_reported_with_their_lines(tmp_path):
 
 
 def test_only_a_method_selects_all_its_seeds(tmp_path):
-    from bench.runner import plan
+    from bench.launch.runner import plan
 
     suite = load_suite(seeded_suite(tmp_path))
     assert [p.config.run for p in plan(suite.resolved_runs(), tmp_path / "out", only=["lora"])] == [

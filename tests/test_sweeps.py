@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from bench.records import RunRecord, load_records
-from bench.sweeps import selected, sweeps
+from bench.core.records import RunRecord, load_records
+from bench.analysis.sweeps import selected, sweeps
 from tests.conftest import ROOT, make_config
 
 

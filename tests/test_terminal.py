@@ -1,4 +1,4 @@
-"""The terminal's summary table: bench.table's cells laid out with rich, with the reports' best marks and notes."""
+"""The terminal's summary table: bench.report.table's cells laid out with rich, with the reports' best marks and notes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import io
 
 from rich.console import Console
 
-from bench.records import load_records
-from bench.table import summary_table
-from bench.terminal import rich_table
+from bench.core.records import load_records
+from bench.report.table import summary_table
+from bench.report.terminal import rich_table
 from tests.test_report import FIXTURES, steady
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.records import load_records
+from bench.core.records import load_records
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)

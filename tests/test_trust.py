@@ -14,13 +14,13 @@ import time
 import pytest
 import torch
 
-from bench.compare import Row
-from bench.config import DatasetSpec
-from bench.data import DataError, Example, check_references
-from bench.records import DataNotes, ScoreInterval
-from bench.recommend import explain, recommend
+from bench.choose.compare import Row
+from bench.core.config import DatasetSpec
+from bench.datasets.examples import DataError, Example, check_references
+from bench.core.records import DataNotes, ScoreInterval
+from bench.choose.recommend import explain, recommend
 from bench.report.gate import _verdict
-from bench.scoring import interval, per_example, score
+from bench.core.scoring import interval, per_example, score
 from tests.conftest import ROOT
 from tests.handmade import record
 
@@ -152,7 +152,7 @@ def test_prompt_learning_records_carry_the_score_generate_gives(smoke_results):
 
 
 def test_the_report_warns_when_generate_and_the_harness_disagree():
-    from bench.report.content import decoding_warnings
+    from bench.report.provenance import decoding_warnings
 
     r = record("prompt_tuning", "prompt_tuning", {"exact_match": 0.77, "via_generate_exact_match": 0.0})
     r = r.model_copy(update={"environment": {"packages": {"transformers": "5.24.0", "peft": "0.21.2"}}})
@@ -167,7 +167,7 @@ def test_the_report_warns_when_generate_and_the_harness_disagree():
 @pytest.mark.worker
 def test_a_saved_adapter_loads_with_autopeft_alone(tmp_path):
     """The adapter names its base by an absolute folder a client can load (here a local model folder)."""
-    from bench.models import PRESETS, byte_tokenizer
+    from bench.run.models import PRESETS, byte_tokenizer
 
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -195,7 +195,7 @@ def test_a_saved_adapter_loads_with_autopeft_alone(tmp_path):
 
 
 def test_the_model_cache_is_an_absolute_folder_however_it_is_given(monkeypatch, tmp_path):
-    from bench.models import cache_dir
+    from bench.run.models import cache_dir
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("BENCH_CACHE", "relative/cache")

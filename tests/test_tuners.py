@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import data as D
+from bench.datasets import batches as D
 from bench.cli import main
-from bench.config import Budget, Optimizer
-from bench.load import build, count_params
-from bench.models import PRESETS, byte_tokenizer
-from bench.records import DataNotes
-from bench.suite import load_suite
-from bench.train import train
-from bench.tuners import apply
-from bench.yamlio import SuiteError
+from bench.core.config import Budget, Optimizer
+from bench.run.load import build, count_params
+from bench.run.models import PRESETS, byte_tokenizer
+from bench.core.records import DataNotes
+from bench.spec.suite import load_suite
+from bench.run.train import train
+from bench.run.tuners import apply
+from bench.core.yamlio import SuiteError
 from methods import METHODS, SHIPPED, RunFacts
 from tests.conftest import CPU32, ROOT, tiny_config, training
 
@@ -365,7 +365,7 @@ def test_a_prefix_from_text_is_the_base_models_cache_of_that_text():
     """init_kv_cache_prefix: the prefix reads as the first num_virtual_tokens tokens of the text (a system turn)
     would: the prefix-tuned model's logits on an input are the base model's on those tokens followed by the input.
     Without it the prefix is random, and the two differ."""
-    from bench.models import load_tokenizer
+    from bench.run.models import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_config("prefix_tuning").model, None)
     ids = torch.tensor([list(range(40, 52))])
@@ -394,7 +394,7 @@ def test_a_prefix_from_text_is_refused_with_a_projection_and_from_too_short_a_te
         load_suite(tmp_path / "s.yaml")
     assert "runs[0].params: PEFT rejected them: init_kv_cache_prefix sets the prefix's keys and values themselves, " \
            "which prefix_projection=True computes with an MLP instead" in e.value.problems[0]
-    from bench.models import load_tokenizer
+    from bench.run.models import load_tokenizer
 
     cfg = tiny_config("prefix_tuning", {"num_virtual_tokens": 200, "init_kv_cache_prefix": "Hi"})
     with pytest.raises(ValueError, match=r"params.init_kv_cache_prefix: Need at least 200 cached tokens, got \d+\. "

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bench.compare import Comparison, Row
-from bench.metrics import format_value, human_bytes, metric
+from bench.choose.compare import Comparison, Row
+from bench.core.metrics import format_value, human_bytes, metric
 
 
 def _value(name: str, v: float | str | None, half_width: float | None = None) -> str:

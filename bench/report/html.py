@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 
-from bench.metrics import format_value
-from bench.records import RunRecord
+from bench.core.metrics import format_value
+from bench.core.records import RunRecord
 from bench.report import plots
 from bench.report.content import RECOMMEND_HINT, Report, Tradeoff, build
 
@@ -38,7 +38,7 @@ def figures(rep: Report) -> list[dict[str, str]]:
 def environment():
     from jinja2 import Environment, PackageLoader, StrictUndefined
 
-    return Environment(loader=PackageLoader("bench", "templates"), autoescape=True, undefined=StrictUndefined,
+    return Environment(loader=PackageLoader("bench.report", "templates"), autoescape=True, undefined=StrictUndefined,
                        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
 
 

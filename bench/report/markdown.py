@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from bench.metrics import format_value
-from bench.records import RunRecord
+from bench.core.metrics import format_value
+from bench.core.records import RunRecord
 from bench.report.content import RECOMMEND_HINT, Report, Table, build
 
 # What Markdown would read as formatting, a link, a tag or a table border inside free text. Underscores inside

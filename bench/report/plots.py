@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 
-from bench.stats import Better, pareto_front
+from bench.analysis.stats import Better, pareto_front
 
 # Colour-blind-safe (Okabe-Ito, its yellow swapped for brown, which shows on white); a run keeps its colour
 # across every chart. Seven markers against eight colours: no two of the first 56 runs look alike.

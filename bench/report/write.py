@@ -9,11 +9,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bench.records import RunRecord, error_headline, load_records
+from bench.core.records import RunRecord, error_headline, load_records
 from bench.report.html import render_html
 from bench.report.markdown import render_markdown
-from bench.rows import ordered, summary_rows
-from bench.util import atomic_write
+from bench.analysis.rows import ordered, summary_rows
+from bench.core.util import atomic_write
 
 
 def render_csv(records: list[RunRecord]) -> str:

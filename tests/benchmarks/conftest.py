@@ -14,7 +14,7 @@ machine are not pass/fail material for every commit. Run them on purpose, on a q
     pytest-benchmark compare 0001 0002 --group-by=name
 
 pytest-benchmark warns when the stored result came from another machine; compare only like with like. Each
-training benchmark times `bench.train.train` over a few steps of the same batches, so its mean divided by
+training benchmark times `bench.run.train.train` over a few steps of the same batches, so its mean divided by
 `extra_info["steps"]` is the time of one optimiser step. Torch runs on one thread here (see `one_thread`). Measured
 on the shared 2-core development machine, two back-to-back runs: training means within 2%, generation means within
 15% (a tiny model's generation is mostly Python and short kernels), so a 10% gate suits the training benchmarks.
@@ -36,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def smoke_runs() -> dict:
     """The smoke suite's resolved run configs by run name (tiny-llama preset, the smoke data)."""
-    from bench.suite import load_suite
+    from bench.spec.suite import load_suite
 
     return {c.run: c for c in load_suite(ROOT / "suites" / "smoke.yaml").resolved_runs()}
 
@@ -44,13 +44,14 @@ def smoke_runs() -> dict:
 @pytest.fixture(scope="session")
 def tokenized(smoke_runs):
     """Train features, eval examples and the tokenizer, exactly as a worker prepares them."""
-    from bench import data as D
-    from bench import models as M
+    from bench.datasets import batches as B
+    from bench.datasets import examples as D
+    from bench.run import models as M
 
     cfg = smoke_runs["baseline"]
     tokenizer = M.load_tokenizer(cfg.model, None)
     train_ex, eval_ex, report = D.load_examples(cfg.dataset, max_eval=cfg.eval.max_examples)
-    features = D.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, report, report.source)
+    features = B.tokenize(train_ex, tokenizer, cfg.training.max_seq_len, cfg.dataset, report, report.source)
     return features, eval_ex, tokenizer
 
 

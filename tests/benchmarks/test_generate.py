@@ -1,13 +1,13 @@
-"""Eval generation throughput: batched greedy generation (`bench.evaluation.generate`), tiny-llama preset."""
+"""Eval generation throughput: batched greedy generation (`bench.run.evaluation.generate`), tiny-llama preset."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench import evaluation as E
-from bench.device import Place
-from bench.load import build
+from bench.run import evaluation as E
+from bench.run.device import Place
+from bench.run.load import build
 from methods import METHODS
 
 

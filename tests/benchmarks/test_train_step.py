@@ -1,4 +1,4 @@
-"""Per-step training time of every method through the shared loop (`bench.train.train`), tiny-llama preset."""
+"""Per-step training time of every method through the shared loop (`bench.run.train.train`), tiny-llama preset."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from itertools import islice
 import pytest
 import torch
 
-from bench import data as D
-from bench.config import Budget
-from bench.device import Place
-from bench.load import build
-from bench.train import train
+from bench.datasets import batches as D
+from bench.core.config import Budget
+from bench.run.device import Place
+from bench.run.load import build
+from bench.run.train import train
 from methods import METHODS, SHIPPED
 
 STEPS = 5  # steps per timed call: enough to amortise the optimiser's creation, few enough for many rounds
