@@ -94,7 +94,7 @@ def test_a_quantised_base_is_sized_at_what_its_backend_stores():
 
     from bench.core.config import ModelSpec, Quantization
     from bench.run.models import load_model
-    from bench.choose.quantsize import weight_bytes
+    from bench.run.quantsize import weight_bytes
 
     q = Quantization(backend="bitsandbytes", bits=8)
     quantised = load_model(ModelSpec(preset="tiny-llama"), None, dtype=torch.bfloat16, load_in_4bit=False, seed=0,

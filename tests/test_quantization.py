@@ -198,7 +198,7 @@ def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_ch
 
 
 def test_bytes_per_weight_of_each_quantised_base_are_measured():
-    from bench.choose.quantsize import base_bytes_per_param
+    from bench.run.quantsize import base_bytes_per_param
 
     assert base_bytes_per_param(None) == 4.0 and base_bytes_per_param(None, "bfloat16") == 2.0
     assert base_bytes_per_param(Quantization(bits=8)) == 1 + 4 / 1024  # int8 and a float32 scale per row

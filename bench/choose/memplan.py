@@ -57,7 +57,7 @@ class Setting:
     autocast: bool = True  # the harness computes under autocast; PEFT's benchmark runs the bf16 model as loaded
     four_bit: bool = False
     # A base quantised by training.quantization (its settings as JSON, so the setting hashes): its linear layers at
-    # the bytes per weight bench.choose.quantsize measures on a real layer of that backend and setting.
+    # the bytes per weight bench.run.quantsize measures on a real layer of that backend and setting.
     quantization: str | None = None
     gradient_checkpointing: bool = False
     optimizer: str | None = None  # None: AdamW
@@ -432,7 +432,7 @@ def frozen_bytes(model, four_bit: bool, quantization: str | None = None) -> int:
     """Bytes of the weights that do not train, in their storage dtype; with `four_bit` (qlora), the linear layers
     bitsandbytes quantises (every frozen nn.Linear but the output head) at their NF4 size; with `quantization` (a
     training.quantization as JSON), the same layers, less its skip_modules, at the bytes per weight its backend
-    stores (bench.choose.quantsize)."""
+    stores (bench.run.quantsize)."""
     import torch
 
     # Per-row and per-block constants make the bytes per weight depend on a layer's width: measured at the model's.
@@ -457,7 +457,7 @@ def _quantized_weight(quantization: str, width: int) -> tuple[float, list[str]]:
     """Bytes per weight of a `width`-wide linear layer quantised as `quantization` (JSON) says, measured on a real
     layer, and the modules it leaves unquantised."""
     from bench.core.config import Quantization
-    from bench.choose.quantsize import base_bytes_per_param
+    from bench.run.quantsize import base_bytes_per_param
 
     q = Quantization(**json.loads(quantization))
     return base_bytes_per_param(q, "bfloat16", width=width), list(q.skip_modules or [])

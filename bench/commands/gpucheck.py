@@ -293,7 +293,7 @@ PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 def check_quantized(name: str) -> Callable[[Shapes, Place, bool], tuple[str, str]]:
     """The check for one backend (QUANTIZED[name]): LoRA over the base quantised that way trains a few steps (its
     loss falls), the base's projections hold at most bits/8 + 1/4 bytes per weight (the packed values and their
-    scales, bench.choose.quantsize.weight_bytes), the training peak above the load is measured, and the merge is judged:
+    scales, bench.run.quantsize.weight_bytes), the training peak above the load is measured, and the merge is judged:
     PEFT's merge_and_unload into the quantised layers end to end (logits, greedy next tokens) and, for bitsandbytes
     4-bit, layer by layer against W + ΔW in float64. Planted fault: the base left unquantised."""
     setting, package = QUANTIZED[name]
@@ -336,10 +336,10 @@ def _quantized(shapes: Shapes, place: Place, setting: dict, plant: bool) -> tupl
 
 
 def _bytes_per_weight(model) -> float:
-    """Bytes per weight the base's projection layers hold as quantised (bench.choose.quantsize.weight_bytes)."""
+    """Bytes per weight the base's projection layers hold as quantised (bench.run.quantsize.weight_bytes)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from bench.choose.quantsize import weight_bytes
+    from bench.run.quantsize import weight_bytes
 
     held = weights = 0
     for module in model.modules():

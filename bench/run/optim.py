@@ -174,7 +174,7 @@ def state_bytes_per_param(name: str | None, kwargs: str = "{}", dtype: str = "fl
     state = optimizer.state[p]
     # Per-tensor scalars (the step count, LAMB's norm) and bitsandbytes' 256-entry code books (qmap) are not
     # per-parameter state; its block-wise scales (absmax, one per 256 elements) are.
-    from bench.choose.quantsize import tensor_bytes  # torchao's 8- and 4-bit states are tensor subclasses
+    from bench.run.quantsize import tensor_bytes  # torchao's 8- and 4-bit states are tensor subclasses
 
     return sum(tensor_bytes(v) for k, v in state.items()
                if torch.is_tensor(v) and v.numel() > 1 and not k.startswith("qmap")) / p.numel()
