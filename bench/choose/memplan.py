@@ -485,7 +485,7 @@ def resident_floor() -> int:
     import subprocess
     import sys
 
-    code = ("import bench.run.worker, torch, psutil; m = torch.nn.Linear(8, 8); m(torch.zeros(2, 8)).sum().backward(); "
+    code = ("import peft, bench.run.worker, torch, psutil; m = torch.nn.Linear(8, 8); m(torch.zeros(2, 8)).sum().backward(); "
             "print(psutil.Process().memory_info().rss)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
