@@ -91,6 +91,44 @@ def line_of(doc: Any, loc: tuple) -> int | None:
     return line
 
 
+class Lines:
+    """Where each place of a YAML document is: a place (keys and indices from the top, as pydantic writes them)
+    to its 1-based line, built once from the document; checks of the typed suite ask it for their messages."""
+
+    def __init__(self, doc: Any):
+        self._lines: dict[tuple, int] = {}
+        self._mappings: set[tuple] = set()
+        stack = [(doc, ())]
+        while stack:
+            node, loc = stack.pop()
+            if isinstance(node, CommentedMap):
+                self._mappings.add(loc)
+                items = [((str(k),), node.lc.key(k)[0] + 1, v) for k, v in node.items()]
+            elif isinstance(node, CommentedSeq):
+                items = [((i,), node.lc.item(i)[0] + 1, v) for i, v in enumerate(node)]
+            else:
+                continue
+            for key, line, value in items:
+                self._lines[loc + key] = line
+                stack.append((value, loc + key))
+
+    def has(self, loc: tuple) -> bool:
+        """Whether the document has this place."""
+        return tuple(loc) in self._lines
+
+    def mapping(self, loc: tuple) -> bool:
+        """Whether the node at this place is a mapping."""
+        return tuple(loc) in self._mappings
+
+    def of(self, loc: tuple) -> int | None:
+        """The line of the deepest place along `loc` that the document has (None: not even its first key)."""
+        loc = tuple(loc)
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self._lines:
+                return self._lines[loc[:n]]
+        return None
+
+
 def to_plain(node: Any) -> Any:
     """ruamel's commented containers to plain dicts and lists (what pydantic and JSON want)."""
     if isinstance(node, dict):
