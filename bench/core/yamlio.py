@@ -96,20 +96,21 @@ class Lines:
     to its 1-based line, built once from the document; checks of the typed suite ask it for their messages."""
 
     def __init__(self, doc: Any):
-        self._lines: dict[tuple, int] = {}
+        self._lines: dict[tuple, int | None] = {}
         self._mappings: set[tuple] = set()
         stack = [(doc, ())]
         while stack:
             node, loc = stack.pop()
             if isinstance(node, CommentedMap):
                 self._mappings.add(loc)
-                items = [((str(k),), node.lc.key(k)[0] + 1, v) for k, v in node.items()]
+                items = [((str(k),), _line(node.lc.key, k), v) for k, v in node.items()]
             elif isinstance(node, CommentedSeq):
-                items = [((i,), node.lc.item(i)[0] + 1, v) for i, v in enumerate(node)]
+                items = [((i,), _line(node.lc.item, i), v) for i, v in enumerate(node)]
             else:
                 continue
             for key, line, value in items:
-                self._lines[loc + key] = line
+                # A node built by a tag (!!python/...) keeps no positions: its parent's line stands for it.
+                self._lines[loc + key] = line if line is not None else self._lines.get(loc)
                 stack.append((value, loc + key))
 
     def has(self, loc: tuple) -> bool:
@@ -127,6 +128,15 @@ class Lines:
             if loc[:n] in self._lines:
                 return self._lines[loc[:n]]
         return None
+
+
+def _line(position, key: Any) -> int | None:
+    """The 1-based line of a ruamel node's position (lc.key or lc.item), None where the node kept none."""
+    try:
+        pos = position(key)
+    except (KeyError, IndexError, TypeError):
+        return None
+    return pos[0] + 1 if pos else None
 
 
 def to_plain(node: Any) -> Any:
