@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# CI regression gate: run the smoke suite fresh and compare it with the committed baseline (exit 1 on regression).
+# CI regression gate: run the smoke suite fresh and compare it with the committed reference records (exit 1 on
+# regression).
 # Run: scripts/ci_gate.sh [--markdown FILE]   (extra arguments go to `bench compare`; PYTHON picks the interpreter)
 # After an intended change to results, in tox's environment (the memory figures depend on it; see docs/guides/ci.md):
 # .tox/gate/bin/python -m bench run suites/smoke.yaml --force --output results/smoke, then

@@ -199,7 +199,7 @@ def test_different_dataset_is_refused_unless_forced(committed, tmp_path, capsys)
     assert out == ""
     fp = committed[0].data.fingerprint
     assert err.splitlines() == [
-        f'not comparable: data.fingerprint differs: baseline "{fp}", current "0000000000000000" '
+        f'not comparable: data.fingerprint differs: reference "{fp}", current "0000000000000000" '
         f'(all {len(committed)} runs)',
         "Store new reference records for the changed suite (bench save-reference), or compare anyway with --force.",
     ]
@@ -215,8 +215,8 @@ def test_suite_version_and_model_differences_each_get_one_line(committed):
     current = edited(current, "lora", model_info={"source": "preset", "preset": "tinyllama-1.1b"})
     refusals = compare(committed, current, Regression()).refusals
     assert refusals == [
-        f"config.suite_version differs: baseline 1, current 2 (all {len(committed)} runs)",
-        'model_info.preset differs: baseline "tiny-llama", current "tinyllama-1.1b" (run lora)',
+        f"config.suite_version differs: reference 1, current 2 (all {len(committed)} runs)",
+        'model_info.preset differs: reference "tiny-llama", current "tinyllama-1.1b" (run lora)',
     ]
 
 
@@ -226,8 +226,8 @@ def test_environment_differences_warn_but_compare(committed, tmp_path, capsys):
                for r in committed]
     code, out, err = gate(capsys, BASELINE, as_folder(current, tmp_path))
     assert code == 0
-    assert "warning: environment differs: environment.device differs: baseline " in err
-    assert 'environment.packages.peft differs: baseline "' in err and f'current "9.9" (all {len(committed)} runs)' in err
+    assert "warning: environment differs: environment.device differs: reference " in err
+    assert 'environment.packages.peft differs: reference "' in err and f'current "9.9" (all {len(committed)} runs)' in err
     assert "Environment differs" in out
 
 
@@ -309,10 +309,10 @@ def test_markdown_golden():
             Row("lora", "train_seconds", 1.0, 2.0, "regression", False, "lower", "±25%", 1.0, 1.0),
             Row("full", "status", "success", "failed", "regression"),
         ],
-        warnings=['environment.packages.peft differs: baseline "0.21.2", current "0.22.0" (all 2 runs)'],
+        warnings=['environment.packages.peft differs: reference "0.21.2", current "0.22.0" (all 2 runs)'],
     )
     changed = """\
-| run | metric | baseline | current | Δ | better | tolerance | verdict |
+| run | metric | reference | current | Δ | better | tolerance | verdict |
 |---|---|---:|---:|---:|:---:|---:|---|
 | lora | peak memory (training) | 500.0 MB | 1000.0 MB | +500.0 MB (+100.0%) | ↓ | ±10% | **regression** |
 | lora | train time | 1.0 | 2.0 | +1.0 (+100.0%) | ↓ | ±25% | regression (not gated) |
@@ -323,13 +323,13 @@ def test_markdown_golden():
 2 of 4 checks over 2 runs fail the gate; 1 more outside tolerance but not gated; 0 improved.
 
 Environment differs (numbers may move for reasons outside the code):
-- environment.packages.peft differs: baseline "0.21.2", current "0.22.0" (all 2 runs)
+- environment.packages.peft differs: reference "0.21.2", current "0.22.0" (all 2 runs)
 
 {changed}
 
 <details><summary>All 4 checks</summary>
 
-| run | metric | baseline | current | Δ | better | tolerance | verdict |
+| run | metric | reference | current | Δ | better | tolerance | verdict |
 |---|---|---:|---:|---:|:---:|---:|---|
 | lora | eval loss | 5.7347 | 5.7347 | +0.0000 | ↓ | ±0.001 | ok |
 {changed.split(chr(10), 2)[2]}

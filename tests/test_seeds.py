@@ -97,8 +97,8 @@ def test_compare_uses_group_means_and_shows_their_intervals():
              if r.config.group == "lora" else r for r in base]
     c = compare(base, worse, Regression())
     row = next(r for r in c.rows if r.run == "lora" and r.metric == "exact_match")
-    assert (row.baseline, row.current, row.verdict) == (0.95, 0.85, "regression")
-    assert (round(row.baseline_half_width, 4), round(row.current_half_width, 4)) == (0.1242, 0.1242)
+    assert (row.reference, row.current, row.verdict) == (0.95, 0.85, "regression")
+    assert (round(row.reference_half_width, 4), round(row.current_half_width, 4)) == (0.1242, 0.1242)
     text = compare_markdown(c)
     assert ("| lora | exact match | 0.950 ± 0.124 | 0.850 ± 0.124 | -0.100 (-10.5%) | ↑ | ±0.02 | **regression** "
             "|") in text

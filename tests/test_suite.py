@@ -147,3 +147,62 @@ def test_only_a_method_selects_all_its_seeds(tmp_path):
         "lora@seed0", "lora@seed1", "lora@seed2"]
     assert [p.config.run for p in plan(suite.resolved_runs(), tmp_path / "out", only=["ia3-fast@seed1"])] == [
         "ia3-fast@seed1"]
+
+
+REFUSED_AND_MORE = """\
+name: s
+version: 1
+model: {path: no-model}
+dataset: {path: gone.jsonl, eval_size: 0}
+budget: {max_steps: 1}
+training:
+  batch_size: 0
+  optimizer: {name: AdamW, kwargs: {eps: .inf}}
+  distributed: {num_processes: 2, config: a.yaml}
+runs:
+  - {method: lora, params: {r: 4, lora_dropout: .nan}}
+  - {method: lora, name: two, training: {optimizer: {name: Adamw}}}
+"""
+
+
+def test_keys_the_schema_refuses_hide_no_other_problem(tmp_path):
+    """The checks read typed sections; where the schema refuses a key (batch_size: 0, eval_size: 0), its section is
+    typed without it, so the paths, the optimiser and the params beside it are still checked, each with its line."""
+    path = tmp_path / "s.yaml"
+    path.write_text(REFUSED_AND_MORE)
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    assert [p.split(":")[0] for p in e.value.problems] == [
+        "line 3, model.path", "line 4, dataset.eval_size", "line 4, dataset.path", "line 7, training.batch_size",
+        "line 8, training.optimizer.kwargs.eps", "line 9, training.distributed.config",
+        "line 11, runs[0].params.lora_dropout", "line 12, runs[1].training.optimizer.name"]
+    assert f"no such folder '{tmp_path / 'no-model'}'" in e.value.problems[0]
+    assert "unknown optimiser 'Adamw'" in e.value.problems[-1]
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_the_line_map_agrees_with_the_document_everywhere(path):
+    from bench.core.yamlio import Lines, line_of, load_yaml
+
+    doc = load_yaml(path)
+    lines, places, stack = Lines(doc), [], [((), doc)]
+    while stack:
+        loc, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            places.append((*loc, key))
+            stack.append(((*loc, key), value))
+    assert len(places) > 20
+    for loc in places + [(*places[0], "not-there"), ("not-there",)]:
+        assert lines.of(loc) == line_of(doc, loc), loc
+
+
+def test_a_nul_byte_in_a_path_is_a_problem_not_a_crash(tmp_path):
+    """Found by the fuzzer: resolving such a path raised ValueError out of load_suite."""
+    text = (ROOT / "suites" / "smoke.yaml").read_text().replace("path: ../data/smoke.jsonl", 'path: "\\0"')
+    assert '"\\0"' in text
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SuiteError) as e:
+        load_suite(path)
+    assert [p.split(": no such file")[0] for p in e.value.problems] == ["line 12, dataset.path"]

@@ -4,7 +4,7 @@ folder; "baseline" is the untrained run), matched by run name, as plain data.
 Every metric gets a verdict (ok / regression / improved / missing) against its tolerance (bench.core.regression) in its
 worse direction; `Comparison.failed` is whether the gate fails. Refusals say when the two sides are not like with like
 (suite version, model, dataset) and warnings when their environments differ. Rendering is bench.report.gate, stored
-baselines bench.choose.reference, the command `python -m bench compare` in bench.cli.
+reference records bench.choose.reference, the command `python -m bench compare` in bench.cli.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ Verdict = Literal["ok", "regression", "improved", "missing"]
 
 @dataclass(frozen=True)
 class Row:
-    """One check: a metric of a run (or the run's status, or the run itself) against the baseline."""
+    """One check: a metric of a run (or the run's status, or the run itself) against the reference records."""
 
     run: str
     metric: str  # a metric name, "status", or "run" when the whole run is missing
-    baseline: float | str | None
+    reference: float | str | None
     current: float | str | None
     verdict: Verdict
     gated: bool = True
@@ -39,21 +39,21 @@ class Row:
     delta: float | None = None
     relative_delta: float | None = None
     # Seeded runs compare by their mean over seeds; these are the half-widths of the means' 95% intervals.
-    baseline_half_width: float | None = None
+    reference_half_width: float | None = None
     current_half_width: float | None = None
     # A score's 95% interval over the current run's eval examples, and how many: whether the change is within it.
     current_interval: tuple[float, float, int] | None = None
-    # Both runs scored the same eval examples, one seed each: a paired test of current against baseline over them
+    # Both runs scored the same eval examples, one seed each: a paired test of current against reference over them
     # (bench.analysis.paired), its evidence in words and whether the difference is more than the examples' noise.
     paired: str | None = None
     paired_supported: bool | None = None
 
     @property
     def within_noise(self) -> bool | None:
-        """Whether the baseline's value lies inside the current score's interval over its eval examples."""
-        if self.current_interval is None or not isinstance(self.baseline, float):
+        """Whether the reference value lies inside the current score's interval over its eval examples."""
+        if self.current_interval is None or not isinstance(self.reference, float):
             return None
-        return self.current_interval[0] <= self.baseline <= self.current_interval[1]
+        return self.current_interval[0] <= self.reference <= self.current_interval[1]
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,8 @@ def _key(r: RunRecord) -> tuple[str, str]:
 def by_group(records: list[RunRecord]) -> tuple[list[RunRecord], dict[tuple[str, str], dict[str, Summary]]]:
     """Runs over seeds as one record per suite entry, named by its group: each metric is its mean over the seeds
     that finished, its status success only when every seed finished. Their statistics come back beside them.
-    Runs without seeds pass through as they are, so a single-seed baseline compares with a seeded suite's means."""
+    Runs without seeds pass through as they are, so single-seed reference records compare with a seeded suite's
+    means."""
     from bench.analysis.rows import seed_groups
 
     out, spread = [], {}
@@ -117,17 +118,17 @@ def by_group(records: list[RunRecord]) -> tuple[list[RunRecord], dict[tuple[str,
     return out, spread
 
 
-def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regression) -> Comparison:
-    """Every check of the current records against the baseline records, matched by suite and run name (runs over
+def compare(reference: list[RunRecord], current: list[RunRecord], settings: Regression) -> Comparison:
+    """Every check of the current records against the reference records, matched by suite and run name (runs over
     seeds: by suite entry, their means compared)."""
-    baseline, base_spread = by_group(baseline)
+    reference, base_spread = by_group(reference)
     current, cur_spread = by_group(current)
     cur_by = {_key(r): r for r in current}
-    several_suites = len({r.suite for r in baseline + current}) > 1
+    several_suites = len({r.suite for r in reference + current}) > 1
     rows: list[Row] = []
     notes: list[str] = []
     pairs = []
-    for b in baseline:
+    for b in reference:
         name = f"{b.suite}/{b.run}" if several_suites else b.run
         c = cur_by.get(_key(b))
         if c is None:
@@ -143,9 +144,9 @@ def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regre
         rows += _metric_rows(name, b, c, settings, spread)
         changed = config_changes(b.stored_config, c.stored_config)
         if changed:
-            notes.append(f"{name}: resolved config differs from the baseline's in {', '.join(changed)}")
-    base_keys = {_key(r) for r in baseline}
-    notes += [f"{f'{c.suite}/{c.run}' if several_suites else c.run}: new run, no baseline to compare with"
+            notes.append(f"{name}: resolved config differs from the reference's in {', '.join(changed)}")
+    base_keys = {_key(r) for r in reference}
+    notes += [f"{f'{c.suite}/{c.run}' if several_suites else c.run}: new run, no reference to compare with"
               for c in current if _key(c) not in base_keys]
     if base_spread or cur_spread:
         notes.append("runs over seeds are compared by their mean over the seeds that finished; ± is the half-width "
@@ -156,8 +157,8 @@ def compare(baseline: list[RunRecord], current: list[RunRecord], settings: Regre
         notes.append("records of different schema versions: before version 2, peak memory was the whole process's "
                      "peak, evaluation and merge check included; memory and time are not gated across versions")
     refusals = mismatches(pairs)
-    if not pairs and baseline:
-        refusals.append(f"no run matches: baseline has {', '.join(sorted({r.suite for r in baseline}))} runs, "
+    if not pairs and reference:
+        refusals.append(f"no run matches: reference has {', '.join(sorted({r.suite for r in reference}))} runs, "
                         f"current has {', '.join(sorted({r.suite for r in current})) or 'none'}")
     return Comparison(rows, refusals, environment_differences(pairs), notes)
 
@@ -168,9 +169,9 @@ def _status_row(name: str, b: RunRecord, c: RunRecord) -> tuple[Row, str | None]
         return Row(name, "status", b.status, c.status, "regression"), None
     if c.ok:
         return (Row(name, "status", b.status, c.status, "improved"),
-                f"{name}: {b.status} in the baseline, so its metrics have nothing to compare with")
+                f"{name}: {b.status} in the reference, so its metrics have nothing to compare with")
     return (Row(name, "status", b.status, c.status, "ok"),
-            f"{name}: not successful in either ({b.status} in the baseline, {c.status} now)")
+            f"{name}: not successful in either ({b.status} in the reference, {c.status} now)")
 
 
 def _metric_rows(name: str, b: RunRecord, c: RunRecord, settings: Regression,
@@ -203,7 +204,7 @@ def _metric_rows(name: str, b: RunRecord, c: RunRecord, settings: Regression,
 
 
 def paired_row(b: RunRecord, c: RunRecord, name: str):
-    """The paired test of current against baseline on a score, where both stored (or can rebuild) per-example
+    """The paired test of current against reference on a score, where both stored (or can rebuild) per-example
     scores on the same eval examples; None otherwise."""
     from bench.analysis.paired import example_values, paired, same_examples
 
@@ -223,7 +224,7 @@ def _grouped(found: dict[tuple[str, str, str], list[str]], n_pairs: int, what: s
     for (place, b, c), runs in found.items():
         where = f"all {n_pairs} runs" if len(runs) == n_pairs and n_pairs > 1 else f"run{'s' * (len(runs) > 1)} " + \
             ", ".join(runs)
-        lines.append(f"{place} {what}: baseline {b}, current {c} ({where})")
+        lines.append(f"{place} {what}: reference {b}, current {c} ({where})")
     return lines
 
 

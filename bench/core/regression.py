@@ -11,11 +11,12 @@ Why the defaults are what they are. Measured on the smoke suite (tiny random Lla
   ending training examples at the end-of-turn token moved eval losses by 0.011-0.014. A tolerance of 0.02 would
   have let both through unseen.
 So losses are gated at absolute 0.001: thousands of times the numerical noise, below the smallest real change seen.
-A change meant to move results then comes with a new baseline, as it should. Scores (exact match and the like) move
-in steps of 1/N examples and are gated at absolute 0.02.
+A change meant to move results then comes with new reference records, as it should. Scores (exact match and the like)
+move in steps of 1/N examples and are gated at absolute 0.02.
 - Peak memory repeats within 1% (CUDA max allocated exactly) in one environment: +10% catches a leak or a layer
   left unfrozen. Another environment loads other libraries (the CUDA build of torch alone adds hundreds of MB), so
-  memory and time are gated only where the environment (device, dtype, Python, library versions) is the baseline's.
+  memory and time are gated only where the environment (device, dtype, Python, library versions) is the reference
+  records'.
 - Time is reported but not gated: on this shared CPU machine the same run's training took 2.6 s and 14.9 s
   minutes apart (other processes hold the cores), and even on the H100 it varied by up to 37% between two runs
   (six steps of a tiny model: launch overheads and warm-up, not arithmetic). A suite that runs long on a card of
@@ -36,12 +37,12 @@ from bench.core.util import did_you_mean
 
 
 class Tolerance(BaseModel):
-    """How far a metric may move in its worse direction: an absolute amount, or a share of the baseline value."""
+    """How far a metric may move in its worse direction: an absolute amount, or a share of the reference value."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     absolute: NonNegativeFloat | None = Field(None, description="the metric may move this much in its worse direction")
-    relative: NonNegativeFloat | None = Field(None, description="the metric may move this share of the baseline's "
+    relative: NonNegativeFloat | None = Field(None, description="the metric may move this share of the reference "
                                               "value (0.25: 25%) in its worse direction")
 
     @model_validator(mode="after")
@@ -50,8 +51,8 @@ class Tolerance(BaseModel):
             raise ValueError("give exactly one of absolute or relative")
         return self
 
-    def allowed(self, baseline: float) -> float:
-        return self.absolute if self.absolute is not None else self.relative * abs(baseline)
+    def allowed(self, reference: float) -> float:
+        return self.absolute if self.absolute is not None else self.relative * abs(reference)
 
     def label(self) -> str:
         return f"±{self.absolute:g}" if self.absolute is not None else f"±{self.relative * 100:g}%"
@@ -89,7 +90,7 @@ class Regression(BaseModel):
 
     Every metric in `tolerances`, and every score the suite's eval computes, is compared. All of them are gated
     except those in `warn_only` (always), in `warn_only_on_cpu` (when the current run ran on a CPU) and in
-    `same_environment_only` (when the run's environment differs from the baseline's): those are shown with their
+    `same_environment_only` (when the run's environment differs from the reference records'): those are shown with their
     verdict but never fail the gate.
     """
 
@@ -105,7 +106,7 @@ class Regression(BaseModel):
                                         "a GPU")
     same_environment_only: list[str] = Field(["peak_memory_bytes", "cuda_max_allocated_bytes", TIME],
                                              description="metrics gated only when the run's environment matches the "
-                                             "baseline's")
+                                             "reference records'")
 
     @field_validator("tolerances", mode="before")
     @classmethod

@@ -91,6 +91,54 @@ def line_of(doc: Any, loc: tuple) -> int | None:
     return line
 
 
+class Lines:
+    """Where each place of a YAML document is: a place (keys and indices from the top, as pydantic writes them)
+    to its 1-based line, built once from the document; checks of the typed suite ask it for their messages."""
+
+    def __init__(self, doc: Any):
+        self._lines: dict[tuple, int | None] = {}
+        self._mappings: set[tuple] = set()
+        stack = [(doc, ())]
+        while stack:
+            node, loc = stack.pop()
+            if isinstance(node, CommentedMap):
+                self._mappings.add(loc)
+                items = [((str(k),), _line(node.lc.key, k), v) for k, v in node.items()]
+            elif isinstance(node, CommentedSeq):
+                items = [((i,), _line(node.lc.item, i), v) for i, v in enumerate(node)]
+            else:
+                continue
+            for key, line, value in items:
+                # A node built by a tag (!!python/...) keeps no positions: its parent's line stands for it.
+                self._lines[loc + key] = line if line is not None else self._lines.get(loc)
+                stack.append((value, loc + key))
+
+    def has(self, loc: tuple) -> bool:
+        """Whether the document has this place."""
+        return tuple(loc) in self._lines
+
+    def mapping(self, loc: tuple) -> bool:
+        """Whether the node at this place is a mapping."""
+        return tuple(loc) in self._mappings
+
+    def of(self, loc: tuple) -> int | None:
+        """The line of the deepest place along `loc` that the document has (None: not even its first key)."""
+        loc = tuple(loc)
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self._lines:
+                return self._lines[loc[:n]]
+        return None
+
+
+def _line(position, key: Any) -> int | None:
+    """The 1-based line of a ruamel node's position (lc.key or lc.item), None where the node kept none."""
+    try:
+        pos = position(key)
+    except (KeyError, IndexError, TypeError):
+        return None
+    return pos[0] + 1 if pos else None
+
+
 def to_plain(node: Any) -> Any:
     """ruamel's commented containers to plain dicts and lists (what pydantic and JSON want)."""
     if isinstance(node, dict):

@@ -43,11 +43,11 @@ BETTER = {"higher": "↑", "lower": "↓", "none": "="}
 
 
 def _table(rows: list[Row]) -> list[str]:
-    out = ["| run | metric | baseline | current | Δ | better | tolerance | verdict |",
+    out = ["| run | metric | reference | current | Δ | better | tolerance | verdict |",
            "|---|---|---:|---:|---:|:---:|---:|---|"]
     for r in rows:
         label = r.metric if r.metric in ("status", "run") else metric(r.metric).label
-        cells = [r.run, label, _value(r.metric, r.baseline, r.baseline_half_width),
+        cells = [r.run, label, _value(r.metric, r.reference, r.reference_half_width),
                  _value(r.metric, r.current, r.current_half_width), _delta(r),
                  BETTER[r.better] if r.metric not in ("status", "run") else "", r.tolerance, _verdict(r)]
         # Some metric labels hold a '|' ("merge max |Δlogit|"), which would split the cell.
@@ -81,6 +81,7 @@ def render_markdown(comparison: Comparison, forced: bool = False) -> str:
 
 def render_refusal(refusals: list[str]) -> str:
     return "\n".join(["### Regression gate: not compared", "",
-                      "The baseline and the current results are not like with like:", "",
+                      "The reference and the current results are not like with like:", "",
                       *(f"- {line}" for line in refusals), "",
-                      "Make a new baseline for the changed suite, or compare anyway with `--force`.", ""])
+                      "Store new reference records for the changed suite (`bench save-reference`), or compare anyway "
+                      "with `--force`.", ""])

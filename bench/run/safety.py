@@ -15,7 +15,10 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.core.yamlio import Lines
 
 FLAG = "--trust-remote-code"
 KEY = "trust_remote_code"
@@ -204,13 +207,11 @@ def key_problems(doc: dict) -> list[tuple[int | None, str]]:
     return [(line_of(doc, place), f"{_dotted(place)}: {NOT_A_KEY}") for place in _key_places(doc)]
 
 
-def problems(doc: dict, metrics: list[str], include_path: str | None, trusted: bool) -> list[tuple[int | None, str]]:
-    """Without the flag, each piece of code the suite would run, with its line."""
-    from bench.core.yamlio import line_of
-
+def problems(lines: Lines, metrics: list[str], include_path: str | None, trusted: bool) -> list[tuple[int | None, str]]:
+    """Without the flag, each piece of code the suite would run, with its line (`lines`: the suite file's line map)."""
     if trusted:
         return []
-    return [(line_of(doc, c.place), f"{_dotted(c.place)}: {c.what}; a suite cannot allow that itself: run with "
+    return [(lines.of(c.place), f"{_dotted(c.place)}: {c.what}; a suite cannot allow that itself: run with "
              f"{FLAG} if you trust whoever wrote it") for c in code(metrics, include_path, Path.cwd())]
 
 

@@ -8,15 +8,15 @@ import importlib.util
 import json
 from typing import TYPE_CHECKING
 
-from bench.core.config import Quantization
+from bench.core.config import ModelSpec, Quantization
 from bench.run.quantization import PACKAGES, describe
-from bench.core.yamlio import line_of
+from bench.core.yamlio import Lines
 
 if TYPE_CHECKING:
     from methods import Method
 
 
-def quantization_problems(suite, doc: dict) -> list[tuple[int | None, str]]:
+def quantization_problems(suite, lines: Lines) -> list[tuple[int | None, str]]:
     """Per run: qlora keeps its own base; the backend's package is installed; pure bf16 runs where bf16 is native;
     and PEFT applies the method over the quantised base, where the architecture is known without a download."""
     problems = []
@@ -28,7 +28,7 @@ def quantization_problems(suite, doc: dict) -> list[tuple[int | None, str]]:
             suite.training.master_weights
         precision = run.training.precision or suite.training.precision
         if master is False:
-            problems += _pure_bf16_problems(doc, i, run, precision)
+            problems += _pure_bf16_problems(lines, i, run, precision)
         if q is None or run.method is None:
             continue
         from methods import METHODS
@@ -37,14 +37,15 @@ def quantization_problems(suite, doc: dict) -> list[tuple[int | None, str]]:
         if method is None:
             continue
         if method.load_in_4bit:
-            problems.append((line_of(doc, where), f"{place}: qlora is LoRA over bitsandbytes NF4 with double "
+            problems.append((lines.of(where), f"{place}: qlora is LoRA over bitsandbytes NF4 with double "
                              "quantisation, its base fixed; to choose the base's quantisation use lora (or any "
                              "method) with training.quantization"))
         elif importlib.util.find_spec(PACKAGES[q.backend]) is None:
-            problems.append((line_of(doc, where), f"{place}: the {q.backend} backend needs the {PACKAGES[q.backend]} "
+            problems.append((lines.of(where), f"{place}: the {q.backend} backend needs the {PACKAGES[q.backend]} "
                              f"package, which is not installed (pip install 'peft-bench[{q.backend}]')"))
-        elif (why := peft_refuses(method, q) or applies(doc, method, method.defaults() | run.params, q)) is not None:
-            problems.append((line_of(doc, where), f"{place}: {method.id} over {describe(q)}: {why}"))
+        elif (why := peft_refuses(method, q) or applies(suite.model, method, method.defaults() | run.params, q)) \
+                is not None:
+            problems.append((lines.of(where), f"{place}: {method.id} over {describe(q)}: {why}"))
     return problems
 
 
@@ -102,31 +103,30 @@ def _place(where: tuple) -> str:
     return out
 
 
-def _pure_bf16_problems(doc: dict, i: int, run, precision: str) -> list[tuple[int | None, str]]:
+def _pure_bf16_problems(lines: Lines, i: int, run, precision: str) -> list[tuple[int | None, str]]:
     from bench.run.device import native_bf16, pick_device
 
     where = ("runs", i, "training", "master_weights") if run.training.master_weights is not None else \
         ("training", "master_weights")
     if precision != "bf16":
-        return [(line_of(doc, where), f"{_place(where)}: false (pure bf16) keeps the weights that train in bf16, so "
+        return [(lines.of(where), f"{_place(where)}: false (pure bf16) keeps the weights that train in bf16, so "
                  f"it needs training.precision: bf16, not {precision}")]
     device = pick_device()
     if not native_bf16(device):
-        return [(line_of(doc, where), f"{_place(where)}: false (pure bf16) needs a device that computes bf16 "
+        return [(lines.of(where), f"{_place(where)}: false (pure bf16) needs a device that computes bf16 "
                  f"natively, and this {device.type} does not (emulated bf16 is many times slower); keep fp32 master "
                  "weights or validate where the runs will run")]
     return []
 
 
-def applies(doc: dict, method: Method, params: dict, q: Quantization) -> str | None:
+def applies(model: ModelSpec, method: Method, params: dict, q: Quantization) -> str | None:
     """Why PEFT (or the backend) cannot train `method` over a base quantised this way: the suite's preset or config
     architecture, quantised for real on the CPU, wrapped by PEFT, one forward and backward; None when it trains, or
     when the architecture is not known without loading a model (a GGUF, Hub or local model: the run finds out)."""
     from bench.run.models import PRESETS
     from bench.core.yamlio import to_plain
 
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
-    config = PRESETS.get(model.get("preset")) if isinstance(model.get("preset"), str) else model.get("config")
+    config = PRESETS.get(model.preset) if model.preset is not None else model.config
     if not isinstance(config, dict) or method.peft_type is None:
         return None
     return _trial(json.dumps(to_plain(config), sort_keys=True), method.id, json.dumps(to_plain(params), sort_keys=True),

@@ -122,7 +122,11 @@ class Suite(Strict):
 
     def resolve(self, path: str) -> str:
         """Absolute and normalised, so the config (and its hash) is the same however the suite path was spelt."""
-        return str(local_path(path, self.base_dir).resolve())
+        p = local_path(path, self.base_dir)
+        try:
+            return str(p.resolve())
+        except ValueError:  # a NUL byte: no file has such a name, and the path checks say so
+            return str(p.absolute())
 
     def resolved_runs(self) -> list[RunConfig]:
         """The fully resolved config of every run (baseline first), as stored in each record; with `seeds`, one run
