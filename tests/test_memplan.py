@@ -319,3 +319,21 @@ def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
     assert setting.seq_len == hub.training.max_seq_len
     assert length_from == ("max_seq_len (a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its "
                            "cached copy is read)")
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_the_loss_transient_is_sized_at_the_positions_the_model_returns_logits_for(method):
+    """Prompt tuning and P-tuning prepend their virtual tokens to the input, so the model returns logits for them too;
+    prefix tuning puts its tokens in the attention's keys and values only. The predicted loss transient is the
+    logits' bytes plus two fp32 buffers of their size, at the positions a real model with PEFT's own config returns."""
+    from peft import get_peft_model
+
+    params = {"num_virtual_tokens": 24}
+    setting = Setting(batch_size=2, seq_len=16, dtype="fp32")
+    pred = predict(TINY, METHODS[method], params, setting, PLAN)
+    config = METHODS[method].config(PLAN, **params)
+    model = get_peft_model(tiny_model(), config)
+    ids = torch.ones(2, 16, dtype=torch.long)
+    logits = model(input_ids=ids, labels=ids).logits  # measured: what the real model hands the loss
+    assert logits.shape[1] == 16 + (24 if method != "prefix_tuning" else 0)
+    assert pred.logits == logits.numel() * (logits.element_size() + 8)

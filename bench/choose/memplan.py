@@ -15,7 +15,8 @@ What is counted and what is measured:
   linear saves: its input only when something upstream trains; tests/test_memplan.py checks this on a real layer),
   and stored at the bytes bitsandbytes' own quantised tensor has (packed weights plus its quantisation constants);
 - the loss's transient is stated, not measured: the logits the model returns (kept until backward) and two fp32
-  buffers of the logits' size in the loss's backward, over the fp32 log-softmax that autograd saves;
+  buffers of the logits' size in the loss's backward, over the fp32 log-softmax that autograd saves; at the positions
+  the build returned logits for (a prompt-learning method's virtual tokens too: prompt tuning prepends them);
 - gradient checkpointing (non-reentrant) keeps each layer's input and recomputes one layer at a time in backward: its
   activations are the layers' inputs, one layer's saved tensors, and what lies outside the layers;
 - on a GPU, a stated allowance: the caching allocator reserves ALLOCATOR_SHARE more than it hands out, and the CUDA
@@ -75,6 +76,9 @@ class Counted:
     saved: int
     flops: int
     how: str  # "fake" or "real"
+    # Positions per row the model returns logits for beyond the input's tokens: a prompt-learning method's virtual
+    # tokens (prompt tuning, P-tuning, CPT prepend them to the input), read off the logits the build returned.
+    extra_positions: int = 0
 
 
 @dataclass
@@ -128,13 +132,14 @@ def predict(arch: dict[str, Any], method, params: dict[str, Any], setting: Setti
     width = {"bf16": 2, "fp16": 2, "fp32": 4}[setting.dtype]
     hidden_row = setting.seq_len * arch["hidden_size"] * width
     vocab = arch["vocab_size"]
+    positions = setting.seq_len + grid_value(at, "extra_positions")
 
     def peak(r: float) -> tuple[int, int]:
         saved = at("saved", layers, r)
         if setting.gradient_checkpointing:
             one_layer = at("saved", 1, r) - at("saved", 0, r)
             saved = at("saved", 0, r) + one_layer + layers * hidden_row * _batch(r, setting, how)
-        logits = _batch(r, setting, how) * setting.seq_len * vocab * (width + 8)
+        logits = _batch(r, setting, how) * positions * vocab * (width + 8)
         return int(saved), int(logits)
 
     acts, logits = peak(rows)
@@ -173,6 +178,11 @@ def _extended(arch: dict[str, Any], method, params: dict[str, Any], setting: Set
         return f[2, 2] + (depth - 2) * (f[3, 2] - f[2, 2]) + (a - 2) * (f[3, 3] - f[3, 2])
 
     return at, grid[points[0] + (1,)].how
+
+
+def grid_value(at, name: str) -> int:
+    """A figure that neither depth nor rows change (the builds agree on it), read off the builds."""
+    return int(round(at(name, 1, 1)))
 
 
 def _batch(r: float, setting: Setting, how: str) -> float:
@@ -411,14 +421,14 @@ def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = No
                                    weight_decay=0.0)
         ids = torch.zeros(rows, tokens or setting.seq_len, dtype=torch.long)
         with SavedBytes(model) as saved, torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+            out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
         optimizer.step()
     return Counted(frozen_bytes(model, setting.four_bit, setting.quantization), _unique_bytes(p for p in model.parameters() if p.requires_grad),
                    _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
                    _unique_bytes(t for state in optimizer.state.values() for t in state.values()
                                  if isinstance(t, torch.Tensor) and t.dim() > 0),  # step counters aside
-                   saved.bytes, matmul_flops_per_token(model), how)
+                   saved.bytes, matmul_flops_per_token(model), how, out.logits.shape[-2] - ids.shape[-1])
 
 
 def _unique_bytes(tensors) -> int:
@@ -485,7 +495,7 @@ def resident_floor() -> int:
     import subprocess
     import sys
 
-    code = ("import bench.run.worker, torch, psutil; m = torch.nn.Linear(8, 8); m(torch.zeros(2, 8)).sum().backward(); "
+    code = ("import peft, bench.run.worker, torch, psutil; m = torch.nn.Linear(8, 8); m(torch.zeros(2, 8)).sum().backward(); "
             "print(psutil.Process().memory_info().rss)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return int(done.stdout.split()[-1])
