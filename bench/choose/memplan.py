@@ -20,7 +20,9 @@ What is counted and what is measured:
 - gradient checkpointing (non-reentrant) keeps each layer's input and recomputes one layer at a time in backward: its
   activations are the layers' inputs, one layer's saved tensors, and what lies outside the layers;
 - on a GPU, a stated allowance: the caching allocator reserves ALLOCATOR_SHARE more than it hands out, and the CUDA
-  context takes CUDA_CONTEXT outside torch's figures; on a CPU the measured resident floor of torch and the libraries.
+  context takes CUDA_CONTEXT outside torch's figures; on a CPU the measured resident floor of torch and the libraries,
+  one step's activations that glibc's heap keeps resident between steps, and a quantised base's checkpoint pages
+  where the checkpoint stays mapped (stored in the run's dtype).
 """
 
 from __future__ import annotations
