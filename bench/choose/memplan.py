@@ -222,7 +222,7 @@ def _assemble(setting: Setting, parts: list[int], acts: int, logits: int, peak, 
         # first step, the activations' blocks come from its heap, and the blocks one step frees stay resident beside
         # the next step's (the resident peak climbs over the first steps; with a fixed M_MMAP_THRESHOLD it does
         # not). Allowed for as one step's saved activations (blocks under 32 MiB; the logits' are larger and mmapped).
-        allowance = resident_floor() + acts
+        allowance = resident_floor() + (acts if _glibc() else 0)
         allocated += allowance
         reserved = allocated
     measured = ("fake tensors at full width and batch shape, depth 1 and 2, extended to the model's depth"
@@ -517,6 +517,14 @@ def nf4_bytes(numel: int) -> int:
                                   quant_type="nf4")
     parts = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
     return sum(t.numel() * t.element_size() for t in parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> bool:
+    """Whether this Python runs on glibc (whose malloc's dynamic mmap threshold keeps freed blocks resident)."""
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
 
 
 @functools.lru_cache(maxsize=1)
