@@ -405,6 +405,7 @@ def test_bad_ray_flags(case, tmp_path, results):
     assert _tree(results) == before
 
 
+@pytest.mark.worker
 def test_ray_not_installed_is_refused_by_the_real_entry_point(tmp_path, results):
     suite = _setup(Case("ray", ""), tmp_path, results)
     before = _tree(results)
@@ -426,6 +427,7 @@ def test_exponent_floats_are_floats(tmp_path, results, capsys):
     assert lr == 1e-4 and type(lr) is float
 
 
+@pytest.mark.worker
 def test_qlora_without_bitsandbytes_is_refused_by_the_real_entry_point(tmp_path, results):
     # A separate interpreter where `import bitsandbytes` fails and find_spec returns None, as when it is not
     # installed: Python's own way to mark a module unavailable is sys.modules[name] = None. It then runs
@@ -446,6 +448,7 @@ def test_qlora_without_bitsandbytes_is_refused_by_the_real_entry_point(tmp_path,
     assert _tree(results) == before
 
 
+@pytest.mark.worker
 @pytest.mark.parametrize("how", ["suite", "--track"])
 def test_tracker_without_its_extra_is_refused_by_the_real_entry_point(how, tmp_path, results):
     # As for bitsandbytes above: sys.modules['mlflow'] = None makes `import mlflow` fail and find_spec return None.

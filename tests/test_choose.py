@@ -18,7 +18,8 @@ def scored(name: str, method: str, right: list[int], memory: float, seconds: flo
     values = [float(v) for v in right]
     low, high, how = interval(values)
     metrics = {"exact_match": sum(values) / len(values), "eval_loss": 0.1 + started / 100,
-               "peak_memory_bytes": memory, "train_seconds": seconds, "trainable_params": params}
+               "peak_memory_bytes": memory, "train_seconds": seconds, "steady_train_seconds": seconds,
+               "trainable_params": params}
     metrics |= {"checkpoint_bytes": size} if method == "full" else {"adapter_bytes": size}
     iv = ScoreInterval(low=low, high=high, method=how, n=len(values), values=values if store_values else None)
     return record(name, method, metrics, started=started).model_copy(update={"intervals": {"exact_match": iv}})

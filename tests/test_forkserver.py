@@ -92,6 +92,7 @@ forkserver.SERVER.fork(["tests.child_report", sys.argv[1]], dict(__import__("os"
 """
 
 
+@pytest.mark.worker
 def test_the_fork_server_preloads_the_worker_and_holds_no_cuda_context(tmp_path):
     report, log = tmp_path / "child.json", tmp_path / "log.txt"
     log.write_text("")

@@ -27,6 +27,7 @@ SHAPES = Shapes.of(True)
 PLACE = Place(torch.device("cpu"), torch.bfloat16)
 
 
+@pytest.mark.train
 def test_eval_memory_passes_chunked_and_fails_unchunked():
     status, detail = check_eval_memory(SHAPES, PLACE)
     assert status == "PASS", detail
@@ -38,6 +39,7 @@ def test_eval_memory_passes_chunked_and_fails_unchunked():
     assert peak > bound + 8
 
 
+@pytest.mark.train
 def test_merge_check_fails_when_the_merge_runs_under_autocast():
     status, detail = check_merge(SHAPES, PLACE, plant=True)
     assert status == "FAIL", detail
@@ -45,6 +47,7 @@ def test_merge_check_fails_when_the_merge_runs_under_autocast():
     assert worst > 1.5, detail  # bf16 ΔW: errors well past half a bf16 ulp of W + ΔW
 
 
+@pytest.mark.train
 def test_merge_check_passes_outside_autocast():
     status, detail = check_merge(SHAPES, PLACE)
     assert status == "PASS", detail
@@ -62,6 +65,7 @@ def test_qlora_memory_fails_when_the_peak_is_reset_before_the_load():
     assert "bound: >= 1.5x" in planted_detail
 
 
+@pytest.mark.train
 def test_fp32_masters_fails_without_fp32_master_weights():
     status, detail = check_fp32_masters(SHAPES, PLACE, plant=True)
     assert status == "FAIL", detail
@@ -107,6 +111,7 @@ def test_packed_cuda_runs_get_flex_attention_without_flash_attn():
     assert attention(unpacked, METHODS["lora"], cuda) == "sdpa"
 
 
+@pytest.mark.train
 def test_packed_and_padded_losses_agree_under_flex_attention():
     """The kernel packed CUDA runs get, here on the CPU (transformers compiles it): packed rows, kept apart by the
     document mask from their restarting position ids, give the padded rows' loss."""

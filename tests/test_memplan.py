@@ -209,6 +209,7 @@ def test_the_shipped_suites_plan_offline_with_their_real_shapes():
     assert {k: tinyllama[k] for k in PRESETS["tinyllama-1.1b"]} == PRESETS["tinyllama-1.1b"]
 
 
+@pytest.mark.worker
 def test_the_cpu_prediction_is_within_15_percent_of_a_measured_training_peak(tmp_path):
     """The harness trains LoRA on the tiny preset (smoke suite) and records its training phase's resident peak;
     scripts/plan_vs_cpu.py predicts it (fp32, the measured resident floor of a fresh worker, no allocator)."""

@@ -68,6 +68,7 @@ def problems(path: Path) -> list[str]:
     return e.value.problems
 
 
+@pytest.mark.train
 def test_the_shipped_suites_resolve_every_setting_and_hash_what_differs():
     runs = {r.run: r for r in load_suite(TINY).resolved_runs()}
     assert runs["lora-fp4"].training.quantization.quant_type == "fp4"
@@ -160,6 +161,7 @@ def tiny_runs():
     return {r.run: r for r in load_suite(TINY).resolved_runs()}
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("name", RUNS)
 def test_each_backend_optimiser_and_precision_trains_records_its_settings_and_checks_its_merge(name, tiny_runs,
                                                                                              tmp_path):

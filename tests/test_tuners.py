@@ -337,6 +337,7 @@ def test_adapter_config_from_another_peft_version_loses_only_fields_that_hold_no
     assert "field 'newer_rank' (set to 4) is not a LoraConfig field" in e.value.problems[0]
 
 
+@pytest.mark.train
 def test_plan_json_prints_one_object_per_run(capsys):
     assert main(["plan", str(ROOT / "suites" / "smoke.yaml"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -480,6 +481,7 @@ def test_a_config_that_trains_nothing_is_refused_and_params_replace_a_files_fiel
     assert count_params(build(cfg, None, CPU32, METHODS["osf"], PLAN))[0] > 0
 
 
+@pytest.mark.train
 def test_plan_counts_trainable_tokens_on_the_runs_own_special_tokens(capsys):
     assert main(["plan", str(ROOT / "suites" / "peft-all.yaml"), "--json"]) == 0
     row = next(r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["run"] == "trainable_tokens")

@@ -116,7 +116,8 @@ def optimizer_problems(name: str, kwargs: dict[str, Any]) -> list[tuple[str, str
         elif key not in accepted:
             problems.append((f"kwargs.{key}", f"{name} takes {', '.join(accepted) or 'no other kwargs'} - not "
                              f"'{key}'{did_you_mean(key, accepted)}"))
-    if not problems and name not in torch_optimizers() and (why := steps(name, json.dumps(kwargs, sort_keys=True))):
+    steps_checked = name in bnb_optimizers() or name.startswith(TORCHAO_PREFIX)  # PEFT's and torch's: built in training
+    if not problems and steps_checked and (why := steps(name, json.dumps(kwargs, sort_keys=True))):
         problems.append(("name", why))
     base = kwargs.get("optimizer_cls")
     if base is not None and base not in torch_optimizers():
