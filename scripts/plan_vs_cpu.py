@@ -3,9 +3,10 @@
 Run: python scripts/plan_vs_cpu.py SUITE RESULTS_DIR [--tolerance 0.15]
 e.g. after `python -m bench run suites/smoke.yaml --output /tmp/smoke`:
      python scripts/plan_vs_cpu.py suites/smoke.yaml /tmp/smoke
-For each run of SUITE with a record in RESULTS_DIR, the CPU prediction (fp32, no allocator allowance, plus the
-resident floor of a fresh worker process, measured here: bench.choose.memplan.resident_floor) is set beside the record's
-metrics.peak_memory_bytes (the training phase's resident high-water mark). Exit 1 if a run is off by more than the
+For each run of SUITE with a record in RESULTS_DIR, the CPU prediction (fp32, no allocator allowance; the resident
+floor of a fresh worker process, measured here: bench.choose.memplan.resident_floor; one step's activations, which
+glibc's heap keeps resident between steps; a quantised base's checkpoint pages where it stays mapped) is set beside
+the record's metrics.peak_memory_bytes (the training phase's resident high-water mark). Exit 1 if a run is off by more than the
 tolerance.
 """
 
@@ -40,7 +41,7 @@ def compare(suite_path: Path, results: Path) -> list[dict]:
         plan = RunFacts(total_steps=cfg.budget.max_steps or 1000, special_token_ids=(0,))
         setting, length_from = planned_setting(cfg, "cpu")
         p = predict(architecture(cfg), METHODS[cfg.method], cfg.params, setting, plan)
-        rows.append({"run": cfg.run, "measured": measured, "predicted": p.allocated, "floor": resident_floor(),
+        rows.append({"run": cfg.run, "measured": measured, "predicted": p.allocated, "floor": resident_floor(), "retained": p.allowance - resident_floor(),
                      "length": f"{setting.batch_size}x{setting.seq_len} {length_from.split(':')[0].split(' ')[0]}",
                      "model": p.allocated - p.allowance, "error": p.allocated / measured - 1})
     return rows
@@ -53,9 +54,9 @@ def main() -> int:
     parser.add_argument("--tolerance", type=float, default=0.15)
     args = parser.parse_args()
     rows = compare(args.suite, args.results)
-    print(f"{'run':16} {'measured':>9} {'predicted':>9} {'floor':>7} {'model':>7} {'error':>7}  batch")
+    print(f"{'run':16} {'measured':>9} {'predicted':>9} {'floor':>7} {'retained':>8} {'model':>7} {'error':>7}  batch")
     for r in rows:
-        print(f"{r['run'][:16]:16} {r['measured'] / MIB:8.0f}M {r['predicted'] / MIB:8.0f}M {r['floor'] / MIB:6.0f}M "
+        print(f"{r['run'][:16]:16} {r['measured'] / MIB:8.0f}M {r['predicted'] / MIB:8.0f}M {r['floor'] / MIB:6.0f}M {r['retained'] / MIB:7.0f}M "
               f"{r['model'] / MIB:6.1f}M {100 * r['error']:+6.1f}%  {r['length']}")
     outside = [r["run"] for r in rows if abs(r["error"]) > args.tolerance]
     print(f"{len(rows)} runs, {len(outside)} outside +-{100 * args.tolerance:.0f}%{': ' if outside else ''}"

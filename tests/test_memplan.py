@@ -320,3 +320,60 @@ def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
     assert setting.seq_len == hub.training.max_seq_len
     assert length_from == ("max_seq_len (a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its "
                            "cached copy is read)")
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning", "prefix_tuning"])
+def test_the_loss_transient_is_sized_at_the_positions_the_model_returns_logits_for(method):
+    """Prompt tuning and P-tuning prepend their virtual tokens to the input, so the model returns logits for them too;
+    prefix tuning puts its tokens in the attention's keys and values only. The predicted loss transient is the
+    logits' bytes plus two fp32 buffers of their size, at the positions a real model with PEFT's own config returns."""
+    from peft import get_peft_model
+
+    params = {"num_virtual_tokens": 24}
+    setting = Setting(batch_size=2, seq_len=16, dtype="fp32")
+    pred = predict(TINY, METHODS[method], params, setting, PLAN)
+    config = METHODS[method].config(PLAN, **params)
+    model = get_peft_model(tiny_model(), config)
+    ids = torch.ones(2, 16, dtype=torch.long)
+    logits = model(input_ids=ids, labels=ids).logits  # measured: what the real model hands the loss
+    assert logits.shape[1] == 16 + (24 if method != "prefix_tuning" else 0)
+    assert pred.logits == logits.numel() * (logits.element_size() + 8)
+
+
+def _mapped_resident(path) -> int:
+    """Resident bytes of the process's mappings of `path` (/proc/self/smaps)."""
+    total, current = 0, None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        if "-" in fields[0] and not fields[0].endswith(":"):
+            current = fields[5] if len(fields) > 5 else None
+        elif fields[0] == "Rss:" and current == str(path):
+            total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.train
+@pytest.mark.skipif(not __import__("pathlib").Path("/proc/self/smaps").exists(), reason="Linux /proc only")
+def test_a_4bit_base_on_a_cpu_keeps_its_checkpoint_resident_when_stored_in_the_run_dtype(tmp_path):
+    """On a CPU the quantised layers' checkpoint pages stay resident beside their NF4 copies when the checkpoint is
+    in the dtype the run computes in (its unquantised weights are views of the mapping, so it stays mapped): measured
+    on a tiny model saved in fp32 and loaded 4-bit as the harness loads QLoRA."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    tiny_model().save_pretrained(tmp_path)
+    checkpoint = (tmp_path / "model.safetensors").resolve()
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, quantization_config=quant)
+    resident = _mapped_resident(checkpoint)  # measured
+    arch = dict(TINY, dtype="float32")
+    cpu, gpu = (Setting(batch_size=1, seq_len=8, dtype="fp32", device=d, four_bit=True) for d in ("cpu", "cuda"))
+    on_cpu = predict(arch, METHODS["qlora"], LORA, cpu, PLAN)
+    on_gpu = predict(arch, METHODS["qlora"], LORA, gpu, PLAN)
+    fp32_linears = 4 * sum(m.weight.numel() for n, m in tiny_model().named_modules()
+                           if isinstance(m, torch.nn.Linear) and not n.endswith("lm_head"))
+    assert on_cpu.base - on_gpu.base == fp32_linears  # the quantised layers' checkpoint pages, besides NF4
+    assert resident == pytest.approx(checkpoint.stat().st_size, rel=0.02)  # every page of it stays resident
+    del model
+    other = predict(dict(arch, dtype="bfloat16"), METHODS["qlora"], LORA, cpu, PLAN)
+    assert other.base == on_gpu.base  # a checkpoint in another dtype is copied at load and unmapped

@@ -15,11 +15,14 @@ What is counted and what is measured:
   linear saves: its input only when something upstream trains; tests/test_memplan.py checks this on a real layer),
   and stored at the bytes bitsandbytes' own quantised tensor has (packed weights plus its quantisation constants);
 - the loss's transient is stated, not measured: the logits the model returns (kept until backward) and two fp32
-  buffers of the logits' size in the loss's backward, over the fp32 log-softmax that autograd saves;
+  buffers of the logits' size in the loss's backward, over the fp32 log-softmax that autograd saves; at the positions
+  the build returned logits for (a prompt-learning method's virtual tokens too: prompt tuning prepends them);
 - gradient checkpointing (non-reentrant) keeps each layer's input and recomputes one layer at a time in backward: its
   activations are the layers' inputs, one layer's saved tensors, and what lies outside the layers;
 - on a GPU, a stated allowance: the caching allocator reserves ALLOCATOR_SHARE more than it hands out, and the CUDA
-  context takes CUDA_CONTEXT outside torch's figures; on a CPU the measured resident floor of torch and the libraries.
+  context takes CUDA_CONTEXT outside torch's figures; on a CPU the measured resident floor of torch and the libraries,
+  one step's activations that glibc's heap keeps resident between steps, and a quantised base's checkpoint pages
+  where the checkpoint stays mapped (stored in the run's dtype).
 """
 
 from __future__ import annotations
@@ -75,6 +78,10 @@ class Counted:
     saved: int
     flops: int
     how: str  # "fake" or "real"
+    # Positions per row the model returns logits for beyond the input's tokens: a prompt-learning method's virtual
+    # tokens (prompt tuning, P-tuning, CPT prepend them to the input), read off the logits the build returned.
+    extra_positions: int = 0
+    replaced: int = 0  # bytes, in the storage dtype, of the frozen layers a quantised base stores quantised
 
 
 @dataclass
@@ -91,7 +98,7 @@ class Prediction:
     activations: int  # saved for backward
     logits: int  # the loss's transient
     head_gradients: int  # gradients made before the layers' (the output head's, tied embeddings')
-    allowance: int  # GPU: allocator share + CUDA context; CPU: resident floor
+    allowance: int  # GPU: allocator share + CUDA context; CPU: resident floor and the C allocator's retained blocks
     allocated: int  # GPU: torch's allocated peak; CPU: the resident peak
     reserved: int  # GPU: the allocator's reserved peak (what a card must hold, less the context)
     per_row: int  # activation and loss bytes each further row of the batch adds
@@ -128,19 +135,33 @@ def predict(arch: dict[str, Any], method, params: dict[str, Any], setting: Setti
     width = {"bf16": 2, "fp16": 2, "fp32": 4}[setting.dtype]
     hidden_row = setting.seq_len * arch["hidden_size"] * width
     vocab = arch["vocab_size"]
+    positions = setting.seq_len + grid_value(at, "extra_positions")
 
     def peak(r: float) -> tuple[int, int]:
         saved = at("saved", layers, r)
         if setting.gradient_checkpointing:
             one_layer = at("saved", 1, r) - at("saved", 0, r)
             saved = at("saved", 0, r) + one_layer + layers * hidden_row * _batch(r, setting, how)
-        logits = _batch(r, setting, how) * setting.seq_len * vocab * (width + 8)
+        logits = _batch(r, setting, how) * positions * vocab * (width + 8)
         return int(saved), int(logits)
 
     acts, logits = peak(rows)
     parts = [int(at(f, layers, 1)) for f in ("frozen", "trainable", "gradients", "optimizer")]
+    if setting.device == "cpu" and _mapped(arch, setting):
+        parts[0] += int(at("replaced", layers, 1))
     parts.append(max(0, int(at("gradients", 0, 1))))  # the gradients outside the layers: the head's, first in backward
     return _assemble(setting, parts, acts, logits, peak, rows, int(at("flops", layers, 1)), how)
+
+
+def _mapped(arch: dict[str, Any], setting: Setting) -> bool:
+    """Whether a CPU run's quantised base keeps its checkpoint resident beside the quantised copies. transformers
+    memory-maps a safetensors checkpoint; weights stored in the dtype the run computes in are used in place (views of
+    the mapping: its pages are the weights, no copy), so the mapping lives as long as the model. Quantising at load
+    reads every page of the layers it replaces, and those pages stay resident (mapped, counted in the process's
+    resident set) beside their quantised copies. A checkpoint in another dtype is copied at load and unmapped."""
+    stored = arch.get("dtype") or arch.get("torch_dtype")
+    return bool(setting.four_bit or setting.quantization) and \
+        {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}.get(str(stored)) == setting.dtype
 
 
 # PEFT config fields that count the decoder layers a method adapts from the top (AdaptionPrompt's adapter_layers). A
@@ -175,6 +196,11 @@ def _extended(arch: dict[str, Any], method, params: dict[str, Any], setting: Set
     return at, grid[points[0] + (1,)].how
 
 
+def grid_value(at, name: str) -> int:
+    """A figure that neither depth nor rows change (the builds agree on it), read off the builds."""
+    return int(round(at(name, 1, 1)))
+
+
 def _batch(r: float, setting: Setting, how: str) -> float:
     """Rows of the batch that `r` measured units stand for."""
     return r if how == "fake" else r * REAL_TOKENS[0] / setting.seq_len
@@ -192,7 +218,11 @@ def _assemble(setting: Setting, parts: list[int], acts: int, logits: int, peak, 
         allowance = int(ALLOCATOR_SHARE * allocated) + CUDA_CONTEXT
         reserved = int(allocated * (1 + ALLOCATOR_SHARE))
     else:
-        allowance = resident_floor()
+        # glibc's malloc raises its mmap threshold to the size of each mmapped block freed (up to 32 MiB): after the
+        # first step, the activations' blocks come from its heap, and the blocks one step frees stay resident beside
+        # the next step's (the resident peak climbs over the first steps; with a fixed M_MMAP_THRESHOLD it does
+        # not). Allowed for as one step's saved activations (blocks under 32 MiB; the logits' are larger and mmapped).
+        allowance = resident_floor() + (acts if _glibc() else 0)
         allocated += allowance
         reserved = allocated
     measured = ("fake tensors at full width and batch shape, depth 1 and 2, extended to the model's depth"
@@ -411,14 +441,15 @@ def _count(model, setting: Setting, rows: int, how: str, tokens: int | None = No
                                    weight_decay=0.0)
         ids = torch.zeros(rows, tokens or setting.seq_len, dtype=torch.long)
         with SavedBytes(model) as saved, torch.autocast("cpu", dtype=dtype, enabled=autocast):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
+            out = model(input_ids=ids, labels=ids)
+        out.loss.backward()
         optimizer.step()
+    replaced = replaced_bytes(model, setting.four_bit, setting.quantization)
     return Counted(frozen_bytes(model, setting.four_bit, setting.quantization), _unique_bytes(p for p in model.parameters() if p.requires_grad),
                    _unique_bytes(p.grad for p in model.parameters() if p.grad is not None),
                    _unique_bytes(t for state in optimizer.state.values() for t in state.values()
                                  if isinstance(t, torch.Tensor) and t.dim() > 0),  # step counters aside
-                   saved.bytes, matmul_flops_per_token(model), how)
+                   saved.bytes, matmul_flops_per_token(model), how, out.logits.shape[-2] - ids.shape[-1], replaced)
 
 
 def _unique_bytes(tensors) -> int:
@@ -433,14 +464,7 @@ def frozen_bytes(model, four_bit: bool, quantization: str | None = None) -> int:
     bitsandbytes quantises (every frozen nn.Linear but the output head) at their NF4 size; with `quantization` (a
     training.quantization as JSON), the same layers, less its skip_modules, at the bytes per weight its backend
     stores (bench.run.quantsize)."""
-    import torch
-
-    # Per-row and per-block constants make the bytes per weight depend on a layer's width: measured at the model's.
-    width = model.config.hidden_size
-    per_weight, skip = (None, []) if quantization is None else _quantized_weight(quantization, width)
-    quantised = {id(m.weight) for name, m in model.named_modules()
-                 if (four_bit or per_weight) and isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
-                 and name.rpartition(".")[2] not in ("lm_head", *skip)}
+    quantised, per_weight = _quantised(model, four_bit, quantization)
     seen: dict[int, int] = {}
     for p in model.parameters():
         if p.requires_grad:
@@ -450,6 +474,24 @@ def frozen_bytes(model, four_bit: bool, quantization: str | None = None) -> int:
         else:
             seen[id(p)] = nf4_bytes(p.numel()) if four_bit else math.ceil(p.numel() * per_weight)
     return sum(seen.values())
+
+
+def replaced_bytes(model, four_bit: bool, quantization: str | None = None) -> int:
+    """Bytes, in their storage dtype, of the frozen weights a quantised base stores quantised (0 for none)."""
+    quantised, _ = _quantised(model, four_bit, quantization)
+    return _unique_bytes(p for p in model.parameters() if id(p) in quantised)
+
+
+def _quantised(model, four_bit: bool, quantization: str | None) -> tuple[set[int], float | None]:
+    """The ids of the frozen weights the base's quantisation replaces, and its bytes per weight (None for NF4)."""
+    import torch
+
+    # Per-row and per-block constants make the bytes per weight depend on a layer's width: measured at the model's.
+    width = model.config.hidden_size
+    per_weight, skip = (None, []) if quantization is None else _quantized_weight(quantization, width)
+    return {id(m.weight) for name, m in model.named_modules()
+            if (four_bit or per_weight) and isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
+            and name.rpartition(".")[2] not in ("lm_head", *skip)}, per_weight
 
 
 @functools.lru_cache(maxsize=16)
@@ -475,6 +517,14 @@ def nf4_bytes(numel: int) -> int:
                                   quant_type="nf4")
     parts = [packed, state.absmax, state.code, state.offset, state.state2.absmax, state.state2.code]
     return sum(t.numel() * t.element_size() for t in parts)
+
+
+@functools.lru_cache(maxsize=1)
+def _glibc() -> bool:
+    """Whether this Python runs on glibc (whose malloc's dynamic mmap threshold keeps freed blocks resident)."""
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
 
 
 @functools.lru_cache(maxsize=1)
