@@ -320,3 +320,23 @@ def test_plan_sizes_the_longest_batch_the_data_makes(monkeypatch):
     assert setting.seq_len == hub.training.max_seq_len
     assert length_from == ("max_seq_len (a Hub dataset is not downloaded to plan; with HF_DATASETS_OFFLINE=1 its "
                            "cached copy is read)")
+
+
+def test_pure_bf16_is_sized_with_its_weights_gradients_and_states_in_bf16():
+    """training.master_weights: false casts the adapters PEFT upcasts to fp32 down to bf16 (bench.run.load.trainable_in):
+    the plan counts 2 bytes per trained weight, 2 per gradient and 4 for AdamW's two states, against 4, 4 and 8 with
+    fp32 master weights; the frozen base is the same."""
+    from bench.choose.memplan import setting_of
+    from bench.spec.suite import load_suite
+
+    lora = next(cfg for cfg in load_suite("suites/smoke.yaml").resolved_runs() if cfg.method == "lora")
+    masters, pure = (setting_of(lora.model_copy(update={"training": lora.training.model_copy(update=change)}))
+                     for change in ({"precision": "bf16"}, {"precision": "bf16", "master_weights": False}))
+    assert (masters.pure, masters.trainable_fp32, masters.autocast) == (False, True, True)
+    assert (pure.pure, pure.trainable_fp32, pure.autocast) == (True, False, False)
+    fp32, bf16 = (predict(TINY, METHODS["lora"], LORA, s, PLAN) for s in (masters, pure))
+    n = fp32.trainable // 4
+    assert n > 0 and fp32.gradients == 4 * n and fp32.optimizer == 8 * n
+    assert bf16.trainable == bf16.gradients == 2 * n
+    assert bf16.optimizer == 4 * n
+    assert bf16.base == fp32.base
