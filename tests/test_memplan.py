@@ -340,3 +340,22 @@ def test_pure_bf16_is_sized_with_its_weights_gradients_and_states_in_bf16():
     assert bf16.trainable == bf16.gradients == 2 * n
     assert bf16.optimizer == 4 * n
     assert bf16.base == fp32.base
+
+
+def test_a_quantised_base_is_sized_at_the_dtype_it_keeps_its_constants_in():
+    """HQQ keeps its scales and zeros in the compute dtype: 4-bit, group 64, is 0.5 + 2 x 2 / 64 bytes a weight from
+    a bf16 base and 0.5 + 2 x 4 / 64 from an fp32 one; the plan measures it at the model's dtype."""
+    import json
+    import math
+
+    pytest.importorskip("hqq")
+    from bench.core.config import Quantization
+
+    q = json.dumps(Quantization(backend="hqq", bits=4, group_size=64).model_dump())
+    for dtype, per_weight in ((torch.bfloat16, 0.5 + 4 / 64), (torch.float32, 0.5 + 8 / 64)):
+        model = tiny_model().to(dtype).requires_grad_(False)
+        linears = [m.weight.numel() for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+        rest = sum(p.numel() for p in model.parameters()) - sum(linears)
+        expected = sum(math.ceil(n * per_weight) for n in linears) + rest * (2 if dtype == torch.bfloat16 else 4)
+        assert frozen_bytes(model, four_bit=False, quantization=q) == expected, dtype
