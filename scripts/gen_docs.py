@@ -502,6 +502,43 @@ def quantization_table(name: str = "quantization") -> str:
     return "\n".join([*lines, "", provenance(about) + (f" {note}" if note else "")])
 
 
+PLAN_PARTS = {"frozen base": ("base",), "trained weights + gradients": ("trainable", "gradients"),
+              "optimiser state": ("optimizer",), "activations": ("activations",), "GPU peak": ("need",)}
+
+
+def _change(value: int, reference: int) -> str:
+    """A predicted figure and its difference from the reference run's: "156.0 MB (-100.6 MB, -39%)"."""
+    from bench.core.metrics import human_bytes
+
+    if value == reference:
+        return f"{human_bytes(value)} (same)"
+    sign = "-" if value < reference else "+"
+    return f"{human_bytes(value)} ({sign}{human_bytes(abs(value - reference))}, {100 * (value / reference - 1):+.0f}%)"
+
+
+def quantization_plan_table(name: str = "quantization") -> str:
+    """What `bench plan` predicts each setting of the quantisation suite saves on a GPU against the same LoRA with
+    nothing changed (the run whose setting is plain fp32), part by part: the frozen base, the weights that train
+    with their gradients, the optimiser's state, the activations and the peak."""
+    from bench.analysis.rows import ordered
+    from bench.core.metrics import human_bytes
+
+    _, records = _records(name)
+    plan = load_results(name)["plan"]
+    settings = {r.run: _setting(r) for r in ordered(records) if r.trained and r.run in plan["runs"]}
+    reference = next(run for run, setting in settings.items() if setting == "fp32")
+    parts = {run: {label: sum(plan["runs"][run]["memory"][k] for k in keys) for label, keys in PLAN_PARTS.items()}
+             for run in settings}
+    head = ["run", "setting", *PLAN_PARTS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for run, setting in settings.items():
+        cells = [run, setting, *(_change(parts[run][k], parts[reference][k]) if run != reference
+                                  else human_bytes(parts[run][k]) for k in PLAN_PARTS)]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join([*lines, "", f"*Against {reference} (the first row). From `docs/results/{name}.json`: "
+                       f"`{plan['command']}`.*"])
+
+
 def _errors(s: dict[str, float]) -> str:
     return (f"median \\|error\\| {100 * s['median_abs']:.1f}%, {100 * s['within_20']:.0f}% within +-20% "
             f"({100 * s['within_10']:.0f}% within +-10%), max {100 * s['max_abs']:.1f}%")
@@ -538,6 +575,7 @@ def plan_vs_peft_table(name: str = "plan-vs-peft") -> str:
 
 TABLES = {"quickstart": quickstart_table, "run-output": run_output, "overhead": overhead_table,
           "peft-metamathqa": peft_table, "quantization": quantization_table,
+          "quantization-plan": quantization_plan_table,
           "plan-vs-peft": plan_vs_peft_table}
 # The pages that hold generated tables (README.md quotes the docs' quickstart table, rendered from the same file).
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]

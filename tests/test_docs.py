@@ -194,3 +194,22 @@ def test_the_quantisation_guide_renders_the_suites_records_and_plan():
         else:
             assert row.endswith("| - |"), row
     assert about["commit"] in block
+
+
+def test_the_quantisation_guide_says_what_each_setting_saves_by_the_plan():
+    """docs/guides/quantization.md's plan table: per run, each part of bench plan's GPU peak with its difference from
+    the unquantised LoRA run's, read from the captured plan in docs/results/quantization.json."""
+    from bench.core.metrics import human_bytes
+
+    block = _block((ROOT / "docs" / "guides" / "quantization.md").read_text(), "quantization-plan")
+    plan = gen_docs.load_results("quantization")["plan"]["runs"]
+    reference = plan["lora-fp32"]["memory"]
+    assert len(plan) == 10 and block.strip().splitlines()[2].startswith("| lora-fp32 | fp32 |")
+    for run, part in (("lora-8bit", "base"), ("qlora", "base"), ("lora-paged-adamw8bit", "optimizer"),
+                      ("lora-pure-bf16", "optimizer")):
+        value = plan[run]["memory"][part]
+        assert value < reference[part], (run, part)  # each setting saves where it should
+        row = next(line for line in block.splitlines() if line.startswith(f"| {run} |"))
+        assert f"{human_bytes(value)} (-{human_bytes(reference[part] - value)}" in row, row
+    pure = plan["lora-pure-bf16"]["memory"]
+    assert 2 * pure["trainable"] == reference["trainable"] and 2 * pure["optimizer"] == reference["optimizer"]

@@ -377,3 +377,42 @@ def test_a_4bit_base_on_a_cpu_keeps_its_checkpoint_resident_when_stored_in_the_r
     del model
     other = predict(dict(arch, dtype="bfloat16"), METHODS["qlora"], LORA, cpu, PLAN)
     assert other.base == on_gpu.base  # a checkpoint in another dtype is copied at load and unmapped
+
+
+def test_pure_bf16_is_sized_with_its_weights_gradients_and_states_in_bf16():
+    """training.master_weights: false casts the adapters PEFT upcasts to fp32 down to bf16 (bench.run.load.trainable_in):
+    the plan counts 2 bytes per trained weight, 2 per gradient and 4 for AdamW's two states, against 4, 4 and 8 with
+    fp32 master weights; the frozen base is the same."""
+    from bench.choose.memplan import setting_of
+    from bench.spec.suite import load_suite
+
+    lora = next(cfg for cfg in load_suite("suites/smoke.yaml").resolved_runs() if cfg.method == "lora")
+    masters, pure = (setting_of(lora.model_copy(update={"training": lora.training.model_copy(update=change)}))
+                     for change in ({"precision": "bf16"}, {"precision": "bf16", "master_weights": False}))
+    assert (masters.pure, masters.trainable_fp32, masters.autocast) == (False, True, True)
+    assert (pure.pure, pure.trainable_fp32, pure.autocast) == (True, False, False)
+    fp32, bf16 = (predict(TINY, METHODS["lora"], LORA, s, PLAN) for s in (masters, pure))
+    n = fp32.trainable // 4
+    assert n > 0 and fp32.gradients == 4 * n and fp32.optimizer == 8 * n
+    assert bf16.trainable == bf16.gradients == 2 * n
+    assert bf16.optimizer == 4 * n
+    assert bf16.base == fp32.base
+
+
+def test_a_quantised_base_is_sized_at_the_dtype_it_keeps_its_constants_in():
+    """HQQ keeps its scales and zeros in the compute dtype: 4-bit, group 64, is 0.5 + 2 x 2 / 64 bytes a weight from
+    a bf16 base and 0.5 + 2 x 4 / 64 from an fp32 one; the plan measures it at the model's dtype."""
+    import json
+    import math
+
+    pytest.importorskip("hqq")
+    from bench.core.config import Quantization
+
+    q = json.dumps(Quantization(backend="hqq", bits=4, group_size=64).model_dump())
+    for dtype, per_weight in ((torch.bfloat16, 0.5 + 4 / 64), (torch.float32, 0.5 + 8 / 64)):
+        model = tiny_model().to(dtype).requires_grad_(False)
+        linears = [m.weight.numel() for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and n != "lm_head"]
+        rest = sum(p.numel() for p in model.parameters()) - sum(linears)
+        expected = sum(math.ceil(n * per_weight) for n in linears) + rest * (2 if dtype == torch.bfloat16 else 4)
+        assert frozen_bytes(model, four_bit=False, quantization=q) == expected, dtype

@@ -239,3 +239,28 @@ def test_lora_over_torchao_int4_is_refused_with_pefts_own_reason_and_gptq_awq_fo
         assert len(found) == 1 and found[0].startswith(f"line 12, model.path: a {method.upper()} checkpoint "
                                                        f"(quantization_config.quant_method: {method} in "), found
         assert "through gptqmodel" in found[0] and "pip install gptqmodel" in found[0], found
+
+
+def test_a_large_architecture_is_tried_on_one_layer_and_the_refusal_still_found(tmp_path, monkeypatch):
+    """Validate tries each combination by building the base for real: an 8B preset is tried on one decoder layer of
+    its width with a small vocabulary (in fp32 whole it would take 32 GB), without params that pick layers by index;
+    a small one whole. The one-layer trial still finds what PEFT or the backend refuses (DoRA over 8-bit)."""
+    from bench.run.presets import PRESETS
+    from bench.spec import quantcheck
+
+    arch, params = quantcheck.trial_architecture(dict(PRESETS["llama-3-8b"], bos_token_id=128000),
+                                                 {"r": 8, "layers_to_transform": [20]})
+    assert (arch["num_hidden_layers"], arch["hidden_size"], arch["intermediate_size"], arch["vocab_size"]) == \
+        (1, 4096, 14336, quantcheck.TRIAL_VOCAB)
+    assert "bos_token_id" not in arch and params == {"r": 8}
+    tiny = PRESETS["tiny-llama"]
+    assert quantcheck.trial_architecture(tiny, {"layers_to_transform": [1]}) == (tiny, {"layers_to_transform": [1]})
+    quantcheck._trial.cache_clear()
+    monkeypatch.setattr(quantcheck, "TRIAL_PARAMS", 0)  # the tiny preset tried as a large one is
+    path = write(tmp_path, "  - method: dora\n    training:\n      quantization: {bits: 8}\n"
+                           "  - method: lora\n    params: {target_modules: [q_proj, v_proj], layers_to_transform: [1]}\n"
+                           "    training:\n      quantization: {bits: 8}\n")
+    found = problems(path)
+    quantcheck._trial.cache_clear()
+    assert len(found) == 1 and found[0].startswith("line 41, runs[0].training.quantization: dora over bitsandbytes "
+                                                   "8-bit: AttributeError:"), found

@@ -57,6 +57,9 @@ class Setting:
     dtype: str = "bf16"  # storage and compute dtype of the base: bf16, fp16, fp32
     device: str = "cuda"  # cuda: allocator allowance; cpu: resident floor
     trainable_fp32: bool = True  # the harness keeps every weight that trains in fp32; PEFT's benchmark only adapters
+    # Pure bf16 (training.master_weights: false): with trainable_fp32 off, the adapters PEFT upcasts to fp32 are cast
+    # to the base's dtype too, as the run does (bench.run.load.trainable_in): weights, gradients and states at 2 bytes.
+    pure: bool = False
     autocast: bool = True  # the harness computes under autocast; PEFT's benchmark runs the bf16 model as loaded
     four_bit: bool = False
     # A base quantised by training.quantization (its settings as JSON, so the setting hashes): its linear layers at
@@ -296,8 +299,8 @@ def _small_model(arch, depth: int, method, params, setting: Setting, plan, real:
     from bench.run.tuners import _mica
 
     real = real or method.needs_weights or _mica(params)  # built on the CPU either way: one build serves both
-    key = json.dumps([arch, depth, method.id, params, setting.dtype, setting.trainable_fp32, plan.total_steps,
-                      list(plan.special_token_ids), real], sort_keys=True, default=str)
+    key = json.dumps([arch, depth, method.id, params, setting.dtype, setting.trainable_fp32, setting.pure,
+                      plan.total_steps, list(plan.special_token_ids), real], sort_keys=True, default=str)
     return shared_copy(_built(key))
 
 
@@ -321,9 +324,9 @@ def _built(key: str):
     from bench.run.tuners import _mica
     from methods import METHODS, RunFacts
 
-    arch, depth, method_id, params, dtype, trainable_fp32, total_steps, special, real = json.loads(key)
+    arch, depth, method_id, params, dtype, trainable_fp32, pure, total_steps, special, real = json.loads(key)
     method, plan = METHODS[method_id], RunFacts(total_steps=total_steps, special_token_ids=tuple(special))
-    setting = Setting(batch_size=1, seq_len=1, dtype=dtype, trainable_fp32=trainable_fp32)
+    setting = Setting(batch_size=1, seq_len=1, dtype=dtype, trainable_fp32=trainable_fp32, pure=pure)
     if not (real or method.needs_weights or _mica(params)):
         try:
             return _construct(arch, depth, method, params, plan, setting, "meta")
@@ -348,10 +351,12 @@ def _construct(arch, depth: int, method, params, plan, setting: Setting, device:
         base = shared_copy(_random_base(json.dumps(arch, sort_keys=True), depth, setting.dtype))
     model, _ = built(at_depth(arch, depth), method, params, plan, device, base=base, dtype=dtype,
                      attn_implementation="sdpa")
-    if setting.trainable_fp32:
-        from bench.run.load import trainable_in_fp32
+    from bench.run.load import trainable_in, trainable_in_fp32
 
+    if setting.trainable_fp32:
         trainable_in_fp32(model)
+    elif setting.pure:
+        trainable_in(model, dtype)
     return model
 
 
@@ -486,23 +491,25 @@ def _quantised(model, four_bit: bool, quantization: str | None) -> tuple[set[int
     """The ids of the frozen weights the base's quantisation replaces, and its bytes per weight (None for NF4)."""
     import torch
 
-    # Per-row and per-block constants make the bytes per weight depend on a layer's width: measured at the model's.
-    width = model.config.hidden_size
-    per_weight, skip = (None, []) if quantization is None else _quantized_weight(quantization, width)
+    # Per-row and per-block constants make the bytes per weight depend on a layer's width and, for backends that keep
+    # them in the compute dtype (HQQ), on the dtype: measured at the model's.
+    width, dtype = model.config.hidden_size, str(model.get_input_embeddings().weight.dtype).removeprefix("torch.")
+    per_weight, skip = (None, []) if quantization is None else _quantized_weight(quantization, width, dtype)
     return {id(m.weight) for name, m in model.named_modules()
             if (four_bit or per_weight) and isinstance(m, torch.nn.Linear) and not m.weight.requires_grad
             and name.rpartition(".")[2] not in ("lm_head", *skip)}, per_weight
 
 
 @functools.lru_cache(maxsize=16)
-def _quantized_weight(quantization: str, width: int) -> tuple[float, list[str]]:
-    """Bytes per weight of a `width`-wide linear layer quantised as `quantization` (JSON) says, measured on a real
-    layer, and the modules it leaves unquantised."""
+def _quantized_weight(quantization: str, width: int, dtype: str) -> tuple[float, list[str]]:
+    """Bytes per weight of a `width`-wide linear layer quantised as `quantization` (JSON) says from a base in `dtype`
+    (a torch dtype's name), measured on a real layer once per setting, width and dtype, and the modules it leaves
+    unquantised."""
     from bench.core.config import Quantization
     from bench.run.quantsize import base_bytes_per_param
 
     q = Quantization(**json.loads(quantization))
-    return base_bytes_per_param(q, "bfloat16", width=width), list(q.skip_modules or [])
+    return base_bytes_per_param(q, dtype, width=width), list(q.skip_modules or [])
 
 
 @functools.lru_cache(maxsize=64)
@@ -586,6 +593,6 @@ def setting_of(cfg, device: str = "cuda") -> Setting:
     quant = tr.quantization and json.dumps(tr.quantization.model_dump(), sort_keys=True)
     pure = tr.master_weights is False  # pure bf16: weights that train, their gradients and states in bf16
     return Setting(batch_size=tr.batch_size, seq_len=tr.max_seq_len, dtype=precision, device=device,
-                   trainable_fp32=not pure, autocast=not pure, four_bit=METHODS[cfg.method].load_in_4bit,
+                   trainable_fp32=not pure, pure=pure, autocast=not pure, four_bit=METHODS[cfg.method].load_in_4bit,
                    quantization=quant, gradient_checkpointing=tr.gradient_checkpointing,
                    optimizer=spec and spec.name, optimizer_kwargs=json.dumps(spec.kwargs if spec else {}, sort_keys=True))

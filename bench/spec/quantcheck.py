@@ -121,8 +121,9 @@ def _pure_bf16_problems(lines: Lines, i: int, run, precision: str) -> list[tuple
 
 def applies(model: ModelSpec, method: Method, params: dict, q: Quantization) -> str | None:
     """Why PEFT (or the backend) cannot train `method` over a base quantised this way: the suite's preset or config
-    architecture, quantised for real on the CPU, wrapped by PEFT, one forward and backward; None when it trains, or
-    when the architecture is not known without loading a model (a GGUF, Hub or local model: the run finds out)."""
+    architecture (one layer of it where it is large: trial_architecture), quantised for real on the CPU, wrapped by
+    PEFT, one forward and backward; None when it trains, or when the architecture is not known without loading a
+    model (a GGUF, Hub or local model: the run finds out)."""
     from bench.run.models import PRESETS
     from bench.core.yamlio import to_plain
 
@@ -131,6 +132,32 @@ def applies(model: ModelSpec, method: Method, params: dict, q: Quantization) -> 
         return None
     return _trial(json.dumps(to_plain(config), sort_keys=True), method.id, json.dumps(to_plain(params), sort_keys=True),
                   q.model_dump_json())
+
+
+# Above this many parameters a combination is tried on one decoder layer and a small vocabulary: PEFT and the backends
+# accept or refuse it layer by layer, and an 8B model built in fp32 for the trial takes 32 GB.
+TRIAL_PARAMS = 300_000_000
+TRIAL_VOCAB = 1024
+LAYER_INDEX_PARAMS = ("layers_to_transform", "layers_pattern")  # pick layers by index: one layer has only index 0
+
+
+def trial_architecture(config: dict, params: dict) -> tuple[dict, dict]:
+    """The architecture and method params a combination is tried on: as given up to TRIAL_PARAMS parameters, else
+    one decoder layer of the same width and a TRIAL_VOCAB-token vocabulary (token ids beyond it dropped), without
+    the params that pick layers by index."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bench.run.tuners import at_depth, model_config
+
+    with torch.device("meta"):
+        total = sum(p.numel() for p in AutoModelForCausalLM.from_config(model_config(config)).parameters())
+    if total <= TRIAL_PARAMS:
+        return config, params
+    small = {k: v for k, v in at_depth(config, 1).items()
+             if not (k.endswith("token_id") and isinstance(v, int) and v >= TRIAL_VOCAB)}
+    small["vocab_size"] = min(config.get("vocab_size", TRIAL_VOCAB), TRIAL_VOCAB)
+    return small, {k: v for k, v in params.items() if k not in LAYER_INDEX_PARAMS}
 
 
 @functools.cache
@@ -142,13 +169,14 @@ def _trial(config: str, method_id: str, params: str, q: str) -> str | None:
     from methods import METHODS, RunFacts
 
     method = METHODS[method_id]
+    arch, kwargs = trial_architecture(json.loads(config), json.loads(params))
     try:
-        base = load_model(ModelSpec(config=json.loads(config)), None, dtype=torch.float32, load_in_4bit=False, seed=0,
+        base = load_model(ModelSpec(config=arch), None, dtype=torch.float32, load_in_4bit=False, seed=0,
                           quantization=Quantization.model_validate_json(q))
         from peft import get_peft_model
 
         facts = RunFacts(total_steps=10, special_token_ids=(0,))
-        model = get_peft_model(base, method.config(facts, **json.loads(params)))
+        model = get_peft_model(base, method.config(facts, **kwargs))
     except Exception as e:  # whatever PEFT or the backend raises is the reason
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
     ids = torch.arange(1, 9).unsqueeze(0)
