@@ -126,7 +126,7 @@ def test_packed_and_padded_training_give_the_same_losses(smoke_examples):
 
 
 def test_every_method_file_is_registered():
-    files = {p.stem for p in (ROOT / "methods").glob("*.py")} - {"__init__", "base"}
+    files = {p.stem for p in (ROOT / "methods").glob("*.py")} - {"__init__", "base", "catalog"}  # catalog: PEFT's facts
     assert files == set(SHIPPED) | set(HOOKED)
     for mid, m in METHODS.items():
         assert m.id == mid
