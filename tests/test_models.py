@@ -258,3 +258,36 @@ def test_the_embedded_smollm2_gguf_knows_the_capital_of_france():
                         {"role": "assistant", "content": "Paris"}], 1)
     gens = generate(model, tokenizer, [question], batch_size=1, max_new_tokens=16, device=torch.device("cpu"))
     assert "Paris" in gens.predictions[0]
+
+
+@pytest.mark.parametrize("endian", ["LITTLE", "BIG"])
+def test_a_gguf_key_is_found_from_the_header_as_gguf_reads_it(tmp_path, endian):
+    """validate asks a GGUF for its chat template without gguf's reader (which builds every field first): every key
+    gguf's reader lists is found past string, number and nested arrays, a key not there is not, in either byte
+    order, and a file cut short is a ValueError rather than an answer."""
+    import gguf
+
+    path = tmp_path / "meta.gguf"
+    w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian[endian])
+    w.add_name("metadata only")
+    w.add_token_list(["a", "bb", "ccc"] * 50)
+    w.add_token_scores([0.5] * 150)
+    w.add_array("test.nested", [[1, 2], [3]])
+    w.add_bool("test.flag", True)
+    w.add_uint64("test.big", 2 ** 40)
+    w.add_float64("test.f64", 0.25)
+    w.add_chat_template(M.CHATML)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    keys = [k for k in gguf.GGUFReader(path).fields if not k.startswith("GGUF.")]
+    assert "tokenizer.chat_template" in keys and "test.nested" in keys
+    assert all(M.gguf_has_key(path, k) for k in keys)
+    assert not M.gguf_has_key(path, "tokenizer.chat_templat")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:200])  # inside the token list
+    with pytest.raises(ValueError, match="cut short"):
+        M.gguf_has_key(cut, "tokenizer.chat_template")
+    (tmp_path / "zip.gguf").write_bytes(b"PK\x03\x04" + bytes(40))
+    with pytest.raises(ValueError, match="not a GGUF file"):
+        M.gguf_has_key(tmp_path / "zip.gguf", "tokenizer.chat_template")
