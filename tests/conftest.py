@@ -53,6 +53,15 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 
 
+def default_sigint() -> None:
+    """preexec_fn for a process a test interrupts with SIGINT: a shell that starts pytest in the background (`pytest
+    &`, nohup) leaves SIGINT ignored, children inherit that across exec, and Python then installs no KeyboardInterrupt
+    handler, so the Ctrl-C under test would never arrive."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def tiny_config(method: str, params: dict | None = None, **changes):
     """A resolved run config like the suite produces, for the tiny preset and the smoke data; `changes` set
     training fields."""

@@ -15,7 +15,7 @@ from bench.datasets import batches as D
 from bench.core.records import load_records
 from bench.launch.runner import DevicesError, Slot, parse_devices, slot_problems
 from bench.spec.suite import load_suite
-from tests.conftest import ROOT, assert_same_record
+from tests.conftest import ROOT, assert_same_record, default_sigint
 
 SUITE = """
 name: scale
@@ -183,7 +183,8 @@ def test_ctrl_c_records_every_run_in_progress_as_interrupted_and_leaves_no_worke
             "  - {method: full}\n")
     suite, out = write_suite(tmp_path, runs, steps=2000)
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--devices", "cpu,cpu"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            preexec_fn=default_sigint)
     progress = [out / run / "progress.jsonl" for run in ("lora", "ia3-x2")]
     deadline = time.time() + 300
     while time.time() < deadline and not all(p.exists() and p.read_text().count("\n") >= 3 for p in progress):

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bench.core.records import load_records, read_record
-from tests.conftest import ROOT, assert_same_record
+from tests.conftest import ROOT, assert_same_record, default_sigint
 
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
@@ -184,7 +184,8 @@ def test_an_interrupted_driver_records_runs_in_flight_and_a_rerun_does_only_what
             "  - {method: head_only, training: {learning_rate: 1e-2}}\n")
     suite, out = write_suite(tmp_path, runs, baseline=True)
     driver = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--ray", cluster.address],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                              preexec_fn=default_sigint)
     # The baseline finishes first, on one node; lora and ia3 then train, one on each node; head_only waits.
     workers = wait_for_steps(["lora", "ia3"], 2)
     assert read_record(out / "baseline.json").status == "success"

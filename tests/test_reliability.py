@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from bench.core.records import load_records
-from tests.conftest import ROOT
+from tests.conftest import ROOT, default_sigint
 
 pytestmark = pytest.mark.worker  # every test here starts worker processes (tests/conftest.py: the tiers)
 
@@ -80,7 +80,8 @@ def test_ctrl_c_records_the_run_as_interrupted_writes_nothing_half_and_the_next_
     suite, out = write_suite(tmp_path, "  - method: full\n  - method: lora\n  - method: ia3\n", steps=60)
     # A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the CLI and its worker alike.
     proc = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=default_sigint)
     progress = out / "lora" / "progress.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (progress.exists() and len(progress.read_text().splitlines()) >= 3):

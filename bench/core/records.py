@@ -275,3 +275,37 @@ def environment_signature(record: RunRecord) -> dict[str, str]:
     out = {k: str(env[k]) for k in ENVIRONMENT_KEYS if env.get(k) is not None}
     out |= {f"packages.{p}": str(v) for p, v in (env.get("packages") or {}).items() if v is not None}
     return out
+
+
+# What a run measured of its task, as against what it cost: the figures two ways of running the same run must agree
+# on to the digit (the fork server against spawned processes; a rerun with the same seeds and data order).
+RESULT_METRICS = ("eval_loss", "exact_match", "token_f1", "rouge_l", "train_tokens", "trainable_params",
+                  "general_loss", "forgetting")
+
+
+def result_differences(a: RunRecord, b: RunRecord) -> list[str]:
+    """Where two records of one run differ in what it learned: config hash, status, the loss curve, the scores in
+    RESULT_METRICS (and any other score both hold), each eval answer and the merge's logit difference. Empty when
+    they agree exactly; costs (time, memory) are left out, since they differ from one run to the next."""
+    out = []
+    if a.config_hash != b.config_hash:
+        out.append(f"config_hash {a.config_hash} != {b.config_hash}")
+    if a.status != b.status:
+        out.append(f"status {a.status} != {b.status}")
+    la, lb = [p.get("loss") for p in a.curve], [p.get("loss") for p in b.curve]
+    if la != lb:
+        first = next((i for i, (x, y) in enumerate(zip(la, lb)) if x != y), min(len(la), len(lb)))
+        out.append(f"loss curve differs from step {first + 1} ({len(la)} and {len(lb)} points)")
+    from bench.core.metrics import metric
+
+    names = set(RESULT_METRICS) | {k for k in a.metrics.keys() & b.metrics.keys() if metric(k).kind == "score"}
+    out += [f"{k} {a.metrics.get(k)!r} != {b.metrics.get(k)!r}" for k in sorted(names)
+            if a.metrics.get(k) != b.metrics.get(k)]
+    pa, pb = [p.prediction for p in a.predictions], [p.prediction for p in b.predictions]
+    if pa != pb:
+        out.append(f"{sum(x != y for x, y in zip(pa, pb)) + abs(len(pa) - len(pb))} of {max(len(pa), len(pb))} "
+                   "eval answers differ")
+    ma, mb = a.merge and a.merge.max_abs_logit_diff, b.merge and b.merge.max_abs_logit_diff
+    if ma != mb:
+        out.append(f"merge max_abs_logit_diff {ma!r} != {mb!r}")
+    return out
