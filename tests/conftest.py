@@ -10,6 +10,8 @@ import torch
 
 from bench.run.device import Place
 
+pytest_plugins = ["pytester"]  # tests/test_tiers.py runs pytest sessions of its own
+
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,8 +24,11 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # one tiny end-to-end run the tier keeps.
 NOT_FAST = ("worker", "train", "slow", "gpu")
 WORKER_FIXTURES = {"smoke_results"}
-FAST_SECONDS = 10.0  # a fast-tier test slower than this is named at the end of the session
-FAST_TESTS: set[str] = set()  # node ids (a report's keywords hold folder names too: this checkout's may be "fast")
+# A fast-tier test slower than this is named at the end of the session (BENCH_FAST_SECONDS: its own test sets it).
+FAST_SECONDS = float(os.environ.get("BENCH_FAST_SECONDS", "10"))
+# A fast-tier test's reports carry this property: under pytest-xdist the summary is written by a process that never
+# collected the tests (and a report's keywords hold folder names too: a checkout's may be called "fast").
+TIER = ("tier", "fast")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -34,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
         if item.get_closest_marker("fast") is None and not any(item.get_closest_marker(m) for m in NOT_FAST):
             item.add_marker(pytest.mark.fast)
         if item.get_closest_marker("fast") is not None:
-            FAST_TESTS.add(item.nodeid)
+            item.user_properties.append(TIER)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
@@ -46,9 +51,10 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter):
     """Fast-tier tests that took long: a new test that starts workers belongs in the worker tier."""
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
-            if r.when == "call" and r.nodeid in FAST_TESTS and r.duration > FAST_SECONDS]
+            if r.when == "call" and TIER in r.user_properties and r.duration > FAST_SECONDS]
     if slow:
-        terminalreporter.section("fast-tier tests over 10 s (mark them `worker` or `train`, but the tier's one run)")
+        terminalreporter.section(f"fast-tier tests over {FAST_SECONDS:g} s (mark them `worker` or `train`, but the "
+                                 "tier's one run)")
         for r in sorted(slow, key=lambda r: -r.duration):
             terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 

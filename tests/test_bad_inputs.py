@@ -570,3 +570,16 @@ def test_inputs_that_once_escaped_as_other_exceptions(text, tmp_path):
     path.write_text(text)
     with pytest.raises(SuiteError):
         load_suite(path)
+
+
+def test_an_error_naming_a_long_path_stays_one_line(tmp_path):
+    """stderr is not wrapped at any width: a message naming two long paths is one line for grep and log readers
+    (rich wrapped it at 200 columns when stderr was a file, splitting the words a reader searches for)."""
+    deep = tmp_path / ("d" * 120) / ("e" * 120)
+    deep.mkdir(parents=True)
+    suite = deep / "suite.yaml"
+    suite.write_text("name: x\nversion: 1\nruns: [\n")
+    proc = subprocess.run([sys.executable, "-m", "bench", "validate", str(suite)], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{suite} is not valid (1 problem):\n  line 4, column 1: " in proc.stderr

@@ -52,7 +52,7 @@ name: ray
 version: 1
 model: {{preset: tiny-llama}}
 dataset: {{path: {data}, eval_size: 8}}
-budget: {{max_steps: 6}}
+budget: {{max_steps: {steps}}}
 training: {{learning_rate: 1e-3, batch_size: 4, max_seq_len: 384}}
 eval: {{max_examples: 8, batch_size: 8, max_new_tokens: 8}}
 baseline: {baseline}
@@ -64,11 +64,11 @@ runs:
 SLOW = 60
 
 
-def write_suite(tmp_path: Path, runs: str, baseline: bool = False) -> tuple[Path, Path]:
+def write_suite(tmp_path: Path, runs: str, baseline: bool = False, steps: int = 6) -> tuple[Path, Path]:
     out = tmp_path / "results"
     path = tmp_path / "ray.yaml"
     path.write_text(SUITE.format(data=ROOT / "data" / "smoke.jsonl", out=out, runs=runs,
-                                 baseline=str(baseline).lower()))
+                                 baseline=str(baseline).lower(), steps=steps))
     return path, out
 
 
@@ -179,10 +179,12 @@ def test_a_run_lost_on_every_attempt_it_may_have_is_recorded_as_lost(cluster, tm
 
 
 def test_an_interrupted_driver_records_runs_in_flight_and_a_rerun_does_only_what_is_missing(cluster, tmp_path):
-    runs = (f"  - {{method: lora, training: {{grad_accum: {SLOW}}}}}\n"
-            f"  - {{method: ia3, training: {{learning_rate: 1e-2, grad_accum: {SLOW}}}}}\n"
+    # Many short steps rather than a few long ones: as long a rerun, but more of it left after the step the test
+    # waits for, so a Ctrl-C that a loaded machine (pytest -n 2) delivers late still finds both runs training.
+    runs = (f"  - {{method: lora, training: {{grad_accum: {SLOW // 4}}}}}\n"
+            f"  - {{method: ia3, training: {{learning_rate: 1e-2, grad_accum: {SLOW // 4}}}}}\n"
             "  - {method: head_only, training: {learning_rate: 1e-2}}\n")
-    suite, out = write_suite(tmp_path, runs, baseline=True)
+    suite, out = write_suite(tmp_path, runs, baseline=True, steps=24)
     driver = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--ray", cluster.address],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                               preexec_fn=default_sigint)
