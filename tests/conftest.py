@@ -26,7 +26,8 @@ NOT_FAST = ("worker", "train", "slow", "gpu")
 WORKER_FIXTURES = {"smoke_results"}
 # A fast-tier test slower than this is named at the end of the session (BENCH_FAST_SECONDS: its own test sets it).
 FAST_SECONDS = float(os.environ.get("BENCH_FAST_SECONDS", "10"))
-# A fast-tier test's reports carry this property: under pytest-xdist the summary is written by a process that never
+# A test fast by the rule carries this property into its reports, for the summary's list of slow ones (the tier's one
+# run, marked fast by hand, may take its time): under pytest-xdist the summary is written by a process that never
 # collected the tests (and a report's keywords hold folder names too: a checkout's may be called "fast").
 TIER = ("tier", "fast")
 
@@ -38,7 +39,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.worker)
         if item.get_closest_marker("fast") is None and not any(item.get_closest_marker(m) for m in NOT_FAST):
             item.add_marker(pytest.mark.fast)
-        if item.get_closest_marker("fast") is not None:
             item.user_properties.append(TIER)
     if torch.cuda.is_available():
         return
@@ -53,8 +53,7 @@ def pytest_terminal_summary(terminalreporter):
     slow = [r for r in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
             if r.when == "call" and TIER in r.user_properties and r.duration > FAST_SECONDS]
     if slow:
-        terminalreporter.section(f"fast-tier tests over {FAST_SECONDS:g} s (mark them `worker` or `train`, but the "
-                                 "tier's one run)")
+        terminalreporter.section(f"fast-tier tests over {FAST_SECONDS:g} s (mark them `worker` or `train`)")
         for r in sorted(slow, key=lambda r: -r.duration):
             terminalreporter.write_line(f"{r.duration:6.1f} s  {r.nodeid}")
 

@@ -36,7 +36,8 @@ def test_slow_fast_tier_tests_are_named_at_the_end(pytester, monkeypatch, worker
     result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=3)
     named = sorted(line.split()[-1] for line in result.outlines if "s  test_tiny.py::" in line)
-    assert named == ["test_tiny.py::test_the_tiers_one_run", "test_tiny.py::test_unit"], result.outlines[-20:]
+    # The tier's one run is fast by its own mark and may take long; a fast test by the rule may not.
+    assert named == ["test_tiny.py::test_unit"], result.outlines[-20:]
     assert any(line.startswith("=") and "fast-tier tests over 0 s" in line for line in result.outlines)
     fast = pytester.runpytest_subprocess(*args, "-m", "fast")
     fast.assert_outcomes(passed=2)  # test_trains left out (xdist does not report deselections)
