@@ -105,10 +105,14 @@ def test_time_in_callbacks_is_not_training_time():
     cfg = config(TINY, "lora", {"r": 8})
     fp32 = Place(CPU, torch.float32)
     model = build(cfg, None, fp32, METHODS["lora"])
+    start = time.perf_counter()
     result = train(model, iter(batches(320, 32, 1, 4)), cfg.training, Budget(max_steps=4), 4, fp32,
                    on_step=lambda point: time.sleep(0.5))
+    wall = time.perf_counter() - start
     assert result.callback_seconds >= 2.0
-    assert result.seconds < 1.5  # four tiny steps; the two seconds of "saving" are not in it
+    # The two seconds of "saving" are not in the training time: both fit in the call's wall time side by side, however
+    # slow a loaded machine makes the four tiny steps (an absolute bound, < 1.5 s, failed under pytest-xdist).
+    assert result.seconds + result.callback_seconds <= wall
     assert result.curve[-1]["seconds"] == pytest.approx(result.seconds, abs=0.2)
 
 
