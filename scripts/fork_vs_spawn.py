@@ -56,17 +56,19 @@ def main() -> None:
         forked, spawned = statistics.median(times[True]), statistics.median(times[False])
         print(f"{args.suite}: forked {forked:.1f} s ({forked / 60:.2f} min), spawned {spawned:.1f} s "
               f"({spawned / 60:.2f} min); forked/spawned {forked / spawned:.3f}, medians of {args.pairs} pair(s)")
-        differ = 0
+        differ = 0  # records that differ, over every pair
         for pair in range(args.pairs):
+            here = 0
             a = {r.run: r for r in load_records(base / f"forked-{pair}")}
             b = {r.run: r for r in load_records(base / f"spawned-{pair}")}
             for run in sorted(a.keys() | b.keys()):
                 found = result_differences(a[run], b[run]) if run in a and run in b else ["missing on one side"]
-                differ += bool(found)
+                here += bool(found)
                 for line in found:
                     print(f"pair {pair + 1} {run}: {line}")
             print(f"pair {pair + 1}: {len(a)} records forked, {len(b)} spawned; "
-                  f"{'all equal in loss curve, scores, answers and merge' if not differ else f'{differ} differ'}")
+                  f"{'all equal in loss curve, scores, answers and merge' if not here else f'{here} differ'}")
+            differ += here
     sys.exit(1 if differ else 0)
 
 
